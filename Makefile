@@ -1,0 +1,38 @@
+# The two commands of the README: `make book` and `make test`. Everything else is a step of them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
+# Two workers on two cores, each replica pinned to one thread (see plans/default.yaml).
+WORKERS ?= 2
+
+.PHONY: setup browser test book lab clean-book
+
+setup: $(STAMP)
+
+# A local virtual environment with the pinned requirements and the package installed editable.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	# papermill and nbval start the kernel named python3: make it this environment's Python.
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Debian's chromium renders the built book in the browser tests (root, as on CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: setup browser
+	$(BIN)/python -m pytest -n 2 --dist loadscope
+
+book: setup
+	$(BIN)/nnrandomness run plans/default.yaml --workers $(WORKERS)
+	$(BIN)/python -m nnrandomness.book
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+# Students: open the chapters in JupyterLab (installed on demand, not needed for the book).
+lab: setup
+	$(BIN)/python -m pip install --quiet jupyterlab
+	$(BIN)/jupyter lab notebooks/

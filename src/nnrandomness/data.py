@@ -1,0 +1,592 @@
+"""Datasets: one uniform split object, a registry of loaders, augmentation on the device.
+
+Every loader returns a `Dataset` of uint8 image tensors (N, C, H, W) and int64 labels, plus an
+optional group attribute (for subgroup metrics) and class names. Small datasets stay on the
+device as uint8 and are augmented there a batch at a time (airbench-style): uint8 on the
+device is 4x smaller than floats and per-sample CPU transforms are the bottleneck otherwise.
+
+`digits` (scikit-learn's handwritten digits, which ships with scikit-learn) is the embedded
+default. Real datasets load from a data root (argument, then $NNRANDOMNESS_DATA); a missing one
+is an error saying where the files go. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+DATA_ROOT_ENV = "NNRANDOMNESS_DATA"
+
+
+@dataclass
+class Dataset:
+    """Train and test splits of one dataset, images as uint8 (N, C, H, W)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    g_train: torch.Tensor | None = None  # group attribute (0/1), e.g. Male for CelebA
+    g_test: torch.Tensor | None = None
+    group_name: str | None = None
+    # How the model sees the images: "unit" scales to [0, 1] (the paper's x/255);
+    # "standardize" subtracts the per-image mean and divides by the per-image std (ResNet recipe).
+    normalization: str = "unit"
+    augment_pad: int = 0  # pad-and-crop amount used by `augment`, in pixels
+    augment_flip: bool = False  # horizontal flips make sense for photos, not for digits
+    info: dict = field(default_factory=dict)  # provenance: source files, split rule
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
+
+    def to(self, device) -> "Dataset":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(
+            self,
+            **{k: move(getattr(self, k)) for k in ("x_train", "y_train", "x_test", "y_test", "g_train", "g_test")},
+        )
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def to_float(x: torch.Tensor, normalization: str) -> torch.Tensor:
+    """uint8 images -> float32 model inputs."""
+    x = x.float()
+    if normalization == "unit":
+        return x / 255.0
+    if normalization == "standardize":
+        # tf.image.per_image_standardization: (x - mean) / max(std, 1/sqrt(num_pixels))
+        flat = x.flatten(1)
+        mean = flat.mean(1).view(-1, 1, 1, 1)
+        std = flat.std(1, correction=0).clamp_min(1.0 / flat.shape[1] ** 0.5).view(-1, 1, 1, 1)
+        return (x - mean) / std
+    raise ValueError(f"unknown normalization {normalization!r}; valid: 'unit', 'standardize'")
+
+
+def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random pad-and-crop and horizontal flip of a uint8 batch, on its device, in one go.
+
+    All draws come from `generator` (the augmentation stream), one call per batch, so the
+    augmentation of a replica depends only on its seed and the batch sequence.
+    """
+    n, _, h, w = x.shape
+    if pad:
+        shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=generator.device).to(x.device)
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        # Gather each crop with one advanced index instead of a Python loop over the batch.
+        rows = (shifts[0].view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (shifts[1].view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, chan, rows, cols]
+    if flip:
+        mask = torch.rand(n, generator=generator, device=generator.device).to(x.device) < 0.5
+        x = torch.where(mask.view(n, 1, 1, 1), x.flip(-1), x)
+    return x
+
+
+# ----------------------------------------------------------------------------- embedded data
+def _digits_arrays():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 8x8 images with values 0..16 -> uint8 0..255 (exact for the 17 levels: 255/16 rounded)
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    return x, bunch.target.astype(np.int64)
+
+
+def _fixed_split(n: int, test_fraction: float = 0.2, seed: int = 0):
+    """A fixed train/test split: the same on every machine (numpy's PCG64 is portable)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def load_digits(root=None) -> Dataset:
+    """scikit-learn's 1,797 8x8 handwritten digits, a fixed 80/20 split (1,438 / 359)."""
+    x, y = _digits_arrays()
+    tr, te = _fixed_split(len(y))
+    t = torch.from_numpy
+    return Dataset(
+        name="digits",
+        x_train=t(x[tr]),
+        y_train=t(y[tr]),
+        x_test=t(x[te]),
+        y_test=t(y[te]),
+        classes=[str(i) for i in range(10)],
+        augment_pad=1,
+        info={"source": "sklearn.datasets.load_digits", "split": "numpy default_rng(0) permutation, 20% test"},
+    )
+
+
+# In digits_groups, even digits are mostly shown inverted and odd digits mostly plain, so the
+# attribute is correlated with the label and (odd, inverted) / (even, plain) are rare subgroups.
+GROUP_RATE = {0: 0.9, 1: 0.1}  # P(inverted | label parity even=0 / odd=1)
+
+
+def load_digits_groups(root=None) -> Dataset:
+    """Digits plus a nuisance attribute "inverted" (255 - x), correlated with the label.
+
+    P(inverted | even digit) = 0.9 and P(inverted | odd digit) = 0.1, drawn once with a fixed
+    seed; each rare (label, attribute) subgroup is about 1 % of the data: the CPU stand-in for
+    CelebA's rare blond men.
+    """
+    d = load_digits()
+    rng = np.random.default_rng(1)  # fixed: the attribute is part of the data, not a noise source
+
+    def attribute(y: torch.Tensor) -> torch.Tensor:
+        p = np.where(y.numpy() % 2 == 0, GROUP_RATE[0], GROUP_RATE[1])
+        return torch.from_numpy((rng.random(len(p)) < p).astype(np.int64))
+
+    g_train, g_test = attribute(d.y_train), attribute(d.y_test)
+    invert = lambda x, g: torch.where(g.view(-1, 1, 1, 1).bool(), 255 - x, x)  # noqa: E731
+    return replace(
+        d,
+        name="digits_groups",
+        x_train=invert(d.x_train, g_train),
+        x_test=invert(d.x_test, g_test),
+        g_train=g_train,
+        g_test=g_test,
+        group_name="inverted",
+        info={**d.info, "attribute": "inverted contrast, P(inv|even)=0.9, P(inv|odd)=0.1, default_rng(1)"},
+    )
+
+
+# ----------------------------------------------------------------------------- real datasets
+# Real datasets are read from the data root in their usual on-disk formats, checked cheaply
+# first (file existence only, see CHECKERS) so a run fails before any work, and never downloaded.
+# Each loader is `load_x(root=None, **options)`; an unknown option is a TypeError naming the
+# valid ones. Images end up as uint8 (N, 3, H, W) like the embedded data.
+NORMALIZATIONS = ("unit", "standardize")  # what `to_float` understands
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as ImageFolder
+
+
+def _options(name: str, given: dict, defaults: dict) -> dict:
+    """Defaults overridden by `given`; an unknown option is an error that lists the valid ones."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"{name}: unknown option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(defaults)}"
+        )
+    return {**defaults, **given}
+
+
+def _choice(name: str, option: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}: {option}={value!r} is not valid; valid values: {', '.join(map(repr, valid))}")
+
+
+def _count(name: str, option: str, value, allow_none: bool = False) -> None:
+    """A positive int (bools excluded), or None where allowed."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        kind = "a positive integer" + (" or None" if allow_none else "")
+        raise ValueError(f"{name}: {option} must be {kind}, got {value!r}")
+
+
+def _require(name: str, root, subdir: str, files=(), dirs=(), what: str = "") -> Path:
+    """The dataset folder `<root>/<subdir>`, or the `missing` error naming it and what is absent."""
+    listing = ", ".join([*files, *(d + "/" for d in dirs)])
+    expected = f"{subdir}/ under the data root holding {listing}" + (f" ({what})" if what else "")
+    base = data_root(root)
+    if base is None:
+        raise missing(name, None, expected)
+    where = base / subdir
+    absent = [f for f in files if not (where / f).is_file()] + [d + "/" for d in dirs if not (where / d).is_dir()]
+    if absent:
+        raise missing(name, where, f"{expected}; missing there: {', '.join(absent)}")
+    return where
+
+
+def _read_images(name: str, paths: list[Path], size: int, transform) -> np.ndarray:
+    """Decode image files with PIL (as RGB), `transform` each to size x size, stack as uint8 NCHW."""
+    from PIL import Image
+
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+        except FileNotFoundError:
+            raise missing(name, path.parent, f"the image file {path.name}") from None
+        out[i] = np.asarray(transform(rgb)).transpose(2, 0, 1)
+    return out
+
+
+# CIFAR: the "CIFAR-10/100 python version" archives extracted into the data root. Recipes: the
+# SmallCNN sees x/255 without augmentation, the ResNet-18 per-image standardisation with pad 4 +
+# random crop 32 + flip; a plan picks the normalization, `augment_pad`/`augment_flip` hold the
+# ResNet recipe's augmentation.
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+CIFAR100_DIR = "cifar-100-python"
+CIFAR100_FILES = ("train", "test", "meta")
+
+
+def _unpickle(path: Path) -> dict:
+    """One CIFAR pickle (written by Python 2, hence bytes keys). Only load files you trust."""
+    import pickle
+
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _cifar_arrays(path: Path, batch: dict, label_key: bytes):
+    """b'data' uint8 (N, 3072), each row the 1024 R, then G, then B values of a 32x32 image in
+    row-major order -> (N, 3, 32, 32); labels -> int64. Copies, so the tensors own writable memory."""
+    data = np.asarray(batch[b"data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
+    labels = np.array(batch[label_key], dtype=np.int64)
+    if len(labels) != len(data):
+        raise ValueError(f"{path}: {len(data)} images but {len(labels)} labels")
+    return np.array(data.reshape(-1, 3, 32, 32)), labels
+
+
+def _cifar_dataset(name, train, test, classes, normalization, info) -> Dataset:
+    for (x, y), split in ((train, "train"), (test, "test")):
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise ValueError(f"{name}: {split} labels outside 0..{len(classes) - 1}")
+    t = torch.from_numpy
+    return Dataset(
+        name=name,
+        x_train=t(train[0]),
+        y_train=t(train[1]),
+        x_test=t(test[0]),
+        y_test=t(test[1]),
+        classes=classes,
+        normalization=normalization,
+        augment_pad=4,  # pad to 40, random crop 32
+        augment_flip=True,
+        info=info,
+    )
+
+
+def check_cifar10(root=None) -> Path:
+    what = "the CIFAR-10 python version, cifar-10-python.tar.gz extracted"
+    return _require("cifar10", root, CIFAR10_DIR, CIFAR10_FILES, what=what)
+
+
+def load_cifar10(root=None, **options) -> Dataset:
+    """CIFAR-10 from `<root>/cifar-10-batches-py/`: the official 50,000 / 10,000 split.
+
+    Options: normalization="unit" (x/255, the SmallCNN recipe) or "standardize" (per-image
+    standardisation, the ResNet-18 recipe).
+    """
+    opts = _options("cifar10", options, {"normalization": "unit"})
+    _choice("cifar10", "normalization", opts["normalization"], NORMALIZATIONS)
+    where = check_cifar10(root)
+    parts = [_cifar_arrays(where / f, _unpickle(where / f), b"labels") for f in CIFAR10_FILES[:5]]
+    train = np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+    test = _cifar_arrays(where / "test_batch", _unpickle(where / "test_batch"), b"labels")
+    classes = [s.decode() for s in _unpickle(where / "batches.meta")[b"label_names"]]
+    info = {
+        "source": [str(where / f) for f in CIFAR10_FILES],
+        "split": "official: data_batch_1..5 -> train, test_batch -> test",
+    }
+    return _cifar_dataset("cifar10", train, test, classes, opts["normalization"], info)
+
+
+def check_cifar100(root=None) -> Path:
+    what = "the CIFAR-100 python version, cifar-100-python.tar.gz extracted"
+    return _require("cifar100", root, CIFAR100_DIR, CIFAR100_FILES, what=what)
+
+
+def load_cifar100(root=None, **options) -> Dataset:
+    """CIFAR-100 from `<root>/cifar-100-python/`: the official 50,000 / 10,000 split.
+
+    Options: label="fine" (100 classes) or "coarse" (the 20 superclasses); normalization as
+    for `load_cifar10`.
+    """
+    opts = _options("cifar100", options, {"label": "fine", "normalization": "unit"})
+    _choice("cifar100", "label", opts["label"], ("fine", "coarse"))
+    _choice("cifar100", "normalization", opts["normalization"], NORMALIZATIONS)
+    where = check_cifar100(root)
+    key = opts["label"].encode()
+    train = _cifar_arrays(where / "train", _unpickle(where / "train"), key + b"_labels")
+    test = _cifar_arrays(where / "test", _unpickle(where / "test"), key + b"_labels")
+    classes = [s.decode() for s in _unpickle(where / "meta")[key + b"_label_names"]]
+    info = {
+        "source": [str(where / f) for f in CIFAR100_FILES],
+        "split": "official: train -> train, test -> test",
+        "label": f"{opts['label']} ({len(classes)} classes)",
+    }
+    return _cifar_dataset("cifar100", train, test, classes, opts["normalization"], info)
+
+
+# CelebA: the aligned-and-cropped images (178x218 JPEGs) and the two annotation files as
+# distributed. One binary target attribute and one group attribute (the paper trains 40 sigmoid
+# outputs; this project's classifiers predict one attribute and report subgroups by another).
+CELEBA_DIR = "celeba"
+CELEBA_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt")
+CELEBA_IMAGES = "img_align_celeba"
+
+
+def check_celeba(root=None) -> Path:
+    return _require(
+        "celeba", root, CELEBA_DIR, CELEBA_FILES, (CELEBA_IMAGES,), what=f"the aligned JPEGs in {CELEBA_IMAGES}/"
+    )
+
+
+def _celeba_attributes(path: Path, wanted: dict[str, str]):
+    """list_attr_celeba.txt: a count, the attribute names, then `file v1 .. vK` with v = 1/-1.
+
+    Returns the attribute names and, for each option in `wanted` (option -> attribute name),
+    a dict filename -> 0/1.
+    """
+    lines = path.read_text().splitlines()
+    if len(lines) < 2:
+        raise ValueError(f"{path}: expected a count line and an attribute-name line")
+    names = lines[1].split()
+    for option, attr in wanted.items():
+        if attr not in names:
+            raise ValueError(f"celeba: {option}={attr!r} is not an attribute of {path.name}; valid: {', '.join(names)}")
+    cols = {option: names.index(attr) + 1 for option, attr in wanted.items()}
+    rows = [line.split() for line in lines[2:] if line.strip()]
+    if int(lines[0]) != len(rows):
+        raise ValueError(f"{path}: line 1 announces {int(lines[0])} images, the file lists {len(rows)}")
+    values = {option: {} for option in wanted}
+    for row in rows:
+        if len(row) != len(names) + 1:
+            raise ValueError(f"{path}: {row[0]} has {len(row) - 1} values, expected {len(names)}")
+        for option, col in cols.items():
+            if row[col] not in ("1", "-1"):
+                raise ValueError(f"{path}: {row[0]} has value {row[col]!r}, expected 1 or -1")
+            values[option][row[0]] = int(row[col] == "1")
+    return names, values
+
+
+def load_celeba(root=None, **options) -> Dataset:
+    """CelebA from `<root>/celeba/`: one binary target attribute, one binary group attribute.
+
+    Train = partition 0 of list_eval_partition.txt, test = partition 2; the validation
+    partition (1) is unused. Options: target="Blond_Hair", group="Male" (any of the 40
+    attribute names in list_attr_celeba.txt); image_size=64 (square PIL bilinear resize of
+    the 178x218 images; the paper uses 128, about 8 GB of uint8 for the train split, so the
+    default is smaller; pixel values differ from TensorFlow's resize either way);
+    max_examples=None (keep the first K of each split in file order, for small machines);
+    normalization="unit" (the paper does no normalisation or augmentation).
+    """
+    opts = _options(
+        "celeba",
+        options,
+        {"target": "Blond_Hair", "group": "Male", "image_size": 64, "max_examples": None, "normalization": "unit"},
+    )
+    _count("celeba", "image_size", opts["image_size"])
+    _count("celeba", "max_examples", opts["max_examples"], allow_none=True)
+    _choice("celeba", "normalization", opts["normalization"], NORMALIZATIONS)
+    where = check_celeba(root)
+    target, group, size = opts["target"], opts["group"], int(opts["image_size"])
+    names, values = _celeba_attributes(where / CELEBA_FILES[0], {"target": target, "group": group})
+
+    splits: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    partition_file = where / CELEBA_FILES[1]
+    for line in partition_file.read_text().splitlines():
+        if not line.strip():
+            continue
+        filename, part = line.split()
+        if part not in ("0", "1", "2"):
+            raise ValueError(f"{partition_file}: {filename} has partition {part!r}, expected 0, 1 or 2")
+        if filename not in values["target"]:
+            raise ValueError(f"{partition_file}: {filename} has no attributes in {CELEBA_FILES[0]}")
+        splits[int(part)].append(filename)
+    if opts["max_examples"] is not None:
+        splits = {k: v[: int(opts["max_examples"])] for k, v in splits.items()}
+
+    from PIL import Image
+
+    resize = lambda im: im.resize((size, size), Image.Resampling.BILINEAR)  # noqa: E731
+    t = torch.from_numpy
+
+    def split(files: list[str]):
+        x = _read_images("celeba", [where / CELEBA_IMAGES / f for f in files], size, resize)
+        y = np.array([values["target"][f] for f in files], dtype=np.int64)
+        g = np.array([values["group"][f] for f in files], dtype=np.int64)
+        return t(x), t(y), t(g)
+
+    x_train, y_train, g_train = split(splits[0])
+    x_test, y_test, g_test = split(splits[2])
+    return Dataset(
+        name="celeba",
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        classes=[f"not_{target}", target],
+        g_train=g_train,
+        g_test=g_test,
+        group_name=group,
+        normalization=opts["normalization"],
+        augment_pad=0,  # the paper uses no augmentation for CelebA
+        augment_flip=False,
+        info={
+            "source": [str(where / f) for f in CELEBA_FILES] + [str(where / CELEBA_IMAGES)],
+            "split": "list_eval_partition.txt: 0 -> train, 2 -> test, 1 (validation) unused",
+            "target": target,
+            "group": group,
+            "attributes": names,
+            "image_size": f"{size}x{size}, PIL bilinear resize of the aligned images",
+            "max_examples": opts["max_examples"],
+        },
+    )
+
+
+# ImageNet: the ImageFolder layout (val/ reorganised into wnid folders as well). The real recipe
+# (inception-style crop 224 + flip, mean/std) needs a streaming loader, which is out of scope for
+# this in-memory uint8 path; this loader exists so plans and tests can run on small real-format
+# folders. Full size is out of reach anyway: 1.28 M images at 64x64 are already ~16 GB of uint8.
+IMAGENET_DIR = "imagenet"
+IMAGENET_SPLITS = ("train", "val")
+
+
+def check_imagenet(root=None) -> Path:
+    what = "ImageFolder layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
+    return _require("imagenet", root, IMAGENET_DIR, dirs=IMAGENET_SPLITS, what=what)
+
+
+def _image_files(folder: Path, cap: int | None) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"imagenet: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files[:cap] if cap is not None else files
+
+
+def _resize_center_crop(im, size: int):
+    """Resize the shorter side to `size` (bilinear), then take the central size x size crop:
+    torchvision's Resize(size) + CenterCrop(size) on PIL images."""
+    from PIL import Image
+
+    w, h = im.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    return im.crop((left, top, left + size, top + size))
+
+
+def load_imagenet(root=None, **options) -> Dataset:
+    """ImageNet in the ImageFolder layout `<root>/imagenet/{train,val}/<wnid>/*.JPEG`, in memory.
+
+    classes = the sorted wnid folder names of train/; val/ must have the same folders.
+    Files within a class are taken in sorted name order. Options: image_size=64 (shorter side
+    resized to it, then centre crop), max_per_class=None (first K files per class and split),
+    normalization="unit". Not the paper's recipe (inception crop 224 needs streaming).
+    """
+    opts = _options("imagenet", options, {"image_size": 64, "max_per_class": None, "normalization": "unit"})
+    _count("imagenet", "image_size", opts["image_size"])
+    _count("imagenet", "max_per_class", opts["max_per_class"], allow_none=True)
+    _choice("imagenet", "normalization", opts["normalization"], NORMALIZATIONS)
+    where = check_imagenet(root)
+    size = int(opts["image_size"])
+    cap = None if opts["max_per_class"] is None else int(opts["max_per_class"])
+
+    folders = {s: sorted(d.name for d in (where / s).iterdir() if d.is_dir()) for s in IMAGENET_SPLITS}
+    classes = folders["train"]
+    if not classes:
+        raise ValueError(f"imagenet: no class folders in {where / 'train'}")
+    if folders["val"] != classes:
+        only_train = sorted(set(classes) - set(folders["val"]))
+        only_val = sorted(set(folders["val"]) - set(classes))
+        raise ValueError(
+            f"imagenet: {where / 'val'} must have the same class folders as {where / 'train'}; "
+            f"only in train: {only_train[:10]}{' ...' if len(only_train) > 10 else ''}, "
+            f"only in val: {only_val[:10]}{' ...' if len(only_val) > 10 else ''}"
+        )
+
+    t = torch.from_numpy
+
+    def split(name: str):
+        files, labels = [], []
+        for k, wnid in enumerate(classes):
+            found = _image_files(where / name / wnid, cap)
+            files += found
+            labels += [k] * len(found)
+        x = _read_images("imagenet", files, size, lambda im: _resize_center_crop(im, size))
+        return t(x), t(np.array(labels, dtype=np.int64))
+
+    x_train, y_train = split("train")
+    x_test, y_test = split("val")
+    return Dataset(
+        name="imagenet",
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        classes=classes,
+        normalization=opts["normalization"],
+        augment_pad=size // 8,
+        augment_flip=True,
+        info={
+            "source": [str(where / s) for s in IMAGENET_SPLITS],
+            "split": "train/<wnid>/ -> train, val/<wnid>/ -> test; classes = sorted wnid folders",
+            "image_size": f"{size}x{size}: shorter side resized (PIL bilinear), centre crop",
+            "max_per_class": cap,
+            "note": "in-memory stand-in; the paper's inception crop 224 needs a streaming loader",
+        },
+    )
+
+
+# ----------------------------------------------------------------------------- registry
+def data_root(root=None) -> Path | None:
+    """The data root: the argument, else $NNRANDOMNESS_DATA, else None."""
+    root = root if root is not None else os.environ.get(DATA_ROOT_ENV)
+    return Path(root) if root else None
+
+
+def missing(name: str, where: Path | None, expected: str) -> FileNotFoundError:
+    """The error for a dataset that is not on disk: where it was looked for and what goes there."""
+    where_text = str(where) if where is not None else f"<no data root: pass data_root or set ${DATA_ROOT_ENV}>"
+    return FileNotFoundError(
+        f"dataset {name!r} not found at {where_text}. Expected: {expected}. "
+        "Nothing is downloaded automatically; place the files there."
+    )
+
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": load_digits,
+    "digits_groups": load_digits_groups,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "celeba": load_celeba,
+    "imagenet": load_imagenet,
+}
+EMBEDDED = ("digits", "digits_groups")  # need no data root
+
+
+def check_dataset(name: str, root=None) -> None:
+    """Fail before any work if `name` is unknown or its files are missing."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(LOADERS)}")
+    checker = CHECKERS.get(name)
+    if checker is not None:
+        checker(root)
+
+
+CHECKERS: dict[str, Callable] = {  # name -> function(root) raising when files are missing
+    "cifar10": check_cifar10,
+    "cifar100": check_cifar100,
+    "celeba": check_celeba,
+    "imagenet": check_imagenet,
+}
+
+
+def load_dataset(name: str, root=None, **options) -> Dataset:
+    """Load a registered dataset (see `LOADERS`)."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(LOADERS)}")
+    return LOADERS[name](root, **options)

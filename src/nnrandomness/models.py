@@ -1,0 +1,336 @@
+"""Models: the paper's SmallCNN, CIFAR ResNet-18, MediumCNN(k) and the torchvision zoo.
+
+Every model is built by `build_model`, which initialises every parameter from the *init*
+generator only (Glorot uniform, zero bias, as the paper's Keras code), so weight init is an
+independent noise source. Dropout draws its masks from the *dropout* generator
+(`SeededDropout`), never from torch's global RNG.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+# Keras BatchNormalization defaults: momentum 0.99 (torch momentum = 1 - 0.99), eps 1e-3.
+BN_MOMENTUM, BN_EPS = 0.01, 1e-3
+
+
+class SeededDropout(nn.Module):
+    """Inverted dropout whose masks come from an explicit generator (set by the trainer)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        if self.generator is None:
+            raise RuntimeError("SeededDropout needs a generator: call set_dropout_generator(model, g)")
+        keep = torch.rand(x.shape, generator=self.generator, device=self.generator.device).to(x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def set_dropout_generator(model: nn.Module, generator: torch.Generator) -> None:
+    for m in model.modules():
+        if isinstance(m, SeededDropout):
+            m.generator = generator
+
+
+# ----------------------------------------------------------------------------- SmallCNN
+class SmallCNN(nn.Module):
+    """The paper's SmallCNN: conv16-conv32-conv32 (3x3, same, ReLU, max-pool 2), GAP, dense 32, dense.
+
+    15,722 parameters for 3-channel input and 10 classes, as in the paper. Optional BatchNorm
+    after each convolution (Keras momentum/eps), optional dropout before the last layer.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, batchnorm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        layers, c = [], in_channels
+        for width in (16, 32, 32):
+            layers.append(nn.Conv2d(c, width, 3, padding=1))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(width, eps=BN_EPS, momentum=BN_MOMENTUM))
+            layers += [nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(c, 32),
+            nn.ReLU(),
+            SeededDropout(dropout),
+            nn.Linear(32, num_classes),
+        )
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+# ----------------------------------------------------------------------------- ResNet-18 (CIFAR)
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv+BN (no bias), identity shortcut or 1x1 conv+BN when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = _bn(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = _bn(out_channels)
+        self.relu = nn.ReLU()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), _bn(out_channels))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """The paper's CIFAR ResNet-18: 3x3 stem 64 + BN + ReLU (no max-pool), 4 stages x 2 BasicBlocks
+    (64/128/256/512, stride 2 at stages 2-4), global average pool, dense.
+
+    11,173,962 parameters for 3 channels and 10 classes. Padding 1 at stride 2 is PyTorch's
+    symmetric padding (TF "same" pads asymmetrically there). The global average pool replaces
+    the Keras code's fixed 4x4 pool, identical at 32x32 input and valid for any input size.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False), _bn(64), nn.ReLU())
+        blocks, c = [], 64
+        for i, width in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            blocks += [BasicBlock(c, width, stride), BasicBlock(width, width, 1)]
+            c = width
+        self.layers = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), SeededDropout(dropout), nn.Linear(c, num_classes))
+
+    def forward(self, x):
+        return self.head(self.layers(self.stem(x)))
+
+
+# ----------------------------------------------------------------------------- MediumCNN(k)
+class MediumCNN(nn.Module):
+    """The overhead study's MediumCNN(k): six blocks of k x k conv (same padding, with bias as Keras'
+    Conv2D) + BN + ReLU + max-pool 2, channels 16..512, GAP, dense.
+
+    The pools use ceil_mode=True (Keras pools with floor) so that inputs smaller than 64 still work;
+    at 224x224 the two differ only in the last pool (7 -> 4 instead of 3), before the GAP.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, kernel_size: int = 3, dropout: float = 0.0):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"MediumCNN kernel_size must be a positive odd integer, got {kernel_size!r}")
+        layers, c = [], in_channels
+        for width in (16, 32, 64, 128, 256, 512):
+            layers += [
+                nn.Conv2d(c, width, kernel_size, padding=kernel_size // 2),
+                _bn(width),
+                nn.ReLU(),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), SeededDropout(dropout), nn.Linear(c, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+# ----------------------------------------------------------------------------- torchvision zoo
+# For the overhead study (determinism cost, timing only). Built with weights=None (never
+# downloads) and then, like every model here, re-initialised by `glorot_init` from the init
+# generator: the init scheme is irrelevant to timing. (The paper's ResNet-50 *training* recipe
+# uses He normal with an N(0, 0.01) final layer; use a dedicated initialiser if that is ever
+# trained for accuracy.) BatchNorm keeps torchvision's constants (the Keras applications differ
+# per model anyway).
+#
+# Randomness stays out of torch's global RNG: every nn.Dropout is replaced by
+# SeededDropout(dropout) (registry default 0, i.e. no dropout, as Keras' VGG, ResNet, DenseNet,
+# Inception and MobileNet tops), and EfficientNet-B0 is built without stochastic depth
+# (torchvision's StochasticDepth draws from the global RNG). Keras' EfficientNetB0 has top
+# dropout 0.2 and drop-connect 0.2; pass dropout=0.2 for the former.
+
+
+def _replace_module(root: nn.Module, qualified_name: str, new: nn.Module) -> None:
+    parent_name, _, child = qualified_name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def adapt_in_channels(model: nn.Module, in_channels: int, name: str = "model") -> nn.Module:
+    """Replace the first convolution of an RGB model by one with `in_channels` inputs.
+
+    The new conv copies every other setting (out channels, kernel, stride, padding, dilation,
+    bias, padding mode); its weights are left to the initialiser. Raises ValueError when the model
+    cannot be adapted (no leading ungrouped 3-channel Conv2d, or an RGB-specific input transform).
+    """
+    if in_channels == 3:
+        return model
+    if in_channels < 1:
+        raise ValueError(f"{name}: in_channels must be >= 1, got {in_channels}")
+    if getattr(model, "transform_input", False):
+        raise ValueError(f"{name}: cannot adapt to {in_channels} input channels: transform_input assumes RGB")
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ValueError(f"{name}: cannot adapt to {in_channels} input channels: no Conv2d found")
+    qname, conv = first
+    if conv.in_channels != 3 or conv.groups != 1:
+        raise ValueError(
+            f"{name}: cannot adapt to {in_channels} input channels: first conv {qname!r} has "
+            f"in_channels={conv.in_channels}, groups={conv.groups} (expected 3, 1)"
+        )
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=1,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    _replace_module(model, qname, new)
+    return model
+
+
+def _seed_dropouts(model: nn.Module, dropout: float) -> nn.Module:
+    """Replace every torch dropout (global RNG) by SeededDropout(dropout)."""
+    targets = [n for n, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for qname in targets:
+        _replace_module(model, qname, SeededDropout(dropout))
+    return model
+
+
+def _torchvision(factory_name: str, **kwargs) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_channels: int, dropout: float = 0.0) -> nn.Module:
+        import torchvision.models as tvm  # imported lazily: SmallCNN users need no torchvision
+
+        model = getattr(tvm, factory_name)(weights=None, num_classes=num_classes, **kwargs)
+        model = _seed_dropouts(model, dropout)
+        return adapt_in_channels(model, in_channels, factory_name)
+
+    build.__name__ = f"build_{factory_name}"
+    return build
+
+
+# ----------------------------------------------------------------------------- init
+@torch.no_grad()
+def glorot_init(model: nn.Module, generator: torch.Generator) -> None:
+    """Glorot-uniform weights and zero biases for every conv/linear; BatchNorm to (1, 0).
+
+    Modules are visited in registration order, so the draws are a fixed function of the seed.
+    Unlike the paper's Keras code, every layer gets its own draws (its stateless seeded
+    initialisers made same-shaped kernels identical in IMPL and CONTROL).
+    """
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight, generator=generator)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if getattr(m, "weight", None) is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- registry
+def _mediumcnn(kernel_size: int) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_channels: int, dropout: float = 0.0) -> nn.Module:
+        return MediumCNN(num_classes, in_channels, kernel_size, dropout)
+
+    build.__name__ = f"build_mediumcnn_k{kernel_size}"
+    return build
+
+
+# name -> constructor(num_classes, in_channels, dropout) returning an uninitialised module
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "smallcnn": lambda num_classes, in_channels, dropout=0.0: SmallCNN(num_classes, in_channels, False, dropout),
+    "smallcnn_bn": lambda num_classes, in_channels, dropout=0.0: SmallCNN(num_classes, in_channels, True, dropout),
+    "resnet18": lambda num_classes, in_channels, dropout=0.0: ResNet18(num_classes, in_channels, dropout),
+    **{f"mediumcnn_k{k}": _mediumcnn(k) for k in (1, 3, 5, 7)},
+    # overhead study (torchvision, weights=None)
+    "vgg16": _torchvision("vgg16"),
+    "vgg19": _torchvision("vgg19"),
+    "resnet50": _torchvision("resnet50"),
+    "resnet152": _torchvision("resnet152"),
+    "densenet121": _torchvision("densenet121"),
+    "densenet201": _torchvision("densenet201"),
+    "inception_v3": _torchvision("inception_v3", aux_logits=False, init_weights=False),
+    "mobilenet_v2": _torchvision("mobilenet_v2"),
+    "efficientnet_b0": _torchvision("efficientnet_b0", stochastic_depth_prob=0.0),
+}
+
+# Smallest square input side each model accepts, found by running a forward pass (batch 2, train
+# and eval mode) at every side from 1 to 80: every side from the value given up works, every side
+# below it fails. VGG's five floor-mode max-pools need 32; DenseNet's stem (stride-2 conv, max-pool)
+# and three floor-mode 2x2 average-pool transitions need 29; Inception-v3's unpadded stem needs 75.
+# The others only shrink by padded stride-2 convolutions or ceil-mode pools (the SmallCNN,
+# ResNet-18 and MediumCNN pools are ceil-mode on purpose), so they run at any side, down to 1x1
+# (8x8 digits reach 1x1 in ResNet-18 and MediumCNN). Train-mode BatchNorm also needs batch >= 2.
+MIN_IMAGE_SIZE: dict[str, int] = {
+    "smallcnn": 1,
+    "smallcnn_bn": 1,
+    "resnet18": 1,
+    **{f"mediumcnn_k{k}": 1 for k in (1, 3, 5, 7)},
+    "vgg16": 32,
+    "vgg19": 32,
+    "resnet50": 1,
+    "resnet152": 1,
+    "densenet121": 29,
+    "densenet201": 29,
+    "inception_v3": 75,
+    "mobilenet_v2": 1,
+    "efficientnet_b0": 1,
+}
+
+
+def check_model(name: str) -> None:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+
+
+def check_input_size(name: str, image_size: int) -> None:
+    """Raise ValueError if `name` cannot take square images of side `image_size`."""
+    check_model(name)
+    minimum = MIN_IMAGE_SIZE.get(name, 1)
+    if image_size < minimum:
+        raise ValueError(f"model {name!r} needs input images of at least {minimum}x{minimum}, got {image_size}x{image_size}")
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int, *, generator: torch.Generator, dropout: float = 0.0
+) -> nn.Module:
+    """Build `name` on the CPU and initialise it from `generator` alone.
+
+    Construction runs inside `fork_rng` so that torch's default initialisers (overwritten right
+    after) neither depend on nor advance the global RNG.
+    """
+    check_model(name)
+    with torch.random.fork_rng(devices=[]):
+        model = MODELS[name](num_classes, in_channels, dropout=dropout)
+    glorot_init(model, generator)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,265 @@
+"""The run store: one directory per replica, complete only once its manifest is written.
+
+Layout: ``<root>/<hardware>/<dataset>/<model>/<setting>/replica-<k>/`` holding
+
+* ``predictions.parquet``: one row per test example (label, group, prediction, probabilities);
+* ``history.parquet``: one row per epoch;
+* ``weights.safetensors``: the final state_dict (parameters and buffers);
+* ``manifest.json``: spec, seeds, environment, backend flags, timings, content hashes and the
+  SHA-256 of every file above. It is written last, by atomic rename: a directory without a
+  valid manifest, or whose files fail their checksums, is incomplete and never read as a result.
+
+While a replica trains, its epoch checkpoint lives in the same directory; it is removed once
+the manifest is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # store is imported by train; only the type is needed here
+    from .train import ReplicaResult
+
+MANIFEST = "manifest.json"
+FILES = ("predictions.parquet", "history.parquet", "weights.safetensors")
+MANIFEST_VERSION = 1
+
+
+def replica_dir(root, hardware: str, dataset: str, model: str, setting: str, replica: int) -> Path:
+    return Path(root) / hardware / dataset / model / setting / f"replica-{replica}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_hash(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and raw bytes in sorted name order: equal iff bit-identical."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def predictions_hash(predictions: np.ndarray, probabilities: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(predictions, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(probabilities, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------- writing
+def write_replica(root, hardware: str, result: "ReplicaResult") -> Path:
+    """Write one replica's result; the manifest goes last, by atomic rename. Returns the directory."""
+    spec = result.spec
+    out = replica_dir(root, hardware, spec.dataset, spec.model, spec.setting, spec.replica)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # an overwrite is incomplete until its new manifest lands
+
+    n, c = result.probabilities.shape
+    preds = pd.DataFrame(
+        {
+            "example": np.arange(n, dtype=np.int64),
+            "label": result.labels.astype(np.int64),
+            "group": (result.groups if result.groups is not None else np.full(n, -1)).astype(np.int64),
+            "prediction": result.predictions.astype(np.int64),
+        }
+    )
+    probs = pd.DataFrame(result.probabilities, columns=[f"prob_{k}" for k in range(c)])
+    pd.concat([preds, probs], axis=1).to_parquet(out / "predictions.parquet", index=False)
+    result.history.to_parquet(out / "history.parquet", index=False)
+    save_file({k: v.contiguous() for k, v in result.weights.items()}, str(out / "weights.safetensors"))
+
+    final = result.history.iloc[-1].to_dict() if len(result.history) else {}
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "hardware": hardware,
+        "spec": spec.to_dict(),
+        "seeds": result.seeds,
+        "setting": {
+            "name": spec.setting,
+            "varied": sorted(spec.noise.varied),
+            "deterministic": spec.noise.deterministic,
+            "perturb_ulp": spec.noise.perturb_ulp,
+        },
+        "backend": result.backend,
+        "environment": result.environment,
+        "perturbation": result.perturbation,
+        "timings": result.timings,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "final": {k: float(v) for k, v in final.items()},
+        "weights_hash": weights_hash(result.weights),
+        "predictions_hash": predictions_hash(result.predictions, result.probabilities),
+        "files": {name: sha256_file(out / name) for name in FILES},
+    }
+    tmp = out / (MANIFEST + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=_json_default))
+    os.replace(tmp, out / MANIFEST)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- reading
+def read_manifest(path: Path, verify: bool = True) -> dict:
+    """The manifest of a replica directory; raises ValueError when it is missing, unreadable,
+    or (with verify) when a file fails its checksum."""
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.exists():
+        raise ValueError("no manifest (incomplete or interrupted replica)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"unreadable manifest: {e}") from None
+    for name in FILES:
+        if name not in manifest.get("files", {}):
+            raise ValueError(f"manifest lists no checksum for {name}")
+        if not (path / name).exists():
+            raise ValueError(f"{name} is missing")
+        if verify and sha256_file(path / name) != manifest["files"][name]:
+            raise ValueError(f"{name} fails its SHA-256 checksum")
+    return manifest
+
+
+def is_complete(path: Path, verify: bool = True) -> bool:
+    try:
+        read_manifest(path, verify)
+        return True
+    except ValueError:
+        return False
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(path) / "weights.safetensors"))
+
+
+@dataclass
+class Runs:
+    """Tidy frames of the run store, one row per replica (and example, or epoch)."""
+
+    replicas: pd.DataFrame  # hardware, dataset, model, setting, replica, path, hashes, final metrics
+    predictions: pd.DataFrame  # ... + example, label, group, prediction, correct
+    history: pd.DataFrame  # ... + epoch, lr, losses, accuracies, seconds
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped dirs
+
+    def cells(self) -> pd.DataFrame:
+        """One row per (hardware, dataset, model, setting) with its number of replicas."""
+        keys = ["hardware", "dataset", "model", "setting"]
+        return self.replicas.groupby(keys, as_index=False).size().rename(columns={"size": "replicas"})
+
+
+KEYS = ["hardware", "dataset", "model", "setting", "replica"]
+
+
+def iter_replica_dirs(root, **filters):
+    """Replica directories under root matching filters (hardware=, dataset=, model=, setting=)."""
+    unknown = set(filters) - set(KEYS[:-1])
+    if unknown:
+        raise ValueError(f"unknown filter(s) {sorted(unknown)}; valid filters: {', '.join(KEYS[:-1])}")
+    pattern = "/".join(str(filters.get(k) or "*") for k in KEYS[:-1]) + "/replica-*"
+    yield from sorted(p for p in Path(root).glob(pattern) if p.is_dir())
+
+
+def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filters) -> Runs:
+    """Load every complete replica under `root`. Incomplete or damaged ones are reported in
+    `problems` (and a warning is printed), never returned as results."""
+    rows, preds, hists, problems = [], [], [], []
+    for path in iter_replica_dirs(root, **filters):
+        try:
+            m = read_manifest(path, verify)
+        except ValueError as e:
+            problems.append((str(path), str(e)))
+            continue
+        s = m["spec"]
+        key = {"hardware": m["hardware"], "dataset": s["dataset"], "model": s["model"], "setting": s["setting"],
+               "replica": s["replica"]}
+        rows.append(
+            {
+                **key,
+                "path": str(path),
+                "base_seed": s["base_seed"],
+                "epochs": s["epochs"],
+                "threads": s["threads"],
+                "device": s["device"],
+                "precision": s["precision"],
+                "weights_hash": m["weights_hash"],
+                "predictions_hash": m["predictions_hash"],
+                "test_accuracy": m["final"].get("test_accuracy"),
+                "train_seconds": m["timings"].get("train_seconds"),
+                "git_commit": m["environment"].get("git_commit"),
+                "torch": m["environment"].get("torch"),
+                "cpu_model": m["environment"].get("cpu_model"),
+                "gpu_name": m["environment"].get("gpu_name"),
+            }
+        )
+        p = pd.read_parquet(path / "predictions.parquet")
+        if not probabilities:
+            p = p[["example", "label", "group", "prediction"]]
+        p["correct"] = p["prediction"] == p["label"]
+        preds.append(p.assign(**key))
+        hists.append(pd.read_parquet(path / "history.parquet").assign(**key))
+    if problems:
+        import warnings
+
+        warnings.warn(f"skipped {len(problems)} incomplete or damaged replica(s): {problems[:3]}", stacklevel=2)
+    order = lambda df, extra: df[KEYS + [c for c in df.columns if c not in KEYS]].sort_values(KEYS + extra, ignore_index=True)  # noqa: E731
+    replicas = order(pd.DataFrame(rows), []) if rows else pd.DataFrame(columns=KEYS)
+    predictions = order(pd.concat(preds, ignore_index=True), ["example"]) if preds else pd.DataFrame(columns=KEYS)
+    history = order(pd.concat(hists, ignore_index=True), ["epoch"]) if hists else pd.DataFrame(columns=KEYS)
+    return Runs(replicas, predictions, history, problems)
+
+
+def prediction_matrix(predictions: pd.DataFrame, column: str = "prediction") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R, N) matrix of one cell's predictions, with labels (N,) and groups (N,)."""
+    wide = predictions.pivot(index="replica", columns="example", values=column)
+    first = predictions[predictions["replica"] == wide.index[0]].sort_values("example")
+    return wide.to_numpy(), first["label"].to_numpy(), first["group"].to_numpy()
+
+
+# ----------------------------------------------------------------------------- cells
+class DeterminismViolation(RuntimeError):
+    """Replicas of a setting that promises bit-identical results differ."""
+
+
+def check_identical(replicas: pd.DataFrame) -> list[str]:
+    """Problems with a cell whose setting promises identical replicas (empty when fine)."""
+    problems = []
+    for column in ("weights_hash", "predictions_hash"):
+        values = replicas[column].unique()
+        if len(values) > 1:
+            groups = replicas.groupby(column)["replica"].apply(list).tolist()
+            problems.append(f"{column} differs between replicas: groups {groups}")
+    return problems
+
+
+def remove_replica(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
