@@ -121,8 +121,9 @@ def perturb_one_ulp(model: torch.nn.Module, generator: torch.Generator) -> dict:
     with torch.no_grad():
         view = p.view(-1)
         old = view[index].clone()
-        view[index] = torch.nextafter(old, torch.tensor(float("inf"), dtype=old.dtype, device=old.device))
-    return {"parameter": name, "index": index, "old": float(old), "new": float(view[index])}
+        new = torch.nextafter(old, torch.tensor(float("inf"), dtype=old.dtype, device=old.device))
+        view[index] = new
+    return {"parameter": name, "index": index, "old": float(old), "new": float(new)}
 
 
 # ----------------------------------------------------------------------------- backend flags

@@ -109,8 +109,12 @@ def validate_spec(spec: ReplicaSpec, check_data: bool = True) -> None:
     if not isinstance(spec.augment, bool):
         raise ValueError(f"augment must be true or false, got {spec.augment!r}")
     noise.validate_backend(spec.backend())
-    if torch.device(spec.device).type not in DEVICE_TYPES:
-        raise ValueError(f"unknown device {spec.device!r}; valid device types: {', '.join(DEVICE_TYPES)}")
+    try:
+        device_type = torch.device(spec.device).type
+    except (RuntimeError, TypeError):
+        device_type = None
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"unknown device {spec.device!r}; valid devices: {', '.join(DEVICE_TYPES)} (optionally ':index')")
     # A single-source preset whose source is switched off in the recipe would silently equal
     # CONTROL: refuse it.
     if "dropout" in setting.varied and setting.varied == {"dropout"} and spec.dropout == 0:
