@@ -126,3 +126,12 @@ def test_import_has_no_side_effects_on_backend_flags():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "true"
+
+
+@pytest.mark.requires_gpu
+def test_cublas_workspace_refused_once_cuda_runs(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.zeros(1, device="cuda")  # initialises CUDA
+    with pytest.raises(RuntimeError, match="must be set before CUDA initialises"):
+        with noise.configure_determinism(noise.BackendConfig(deterministic=True, cublas_workspace_config=":16:8")):
+            pass

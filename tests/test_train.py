@@ -173,3 +173,13 @@ def test_checkpoint_of_another_spec_is_refused(tmp_path, digits):
 def test_bf16_autocast_runs_on_cpu(digits):
     r = train(digits, precision="bf16", epochs=1)
     assert r.backend["requested"]["autocast_bf16"] and np.isfinite(r.history["train_loss"]).all()
+
+
+@pytest.mark.requires_gpu
+def test_control_on_cuda_is_bit_identical_and_algo_impl_records_benchmark():
+    spec = dataclasses.replace(TINY, device="cuda")
+    a, b = train_replica(spec), train_replica(spec)
+    assert store.weights_hash(a.weights) == store.weights_hash(b.weights)
+    c = train_replica(dataclasses.replace(spec, setting="ALGO+IMPL"))
+    assert c.backend["effective"]["cudnn_benchmark"] is True
+    assert c.backend["effective"]["deterministic_algorithms"] is False
