@@ -25,12 +25,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 test: setup browser
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	TQDM_DISABLE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=0 $(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-sanitize-with=tests/nbval_sanitize.cfg tests notebooks
 
 book: setup
 	$(BIN)/nnrandomness run plans/default.yaml --workers $(WORKERS)
 	$(BIN)/python -m nnrandomness.book
-	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 # Students: open the chapters in JupyterLab (installed on demand, not needed for the book).
 lab: setup

@@ -235,7 +235,9 @@ def train_replica(
         n = len(ds.y_train)
         epochs = range(start_epoch, spec.epochs)
         if progress:
-            from tqdm.auto import tqdm
+            # Text bars: tqdm.auto in a kernel without ipywidgets prints a TqdmWarning holding the
+            # venv's absolute path into every executed notebook.
+            from tqdm import tqdm
 
             epochs = tqdm(epochs, desc=f"{spec.setting} replica {spec.replica}", initial=start_epoch, total=spec.epochs)
         for epoch in epochs:

@@ -1,0 +1,147 @@
+"""Guards around the chapters: nbval really compares them, and their .py twins agree with them.
+
+`make test` runs ``pytest --nbval`` over notebooks/ in the same pytest invocation as tests/ (see
+the Makefile): every code cell of every chapter is re-executed and its output compared with the
+committed one, up to tests/nbval_sanitize.cfg and cells tagged ``nbval-ignore-output``. These
+tests make sure that comparison is not empty.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from nnrandomness import book
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks under notebooks/: the nbval run would test nothing"
+
+
+def test_every_code_cell_has_a_stored_execution():
+    """nbval silently skips the comparison of a cell stored with execution_count null: a
+    notebook committed unexecuted would only be smoke-tested."""
+    unexecuted = []
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type == "code" and cell.source.strip() and cell.execution_count is None:
+                first = cell.source.strip().splitlines()[0][:60]
+                unexecuted.append(f"{path.relative_to(ROOT)} cell {index}: {first!r}")
+    assert not unexecuted, (
+        "code cells stored without execution (nbval would not compare them); execute the chapter "
+        "(python -m nnrandomness.book --only NAME) and commit its outputs:\n" + "\n".join(unexecuted)
+    )
+
+
+def test_charts_use_the_offline_renderer():
+    """A chart rendered by Altair's default renderer loads Vega from a CDN (blank offline) and
+    has a random div id (nbval and git see a change on every run)."""
+    offenders = []
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        for index, cell in enumerate(nb.cells):
+            for output in cell.get("outputs", []):
+                html = "".join(output.get("data", {}).get("text/html", ""))
+                if "altair-viz-" in html or "cdn.jsdelivr.net/npm/vega" in html:
+                    offenders.append(f"{path.relative_to(ROOT)} cell {index}")
+    assert not offenders, ("charts rendered with Altair's CDN renderer; call nnrandomness.charts.enable() in the "
+                           "chapter's imports cell:\n" + "\n".join(offenders))
+
+
+def cell_sources(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_py_twin_in_sync(path):
+    twin = path.with_suffix(".py")
+    assert twin.is_file(), (f"{path.name} has no py:percent twin: run "
+                            f"`jupytext --set-formats ipynb,py:percent {path.relative_to(ROOT)}`")
+    notebook, script = jupytext.read(path), jupytext.read(twin)
+    assert "py:percent" in notebook.metadata.get("jupytext", {}).get("formats", ""), \
+        f"{path.name} is not paired with py:percent in its metadata"
+    assert cell_sources(notebook) == cell_sources(script), (
+        f"{path.name} and {twin.name} differ: run `jupytext --sync {path.relative_to(ROOT)}` "
+        "(from the side you edited last)")
+
+
+def test_no_orphan_twins():
+    twins = {p.with_suffix(".py") for p in NOTEBOOKS}
+    orphans = [p.name for p in (ROOT / "notebooks").glob("*.py") if p not in twins]
+    assert not orphans, f"py twins without a notebook: {orphans}"
+
+
+def test_make_test_runs_kernels_like_the_book():
+    """nbval's kernels must run with the environment the book's build step gives them (one
+    thread, no progress bars), or the committed outputs would not be reproduced."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe, "the Makefile has no test recipe"
+    missing = [f"{k}={v}" for k, v in book.KERNEL_ENV.items() if f"{k}={v}" not in recipe.group(1)]
+    assert not missing, f"the Makefile's test recipe lacks {missing} (see nnrandomness.book.KERNEL_ENV)"
+    assert "--nbval" in recipe.group(1) and "notebooks" in recipe.group(1)
+
+
+# ----------------------------------------------------------------------------- nbval compares
+def stored_notebook(code: str, output_text: str | None = None, html: str | None = None):
+    """A one-cell notebook as if executed, with the given stored output."""
+    cell = new_code_cell(code, execution_count=1)
+    if html is not None:
+        cell.outputs = [new_output("display_data", data={"text/html": html, "text/plain": "<HTML>"})]
+    else:
+        cell.outputs = [new_output("stream", name="stdout", text=output_text)]
+    return new_notebook(cells=[cell], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                               "language": "python"}})
+
+
+def run_nbval(tmp_path: Path, names: list[str], sanitize: bool) -> dict[str, str]:
+    """Run pytest --nbval on notebooks in tmp_path, in a subprocess; {notebook: PASSED/FAILED}."""
+    # --rootdir: the temporary folder, not this repository (whose pytest settings would apply).
+    cmd = [sys.executable, "-m", "pytest", "--nbval", *names, "-rA", f"--rootdir={tmp_path}",
+           "-p", "no:cacheprovider", "-p", "no:xdist"]
+    if sanitize:
+        shutil.copy(SANITIZE, tmp_path / SANITIZE.name)
+        cmd.append(f"--nbval-sanitize-with={SANITIZE.name}")
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    outcome = {}
+    for line in result.stdout.splitlines():
+        match = re.match(r"^(PASSED|FAILED|ERROR) (\S+?)::", line)
+        if match:
+            outcome[match.group(2)] = match.group(1)
+    assert set(outcome) == set(names), f"nbval did not report every notebook:\n{result.stdout[-3000:]}"
+    return outcome
+
+
+def test_nbval_compares_outputs(tmp_path):
+    notebooks = {
+        "right.ipynb": stored_notebook("print(1 + 1)", "2\n"),
+        "wrong_text.ipynb": stored_notebook("print(1 + 1)", "3\n"),
+        "wrong_html.ipynb": stored_notebook(
+            "from IPython.display import HTML\nHTML('<div id=\"nnr-chart-1\"></div>')",
+            html='<div id="nnr-chart-2"></div>'),
+        # What the sanitize file is for: a temporary path, an address, a duration.
+        "varying.ipynb": stored_notebook(
+            "import tempfile, time\nprint(tempfile.mkdtemp(), object())\nstart = time.perf_counter()\n"
+            "print(f'took {time.perf_counter() - start + 1:.3f} s')",
+            "/tmp/tmpab12cd <object object at 0x7f0000000000>\ntook 9.876 s\n"),
+    }
+    for name, nb in notebooks.items():
+        nbformat.write(nb, str(tmp_path / name))
+    outcome = run_nbval(tmp_path, list(notebooks), sanitize=True)
+    assert outcome == {"right.ipynb": "PASSED", "wrong_text.ipynb": "FAILED", "wrong_html.ipynb": "FAILED",
+                       "varying.ipynb": "PASSED"}
+    # Without the sanitize file the varying outputs do differ: the patterns are what makes it pass.
+    assert run_nbval(tmp_path, ["varying.ipynb"], sanitize=False) == {"varying.ipynb": "FAILED"}
