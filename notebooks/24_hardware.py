@@ -1,0 +1,154 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# (hardware)=
+# # Hardware, precision and threads
+#
+# A replica's bits depend on the machine it ran on, not only on its seeds: the number of CPU
+# threads splits each sum differently, another CPU model or GPU picks other kernels and
+# instruction sets, and a lower precision rounds elsewhere. The run store keeps each machine's
+# replicas under their own hardware label (`cpu-1t`, `cpu-2t`, `cuda-nvidia-h100-...`), with the
+# same seeds for the same replica index. This chapter compares, for every cell stored under two
+# or more labels, replica $k$ on one label with replica $k$ on the other: their disagreement is
+# the pure effect of the tooling, since nothing else differs.
+
+# %%
+import altair as alt
+import pandas as pd
+from IPython.display import Markdown
+from myst_nb import glue
+
+from nnrandomness import analysis, charts, store
+
+charts.enable()
+
+# %% tags=["parameters"]
+runs_root = "../data/runs"  # the run store, relative to notebooks/
+dataset = "digits"  # dataset of the cells compared
+model = "smallcnn"  # model of the cells compared
+weights = True  # also compare the final weights (L2); reads every replica's weights file
+
+# %% [markdown]
+# The hardware labels in the store, and how many replicas each holds per setting:
+
+# %%
+runs = store.load_runs(runs_root, dataset=dataset, model=model)
+cells = runs.cells()
+labels = sorted(cells["hardware"].unique()) if len(cells) else []
+cells.pivot_table(index="setting", columns="hardware", values="replicas", aggfunc="sum", fill_value=0).loc[
+    lambda d: analysis.setting_order(d.index)] if len(cells) else Markdown(
+    analysis.missing_note([f"*/{dataset}/{model}/*: no replicas"], runs_root))
+
+# %%
+compare = analysis.hardware_compare(runs, weights=weights)
+if len(labels) < 2:
+    note = (f"**One hardware label only.** The store holds {dataset}/{model} runs under "
+            f"{', '.join(f'`{h}`' for h in labels) or 'no label'}; a comparison needs the same cell under two "
+            "labels. The default plan adds `cpu-2t` (CONTROL and ALGO at two threads); a GPU plan adds a "
+            "`cuda-...` label. Run one, then re-execute this chapter.")
+elif compare.empty:
+    note = "**No cell is stored under two hardware labels** with the same test set; nothing to compare."
+else:
+    note = ""
+Markdown(note) if note else None
+
+# %%
+None if compare.empty else pd.DataFrame({
+    "setting": compare["setting"], "a": compare["hardware_a"], "b": compare["hardware_b"],
+    "matched replicas": compare["n_matched"], "bit-identical pairs": compare["n_identical"],
+    "churn a vs b (same seeds)": compare["churn_matched"].map(analysis.pct),
+    "churn a vs b (all pairs)": compare["churn_cross"].map(analysis.pct),
+    "churn within a": compare["churn_within_a"].map(analysis.pct),
+    "churn within b": compare["churn_within_b"].map(analysis.pct),
+    "L2 a vs b (same seeds)": compare["l2_matched"].round(3),
+    "accuracy a": compare["acc_mean_a"].map(analysis.pct), "accuracy b": compare["acc_mean_b"].map(analysis.pct),
+}).set_index(["setting", "a", "b"])
+
+# %% tags=["hide-input"]
+cell = analysis.cell_name(dataset, model)
+first = compare.drop_duplicates("setting")  # the first pair of labels of each setting
+columns = {"churn_matched": "pct", "churn_within_a": "pct", "churn_within_b": "pct", "churn_cross": "pct",
+           "n_matched": "int", "n_identical": "int", "l2_matched": "2f", "hardware_a": "text", "hardware_b": "text"}
+for name, text in analysis.prose_values(first, columns).items():
+    glue(name, text, display=False)
+
+# %% [markdown]
+# ## The same seeds on two machines
+#
+# CONTROL replicas are bit-identical on one label. Between {glue:text}`control_hardware_a` and
+# {glue:text}`control_hardware_b`, replica $k$ against replica $k$ (same seeds, same data order,
+# deterministic kernels), {glue:text}`control_n_identical` of {glue:text}`control_n_matched` pairs
+# are bit-identical and they disagree on {glue:text}`control_churn_matched` of the test examples,
+# with final weights {glue:text}`control_l2_matched` apart. On the CPU the two labels differ only
+# in the number of threads: with two threads a sum is split in two halves whose partial results
+# are added at the end, which rounds differently from one running sum; the difference starts in
+# the last bit and training amplifies it.
+#
+# With the algorithmic sources varying too (ALGO), replicas on one label disagree on
+# {glue:text}`algo_churn_within_a` ({glue:text}`algo_hardware_a`); replica $k$ on the two labels
+# disagrees on {glue:text}`algo_churn_matched`. A tooling change alone moves predictions by an
+# amount to set beside what all of the algorithmic randomness does.
+#
+# :::{glue:figure} fig-hardware-churn
+# :name: fig-hardware-churn
+#
+# {glue:text}`fig-hardware-churn-caption`
+# :::
+
+# %% tags=["hide-input"]
+if len(compare):
+    long = compare.assign(pair=compare["hardware_a"] + " vs " + compare["hardware_b"]).melt(
+        id_vars=["setting", "pair", "hardware_a", "hardware_b", "n_matched", "n_a", "n_b"],
+        value_vars=["churn_within_a", "churn_within_b", "churn_matched", "churn_cross"], var_name="kind",
+        value_name="churn")
+    rank = {"churn_within_a": 0, "churn_within_b": 1, "churn_matched": 2, "churn_cross": 3}
+    long["rank"] = long["kind"].map(rank)
+    long["kind"] = [{0: f"within {a}", 1: f"within {b}", 2: f"{a} vs {b}, same seeds", 3: f"{a} vs {b}, all pairs"}[r]
+                    for r, a, b in zip(long["rank"], long["hardware_a"], long["hardware_b"])]
+    long = long.dropna(subset=["churn"]).sort_values(["rank", "kind"])
+    present = charts.setting_sort(long["setting"])
+    chart = alt.Chart(charts.tidy_limit(long)).mark_bar().encode(
+        x=alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
+        y=alt.Y("kind:N", sort=long["kind"].unique().tolist(), title=None),
+        color=charts.setting_color(settings=present, legend=None),
+        # the tooling alone (same seeds) in full colour, the rest lighter
+        opacity=alt.when(alt.datum.rank == 2).then(alt.value(1.0)).otherwise(alt.value(0.4)),
+        row=alt.Row("setting:N", sort=present, title=None),
+        column=alt.Column("pair:N", title=None),
+        tooltip=["setting:N", "pair:N", "kind:N", alt.Tooltip("churn:Q", format=".2%"),
+                 alt.Tooltip("n_matched:Q", title="matched replicas"), alt.Tooltip("n_a:Q", title="replicas on a"),
+                 alt.Tooltip("n_b:Q", title="replicas on b")],
+    ).properties(width=320, height=90, title="Churn within one hardware label and across two").resolve_scale(
+        y="independent")
+    n = int(compare["n_matched"].min())
+    where = f"{cell} on {', '.join(labels)}"
+else:
+    chart = charts.missing_chart(f"no {cell} cell stored under two hardware labels")
+    n, where = 0, cell
+charts.glue_figure("hardware", "churn", chart,
+                   "Predictive churn between replicas on one hardware label (within a, within b), between replica k "
+                   "on one label and replica k on the other (same seeds: the tooling alone) and between any two "
+                   "replicas on different labels, per setting", n=n, hardware=" and ".join(labels) or "none",
+                   cell=where)
+
+# %% [markdown]
+# ## What is still to come
+#
+# GPU hosts add their own labels (one per GPU model) when a GPU plan runs; the same comparison
+# then measures what moving a run from the CPU to a GPU, or from one GPU generation to another,
+# does with identical seeds, and IMPL stops being identical to CONTROL (see {ref}`topline`).
+# Precision (fp32, TF32, bf16) is a field of each replica's spec and is compared the same way
+# once a plan varies it.

@@ -1,0 +1,866 @@
+"""From the run store to the tables the analysis chapters plot and quote.
+
+Every function takes a :class:`store.Runs` (the tidy frames of ``store.load_runs``) and returns
+a tidy pandas frame: one row per *cell* (hardware, dataset, model, setting), or per cell and
+class, subgroup or example. All the maths is in :mod:`metrics`; this module only selects
+replicas, builds the (R, N) prediction matrix of each cell, calls the metrics and labels the
+results.
+Nothing here plots (that is :mod:`charts`) and nothing reads globals: a chapter re-run out of
+order gets the same tables.
+
+Uncertainty: percentile bootstrap over replicas (:func:`metrics.bootstrap_ci`) with a fixed
+seed, so a chapter re-executed on the same runs gives byte-identical numbers. Pairwise metrics
+(churn, L2) are bootstrapped over the *distinct* pairs of each resample: a replica drawn twice
+would otherwise form a pair with itself, whose distance is zero, and drag the interval down
+(with R = 10 a tenth of the resampled pairs are such self-pairs).
+
+A cell that is absent or has too few replicas gives no row (or NaN where a CI needs more
+replicas): chapters say what is missing with :func:`missing` and :func:`missing_note`
+instead of failing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, noise, store
+
+__all__ = [
+    "CELL",
+    "FINDINGS",
+    "MIN_REPLICAS_CI",
+    "N_BOOT",
+    "as_text",
+    "cell_matrix",
+    "cell_name",
+    "churn_flips",
+    "ci_text",
+    "distribution_variance",
+    "examples_votes",
+    "findings",
+    "format_findings",
+    "hardware_compare",
+    "identity",
+    "instability_summary",
+    "iter_cells",
+    "missing",
+    "missing_note",
+    "pct",
+    "per_class",
+    "per_class_spread",
+    "per_example",
+    "prose_values",
+    "rare_vs_common",
+    "runs_table",
+    "setting_order",
+    "spread_tests",
+    "subgroup_noise",
+    "subgroup_rates",
+    "subgroups",
+    "topline",
+    "twin_identity",
+]
+
+# ----------------------------------------------------------------------------- conventions
+CELL = ["hardware", "dataset", "model", "setting"]  # one cell of the study: its replicas are compared
+N_BOOT = 1000  # bootstrap resamples per interval
+LEVEL = 0.95  # confidence level of every interval
+SEED = 0  # bootstrap seed: fixed, so committed chapter outputs are byte-identical on re-run
+# Fewer replicas than this give NaN intervals: a bootstrap over 3 or 4 replicas is mostly
+# resamples of one or two distinct replicas, and says little.
+MIN_REPLICAS_CI = 5
+# The setting each non-deterministic setting repeats with deterministic kernels and the same
+# seeds: on hardware whose kernels are deterministic anyway (the CPU at a fixed thread count)
+# the twins are bit-identical.
+TWINS = (("IMPL", "CONTROL"), ("ALGO+IMPL", "ALGO"))
+
+
+def setting_order(settings: Iterable[str]) -> list[str]:
+    """Settings in the book's order (noise.SETTINGS: the paper's four, single sources, ULP);
+    unknown names last, alphabetically."""
+    known = list(noise.SETTINGS)
+    given = list(dict.fromkeys(settings))
+    return [s for s in known if s in given] + sorted(s for s in given if s not in known)
+
+
+def _sorted(df: pd.DataFrame, extra: list[str] | None = None) -> pd.DataFrame:
+    """Rows in a stable, readable order: cell keys (settings in the book's order), then extra."""
+    if df.empty:
+        return df.reset_index(drop=True)
+    keys = [k for k in CELL if k in df.columns]
+    out = df.copy()
+    if "setting" in out.columns:
+        order = setting_order(out["setting"].unique())
+        out["_setting_rank"] = out["setting"].map({s: i for i, s in enumerate(order)})
+        keys = ["_setting_rank" if k == "setting" else k for k in keys]
+    out = out.sort_values(keys + (extra or []), kind="mergesort", ignore_index=True)
+    return out.drop(columns="_setting_rank", errors="ignore")
+
+
+def cell_name(dataset: str, model: str) -> str:
+    """How captions and tables name a (dataset, model) pair: ``digits/smallcnn``."""
+    return f"{dataset}/{model}"
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Rows as a frame with fixed columns (also when there are no rows)."""
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------- cells
+def iter_cells(predictions: pd.DataFrame, keys: list[str] = CELL) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """(key dict, that cell's prediction rows) for every cell present, in sorted key order."""
+    if predictions.empty or "example" not in predictions.columns:
+        return
+    for key, frame in predictions.groupby(keys, sort=True):
+        yield dict(zip(keys, key)), frame
+
+
+def cell_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """(preds (R, N), labels (N,), groups (N,), replica ids (R,)) of one cell's prediction rows.
+
+    Rows of ``preds`` follow the replica ids in ascending order.
+    """
+    preds, labels, groups = store.prediction_matrix(frame)
+    replicas = sorted(int(r) for r in frame["replica"].unique())
+    return preds.astype(np.int64), labels.astype(np.int64), groups.astype(np.int64), replicas
+
+
+def _cell_replicas(runs: store.Runs, key: dict, replicas: list[int] | None = None) -> pd.DataFrame:
+    """The replica rows of one cell (optionally only the given replica ids), by replica id."""
+    r = runs.replicas
+    mask = np.ones(len(r), dtype=bool)
+    for k, v in key.items():
+        mask &= (r[k] == v).to_numpy()
+    out = r[mask].sort_values("replica", ignore_index=True)
+    if replicas is not None:
+        out = out[out["replica"].isin(replicas)].reset_index(drop=True)
+    return out
+
+
+def _weights(paths: Iterable[str]) -> list[dict[str, np.ndarray]]:
+    """Final weights of replicas as name -> numpy array (what metrics.pairwise_l2 takes)."""
+    return [{k: v.numpy() for k, v in store.load_weights(p).items()} for p in paths]
+
+
+def _acc_std(preds: np.ndarray, labels: np.ndarray) -> float:
+    """Std (ddof=1) of top-1 accuracy across replicas, exactly 0 when every replica has the same
+    accuracy (the float mean of R equal values can round, leaving ~1e-16)."""
+    s = metrics.accuracy_summary(preds, labels)
+    return 0.0 if s["min"] == s["max"] else s["std"]
+
+
+def _expects_identical(setting: str) -> bool:
+    s = noise.SETTINGS.get(setting)
+    return bool(s is not None and s.expects_identical)
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def _pair_mean(matrix: np.ndarray):
+    """Statistic for bootstrap_ci over replica indices: the mean of ``matrix`` over the pairs of
+    *distinct* replicas in the resample (self-pairs left out, see the module docstring).
+
+    A resample that drew a single replica R times (probability R**(1-R): 1e-9 at R = 10) has no
+    such pair; it counts as the full-sample mean, so the interval stays defined.
+    """
+    iu = np.triu_indices(matrix.shape[0], k=1)
+    full = float(matrix[iu].mean())
+
+    def statistic(idx: np.ndarray) -> float:
+        a, b = np.triu_indices(len(idx), k=1)
+        i, j = idx[a], idx[b]
+        keep = i != j
+        return float(matrix[i[keep], j[keep]].mean()) if keep.any() else full
+
+    return statistic
+
+
+def _ci(values, statistic, n_boot: int, seed: int) -> tuple[float, float]:
+    """bootstrap_ci at LEVEL, or NaNs with fewer than MIN_REPLICAS_CI rows."""
+    if len(values) < MIN_REPLICAS_CI:
+        return float("nan"), float("nan")
+    return metrics.bootstrap_ci(values, statistic, n_boot=n_boot, level=LEVEL, seed=seed)
+
+
+# ----------------------------------------------------------------------------- top line
+TOPLINE_COLUMNS = CELL + [
+    "n_replicas", "n_examples", "acc_mean", "acc_std", "acc_std_lo", "acc_std_hi", "acc_min", "acc_max",
+    "churn", "churn_lo", "churn_hi", "one_correct", "both_wrong", "l2", "l2_lo", "l2_hi",
+    "n_weight_hashes", "n_prediction_hashes", "expects_identical", "identical",
+]
+
+
+def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
+    """One row per cell: the paper's figures 1 and 2.
+
+    Columns: the cell keys; ``n_replicas``, ``n_examples``; top-1 accuracy ``acc_mean``,
+    ``acc_std`` (ddof=1) with its bootstrap interval ``acc_std_lo``/``acc_std_hi``, ``acc_min``,
+    ``acc_max``; predictive ``churn`` with ``churn_lo``/``churn_hi`` and its two parts
+    ``one_correct`` (one replica right, the other wrong) and ``both_wrong`` (both wrong,
+    differently); mean pairwise ``l2`` distance of the final weights (BatchNorm buffers
+    excluded) with ``l2_lo``/``l2_hi`` (NaN without ``weights``); the numbers of distinct
+    weight and prediction hashes; ``expects_identical`` (the setting promises bit-identical
+    replicas) and ``identical`` (all replicas have one weights hash and one predictions hash).
+    Pairwise columns are NaN for a cell with a single replica.
+    """
+    rows = []
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, _, replicas = cell_matrix(frame)
+        reps = _cell_replicas(runs, key, replicas)
+        r, n = preds.shape
+        acc = metrics.accuracy_summary(preds, labels)
+        row = {**key, "n_replicas": r, "n_examples": n, "acc_mean": acc["mean"], "acc_std": _acc_std(preds, labels),
+               "acc_min": acc["min"], "acc_max": acc["max"]}
+        lo, hi = _ci(preds, lambda p: _acc_std(p, labels), n_boot, seed)
+        row.update(acc_std_lo=lo, acc_std_hi=hi)
+        nan = float("nan")
+        row.update(churn=nan, churn_lo=nan, churn_hi=nan, one_correct=nan, both_wrong=nan, l2=nan, l2_lo=nan,
+                   l2_hi=nan)
+        if r >= 2:
+            parts = metrics.churn_decomposition(preds, labels)
+            lo, hi = _ci(np.arange(r), _pair_mean(metrics.pairwise_churn(preds)), n_boot, seed)
+            row.update(churn=parts["churn"], churn_lo=lo, churn_hi=hi, one_correct=parts["one_correct"],
+                       both_wrong=parts["both_wrong"])
+            if weights:
+                w = _weights(reps["path"])
+                lo, hi = _ci(np.arange(r), _pair_mean(metrics.pairwise_l2(w)), n_boot, seed)
+                row.update(l2=metrics.mean_pairwise_l2(w), l2_lo=lo, l2_hi=hi)
+        n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
+        row.update(n_weight_hashes=n_w, n_prediction_hashes=n_p, expects_identical=_expects_identical(key["setting"]),
+                   identical=bool(n_w == 1 and n_p == 1))
+        rows.append(row)
+    return _sorted(_frame(rows, TOPLINE_COLUMNS))
+
+
+def spread_tests(runs: store.Runs, pairs: Iterable[tuple[str, str]], center: str = "median") -> pd.DataFrame:
+    """Does the spread of top-1 accuracy differ between two settings? One row per
+    (hardware, dataset, model) holding both settings of a pair, for every pair (a, b).
+
+    ``metrics.spread_test`` on the per-replica accuracies: Brown-Forsythe with
+    ``center='median'`` (the default), Levene with ``'mean'``. Columns: hardware, dataset,
+    model, setting_a, setting_b, n_a, n_b, std_a, std_b, test, statistic, pvalue. With no
+    spread within either setting the statistic is NaN (0/0) or inf.
+    """
+    columns = ["hardware", "dataset", "model", "setting_a", "setting_b", "n_a", "n_b", "std_a", "std_b", "test",
+               "statistic", "pvalue"]
+    acc: dict[tuple, np.ndarray] = {}
+    std: dict[tuple, float] = {}
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, _, _ = cell_matrix(frame)
+        acc[tuple(key[k] for k in CELL)] = metrics.accuracy(preds, labels)
+        std[tuple(key[k] for k in CELL)] = _acc_std(preds, labels)
+    rows = []
+    bases = sorted({k[:3] for k in acc})
+    for a, b in pairs:
+        for base in bases:
+            xa, xb = acc.get(base + (a,)), acc.get(base + (b,))
+            if xa is None or xb is None or len(xa) < 2 or len(xb) < 2:
+                continue
+            t = metrics.spread_test(xa, xb, center=center)
+            rows.append({"hardware": base[0], "dataset": base[1], "model": base[2], "setting_a": a, "setting_b": b,
+                         "n_a": t["n_a"], "n_b": t["n_b"], "std_a": std[base + (a,)],
+                         "std_b": std[base + (b,)], "test": t["test"], "statistic": t["statistic"],
+                         "pvalue": t["pvalue"]})
+    return _frame(rows, columns)
+
+
+def identity(runs: store.Runs) -> pd.DataFrame:
+    """Bit-identity of every cell: one row per cell with n_replicas, the numbers of distinct
+    weights and predictions hashes, the (shortened) hash when there is one, whether the setting
+    promises identity and whether it holds."""
+    columns = CELL + ["n_replicas", "n_weight_hashes", "n_prediction_hashes", "weights_hash", "expects_identical",
+                      "identical"]
+    if runs.replicas.empty or "weights_hash" not in runs.replicas.columns:
+        return _frame([], columns)
+    rows = []
+    for key, reps in runs.replicas.groupby(CELL, sort=True):
+        n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
+        rows.append({**dict(zip(CELL, key)), "n_replicas": len(reps), "n_weight_hashes": n_w,
+                     "n_prediction_hashes": n_p,
+                     "weights_hash": reps["weights_hash"].iloc[0][:12] if n_w == 1 else "(differ)",
+                     "expects_identical": _expects_identical(key[3]), "identical": bool(n_w == 1 and n_p == 1)})
+    return _sorted(_frame(rows, columns))
+
+
+def twin_identity(runs: store.Runs, twins: Iterable[tuple[str, str]] = TWINS) -> pd.DataFrame:
+    """Is a non-deterministic setting bit-identical to its deterministic twin (same seeds)?
+
+    For every (hardware, dataset, model) and pair (setting, twin), e.g. IMPL and CONTROL,
+    ALGO+IMPL and ALGO: replica k of one against replica k of the other, for the replica ids
+    both hold. Columns: hardware, dataset, model, setting, twin, n_matched, n_identical (pairs
+    with equal weights hashes and equal predictions hashes), all_identical.
+    """
+    columns = ["hardware", "dataset", "model", "setting", "twin", "n_matched", "n_identical", "all_identical"]
+    r = runs.replicas
+    if r.empty or "weights_hash" not in r.columns:
+        return _frame([], columns)
+    rows = []
+    for base, frame in r.groupby(["hardware", "dataset", "model"], sort=True):
+        for setting, twin in twins:
+            a = frame[frame["setting"] == setting].set_index("replica")
+            b = frame[frame["setting"] == twin].set_index("replica")
+            matched = sorted(set(a.index) & set(b.index))
+            if not matched:
+                continue
+            same = [(a.at[k, "weights_hash"] == b.at[k, "weights_hash"])
+                    and (a.at[k, "predictions_hash"] == b.at[k, "predictions_hash"]) for k in matched]
+            rows.append({**dict(zip(["hardware", "dataset", "model"], base)), "setting": setting, "twin": twin,
+                         "n_matched": len(matched), "n_identical": int(sum(same)), "all_identical": all(same)})
+    return _frame(rows, columns)
+
+
+# ----------------------------------------------------------------------------- per class
+def _num_classes(preds: np.ndarray, labels: np.ndarray) -> int:
+    return int(max(preds.max(), labels.max())) + 1
+
+
+def per_class(runs: store.Runs) -> pd.DataFrame:
+    """One row per cell and true class: ``class``, ``n_examples``, the mean and std (ddof=1)
+    across replicas of the class's accuracy (``metrics.per_class_summary``), and n_replicas."""
+    columns = CELL + ["class", "n_examples", "n_replicas", "mean", "std"]
+    parts = []
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, _, _ = cell_matrix(frame)
+        c = _num_classes(preds, labels)
+        summary = metrics.per_class_summary(preds, labels, c)
+        acc = metrics.per_class_accuracy(preds, labels, c)
+        constant = np.zeros(c, dtype=bool)
+        present = summary["n_examples"].to_numpy() > 0
+        constant[present] = (acc[:, present] == acc[:1, present]).all(axis=0)
+        summary.loc[constant & (preds.shape[0] >= 2), "std"] = 0.0  # equal values: exactly no spread
+        parts.append(summary.assign(**key, n_replicas=preds.shape[0]))
+    if not parts:
+        return _frame([], columns)
+    return _sorted(pd.concat(parts, ignore_index=True)[columns], ["class"])
+
+
+def per_class_spread(runs: store.Runs, classes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per cell: the spread of top-1 accuracy beside the spread of per-class accuracy
+    (the paper's figure 3). Columns: n_replicas, acc_std, class_std_max (and the class it
+    belongs to, ``class_max``, None when no class moves), class_std_mean, ratio_max = class_std_max / acc_std
+    (NaN when top-1 accuracy does not move).
+    ``classes`` is :func:`per_class`'s output, recomputed when not given."""
+    columns = CELL + ["n_replicas", "acc_std", "class_std_mean", "class_std_max", "class_max", "ratio_max"]
+    classes = per_class(runs) if classes is None else classes
+    rows = []
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, _, _ = cell_matrix(frame)
+        acc_std = _acc_std(preds, labels)
+        mask = np.ones(len(classes), dtype=bool)
+        for k, v in key.items():
+            mask &= (classes[k] == v).to_numpy()
+        c = classes[mask].dropna(subset=["std"])
+        if c.empty:
+            continue
+        top = c.loc[c["std"].idxmax()]
+        ratio = float(top["std"] / acc_std) if acc_std > 0 else float("nan")
+        rows.append({**key, "n_replicas": preds.shape[0], "acc_std": acc_std, "class_std_mean": float(c["std"].mean()),
+                     "class_std_max": float(top["std"]),
+                     "class_max": int(top["class"]) if top["std"] > 0 else None,  # no class moves: none is "max"
+                     "ratio_max": ratio})
+    return _sorted(_frame(rows, columns))
+
+
+# ----------------------------------------------------------------------------- subgroups
+def _has_groups(groups: np.ndarray) -> bool:
+    return bool((groups >= 0).all())  # the store writes -1 where a dataset has no group attribute
+
+
+def subgroup_rates(runs: store.Runs) -> pd.DataFrame:
+    """Per cell, replica, class (one-vs-rest) and group: confusion counts and rates
+    (``metrics.subgroup_rates`` with ``positive=None``), for the cells whose dataset has a group
+    attribute. ``replica`` is the store's replica id. ``n_subgroup`` = tp + fn = the test
+    examples with that label and that attribute value; ``recall`` = tp / n_subgroup = 1 - fnr,
+    the accuracy on the (label, attribute) subgroup."""
+    columns = CELL + ["replica", "class", "group", "n", "n_subgroup", "tp", "fp", "tn", "fn", "accuracy", "recall",
+                      "fpr", "fnr"]
+    parts = []
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, groups, replicas = cell_matrix(frame)
+        if not _has_groups(groups):
+            continue
+        rates = metrics.subgroup_rates(preds, labels, groups, positive=None)
+        rates["replica"] = np.asarray(replicas)[rates["replica"].to_numpy()]
+        rates["n_subgroup"] = rates["tp"] + rates["fn"]
+        rates["recall"] = 1.0 - rates["fnr"]
+        parts.append(rates.assign(**key))
+    if not parts:
+        return _frame([], columns)
+    return _sorted(pd.concat(parts, ignore_index=True)[columns], ["class", "group", "replica"])
+
+
+def subgroups(runs: store.Runs, rare_share: float = 0.5, rates: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per cell and (label, attribute) subgroup: its size and the mean and spread across
+    replicas of its error rates (``metrics.subgroup_summary``).
+
+    Columns: cell keys, ``class`` (the label, one-vs-rest), ``group`` (the attribute value),
+    ``n_subgroup`` (test examples with that label and attribute), ``share`` (n_subgroup over the
+    class's examples), ``rare`` (share < rare_share: the minority attribute value of its class),
+    ``n_replicas``, and mean/std of ``recall`` (accuracy on the subgroup, 1 - FNR), ``fpr``
+    (FP/(FP+TN) among the group's examples of other labels) and ``fnr`` (FN/(FN+TP)).
+    """
+    columns = CELL + ["class", "group", "n_subgroup", "share", "rare", "n_replicas", "recall_mean", "recall_std",
+                      "fpr_mean", "fpr_std", "fnr_mean", "fnr_std"]
+    rates = subgroup_rates(runs) if rates is None else rates
+    if rates.empty:
+        return _frame([], columns)
+    parts = []
+    for key, frame in rates.groupby(CELL, sort=True):
+        summary = metrics.subgroup_summary(frame.drop(columns=CELL))
+        # Equal values across replicas: exactly no spread (pandas' std can leave ~1e-17).
+        spread = frame.groupby(["class", "group"], as_index=False).agg(
+            **{f"{m}_same": (m, lambda x: bool(x.nunique(dropna=False) == 1)) for m in ("accuracy", "fpr", "fnr")})
+        summary = summary.merge(spread, on=["class", "group"], how="left")
+        for m in ("accuracy", "fpr", "fnr"):
+            fix = summary[f"{m}_same"] & summary[f"{m}_std"].notna()
+            summary.loc[fix, f"{m}_std"] = 0.0
+        sizes = frame.groupby(["class", "group"], as_index=False)["n_subgroup"].first()
+        summary = summary.merge(sizes, on=["class", "group"], how="left")
+        per_class_n = summary.groupby("class")["n_subgroup"].transform("sum")
+        summary["share"] = summary["n_subgroup"] / per_class_n.where(per_class_n > 0)
+        summary["rare"] = summary["share"] < rare_share
+        summary["recall_mean"] = 1.0 - summary["fnr_mean"]
+        summary["recall_std"] = summary["fnr_std"]  # std(1 - x) = std(x)
+        parts.append(summary.assign(**dict(zip(CELL, key))))
+    return _sorted(pd.concat(parts, ignore_index=True)[columns], ["class", "group"])
+
+
+def subgroup_noise(runs: store.Runs) -> pd.DataFrame:
+    """How much of a subgroup's FNR spread a handful of examples explains by itself.
+
+    Per cell and (label, attribute) subgroup: ``metrics.distribution_variance`` on the subgroup's
+    examples alone (their accuracy is the subgroup's recall, 1 - FNR). ``fnr_observed_std`` is the
+    std of FNR across replicas, ``fnr_predicted_std`` the std that independent per-example coin
+    flips with the observed per-example error rates would give: with k examples FNR moves in steps
+    of 1/k, so a rare subgroup's rate is noisy even when every example behaves independently.
+    Columns: cell keys, class, group, n_subgroup, fnr_observed_std, fnr_predicted_std.
+    """
+    columns = CELL + ["class", "group", "n_subgroup", "fnr_observed_std", "fnr_predicted_std"]
+    rows = []
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, groups, _ = cell_matrix(frame)
+        if not _has_groups(groups) or preds.shape[0] < 2:
+            continue
+        for c in np.unique(labels):
+            for g in np.unique(groups):
+                mask = (labels == c) & (groups == g)
+                if not mask.any():
+                    continue
+                d = metrics.distribution_variance(preds[:, mask], labels[mask])
+                same = bool((preds[:, mask] == preds[:1, mask]).all())  # equal replicas: exactly 0
+                rows.append({**key, "class": int(c), "group": int(g), "n_subgroup": int(mask.sum()),
+                             "fnr_observed_std": 0.0 if same else math.sqrt(d["observed_var"]),
+                             "fnr_predicted_std": math.sqrt(d["predicted_var"])})
+    return _sorted(_frame(rows, columns), ["class", "group"])
+
+
+def rare_vs_common(subs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the mean over rare and over common subgroups of the across-replica std (and the
+    mean) of FNR and FPR, with the number of subgroups averaged. ``subs`` is :func:`subgroups`'
+    output. Subgroups whose rate is undefined (no positives) are left out of that rate's mean."""
+    columns = CELL + ["subgroups", "n_subgroups", "examples_mean", "fnr_std", "fpr_std", "fnr_mean", "fpr_mean",
+                      "n_replicas"]
+    if subs.empty:
+        return _frame([], columns)
+    out = (
+        subs.assign(subgroups=np.where(subs["rare"], "rare", "common"))
+        .groupby(CELL + ["subgroups"], as_index=False)
+        .agg(n_subgroups=("class", "size"), examples_mean=("n_subgroup", "mean"), fnr_std=("fnr_std", "mean"),
+             fpr_std=("fpr_std", "mean"), fnr_mean=("fnr_mean", "mean"), fpr_mean=("fpr_mean", "mean"),
+             n_replicas=("n_replicas", "max"))
+    )
+    out["_rank"] = out["subgroups"].map({"rare": 0, "common": 1})
+    return _sorted(out, ["_rank"]).drop(columns="_rank")[columns]
+
+
+# ----------------------------------------------------------------------------- per example
+def per_example(runs: store.Runs) -> pd.DataFrame:
+    """One row per cell and test example (``metrics.per_example_instability``): label, group,
+    ``frac_correct`` (share of replicas right on it), ``n_distinct`` (distinct predicted
+    classes), ``modal_agreement`` (share predicting the most common class), ``modal_prediction``
+    (that class, the smallest on ties), ``flips`` (not all replicas agree) and n_replicas."""
+    columns = CELL + ["example", "label", "group", "n_replicas", "frac_correct", "n_distinct", "modal_agreement",
+                      "modal_prediction", "flips"]
+    parts = []
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, groups, _ = cell_matrix(frame)
+        inst = metrics.per_example_instability(preds, labels)
+        votes = examples_votes(frame)
+        modal = votes.sort_values(["example", "votes", "prediction"], ascending=[True, False, True]).drop_duplicates(
+            "example")
+        # metrics numbers examples 0..N-1 by matrix column; map back to the store's example ids.
+        examples = np.sort(frame["example"].unique())
+        inst["example"] = examples[inst["example"].to_numpy()]
+        inst["modal_prediction"] = inst["example"].map(modal.set_index("example")["prediction"]).astype(np.int64)
+        parts.append(inst.assign(**key, label=labels, group=groups, n_replicas=preds.shape[0],
+                                 flips=inst["n_distinct"] > 1))
+    if not parts:
+        return _frame([], columns)
+    return _sorted(pd.concat(parts, ignore_index=True)[columns], ["example"])
+
+
+def churn_flips(runs: store.Runs, reference: int = 0) -> pd.DataFrame:
+    """Good and bad churn: per cell, against the replica with id ``reference``, the mean over
+    the other replicas of the share of test examples that go correct -> wrong, wrong -> correct
+    and wrong -> another wrong class (``metrics.churn_vs_reference``). Cells without the
+    reference replica or with a single replica give no row."""
+    columns = CELL + ["n_replicas", "reference", "correct_to_wrong", "wrong_to_correct", "wrong_to_other_wrong",
+                      "churn"]
+    rows = []
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, _, replicas = cell_matrix(frame)
+        if reference not in replicas or len(replicas) < 2:
+            continue
+        d = metrics.churn_vs_reference(preds, labels, reference=replicas.index(reference))
+        rows.append({**key, "n_replicas": len(replicas), "reference": reference,
+                     **{k: d[f"mean_{k}"] for k in ("correct_to_wrong", "wrong_to_correct", "wrong_to_other_wrong",
+                                                   "churn")}})
+    return _sorted(_frame(rows, columns))
+
+
+def examples_votes(predictions: pd.DataFrame, examples: Iterable[int] | None = None) -> pd.DataFrame:
+    """How many replicas predicted each class, per cell and example (only the classes predicted
+    at least once). Columns: the cell keys present, example, label, prediction, votes, correct."""
+    p = predictions if examples is None else predictions[predictions["example"].isin(list(examples))]
+    keys = [k for k in CELL if k in p.columns]
+    out = p.groupby(keys + ["example", "label", "prediction"], as_index=False).size().rename(columns={"size": "votes"})
+    out["correct"] = out["prediction"] == out["label"]
+    return _sorted(out, ["example", "prediction"])
+
+
+def instability_summary(examples: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, from :func:`per_example`: n_examples, n_flip (examples on which the replicas do
+    not all agree), share_flip, n_always_wrong and n_sometimes_wrong (0 < frac_correct < 1)."""
+    columns = CELL + ["n_replicas", "n_examples", "n_flip", "share_flip", "n_always_wrong", "n_sometimes_wrong"]
+    if examples.empty:
+        return _frame([], columns)
+    out = examples.groupby(CELL, as_index=False).agg(
+        n_replicas=("n_replicas", "max"), n_examples=("example", "size"), n_flip=("flips", "sum"),
+        n_always_wrong=("frac_correct", lambda s: int((s == 0).sum())),
+        n_sometimes_wrong=("frac_correct", lambda s: int(((s > 0) & (s < 1)).sum())))
+    out["n_flip"] = out["n_flip"].astype(np.int64)
+    out["share_flip"] = out["n_flip"] / out["n_examples"]
+    return _sorted(out[columns])
+
+
+def distribution_variance(runs: store.Runs) -> pd.DataFrame:
+    """Per cell: Jordan's (ICLR 2024) split of the variance of test accuracy
+    (``metrics.distribution_variance``): observed_var, predicted_var (what independent
+    per-example coin flips would give: finite-test-set noise), distribution_var (the excess,
+    clipped at 0), their square roots as ``*_std`` (in accuracy units, comparable with acc_std)
+    and ratio = observed_var / predicted_var (about 1 in Jordan's experiments)."""
+    columns = CELL + ["n_replicas", "n_examples", "observed_var", "predicted_var", "distribution_var",
+                      "distribution_var_raw", "observed_std", "predicted_std", "distribution_std", "ratio"]
+    rows = []
+    for key, frame in iter_cells(runs.predictions):
+        preds, labels, _, _ = cell_matrix(frame)
+        if preds.shape[0] < 2:
+            continue
+        d = metrics.distribution_variance(preds, labels)
+        if _acc_std(preds, labels) == 0.0:  # equal accuracies: exactly no observed variance
+            d["observed_var"] = 0.0
+            d["distribution_var_raw"] = -d["predicted_var"]
+            d["distribution_var"] = 0.0
+        rows.append({**key, **d, "observed_std": math.sqrt(d["observed_var"]),
+                     "predicted_std": math.sqrt(d["predicted_var"]),
+                     "distribution_std": math.sqrt(d["distribution_var"]),
+                     "ratio": d["observed_var"] / d["predicted_var"] if d["predicted_var"] > 0 else float("nan")})
+    return _sorted(_frame(rows, columns))
+
+
+# ----------------------------------------------------------------------------- hardware
+def hardware_compare(runs: store.Runs, weights: bool = False) -> pd.DataFrame:
+    """Churn between hardware labels against churn within each, for every (dataset, model,
+    setting) stored under two or more hardware labels, one row per pair of labels (a, b).
+
+    ``churn_matched``: the mean over replica ids k present under both labels of the churn between
+    replica k on a and replica k on b. Replicas k share their seeds, so on deterministic kernels
+    this is the pure tooling effect of the hardware (e.g. the CPU thread count).
+    ``churn_cross``: the mean churn over every pair (i on a, j on b), ``churn_within_a`` /
+    ``churn_within_b``: the usual churn inside each label (NaN below 2 replicas).
+    ``n_identical``: matched pairs with equal weights and predictions hashes.
+    ``l2_matched``/``l2_within_a``: the same for the final weights (with ``weights``).
+    Also the mean and std of top-1 accuracy under each label.
+    """
+    columns = ["dataset", "model", "setting", "hardware_a", "hardware_b", "n_a", "n_b", "n_matched", "n_identical",
+               "churn_matched", "churn_cross", "churn_within_a", "churn_within_b", "acc_mean_a", "acc_mean_b",
+               "acc_std_a", "acc_std_b", "l2_matched", "l2_within_a", "l2_within_b"]
+    p = runs.predictions
+    if p.empty or "example" not in p.columns:
+        return _frame([], columns)
+    rows = []
+    nan = float("nan")
+    for (ds, model, setting), frame in p.groupby(["dataset", "model", "setting"], sort=True):
+        labels_hw = sorted(frame["hardware"].unique())
+        cells = {hw: cell_matrix(frame[frame["hardware"] == hw]) for hw in labels_hw}
+        for ha, hb in itertools.combinations(labels_hw, 2):
+            pa, ya, _, ra = cells[ha]
+            pb, yb, _, rb = cells[hb]
+            if pa.shape[1] != pb.shape[1] or not np.array_equal(ya, yb):
+                continue  # not the same test set: nothing to compare example by example
+            matched = sorted(set(ra) & set(rb))
+            both = np.vstack([pa, pb])
+            d = metrics.pairwise_churn(both)
+            cross = float(d[: len(ra), len(ra):].mean())
+            churn_m = [metrics.churn(np.vstack([pa[ra.index(k)], pb[rb.index(k)]])) for k in matched]
+            key_a = {"hardware": ha, "dataset": ds, "model": model, "setting": setting}
+            key_b = {**key_a, "hardware": hb}
+            reps_a = _cell_replicas(runs, key_a).set_index("replica")
+            reps_b = _cell_replicas(runs, key_b).set_index("replica")
+            same = [(reps_a.at[k, "weights_hash"] == reps_b.at[k, "weights_hash"])
+                    and (reps_a.at[k, "predictions_hash"] == reps_b.at[k, "predictions_hash"]) for k in matched]
+            acc_a, acc_b = metrics.accuracy_summary(pa, ya), metrics.accuracy_summary(pb, yb)
+            row = {"dataset": ds, "model": model, "setting": setting, "hardware_a": ha, "hardware_b": hb,
+                   "n_a": len(ra), "n_b": len(rb), "n_matched": len(matched), "n_identical": int(sum(same)),
+                   "churn_matched": float(np.mean(churn_m)) if churn_m else nan, "churn_cross": cross,
+                   "churn_within_a": metrics.churn(pa) if len(ra) >= 2 else nan,
+                   "churn_within_b": metrics.churn(pb) if len(rb) >= 2 else nan,
+                   "acc_mean_a": acc_a["mean"], "acc_mean_b": acc_b["mean"], "acc_std_a": _acc_std(pa, ya),
+                   "acc_std_b": _acc_std(pb, yb), "l2_matched": nan, "l2_within_a": nan, "l2_within_b": nan}
+            if weights:
+                wa, wb = _weights(reps_a.loc[ra, "path"]), _weights(reps_b.loc[rb, "path"])
+                l2 = [metrics.mean_pairwise_l2([wa[ra.index(k)], wb[rb.index(k)]]) for k in matched]
+                row.update(l2_matched=float(np.mean(l2)) if l2 else nan,
+                           l2_within_a=metrics.mean_pairwise_l2(wa) if len(wa) >= 2 else nan,
+                           l2_within_b=metrics.mean_pairwise_l2(wb) if len(wb) >= 2 else nan)
+            rows.append(row)
+    return _sorted(_frame(rows, columns), ["hardware_a", "hardware_b"])
+
+
+# ----------------------------------------------------------------------------- the runs
+def runs_table(runs: store.Runs) -> pd.DataFrame:
+    """One row per cell, for the runs appendix: replicas (and their ids when not 0..R-1),
+    epochs, threads, device, precision, final test accuracy mean/min/max."""
+    columns = CELL + ["replicas", "epochs", "threads", "device", "precision", "acc_mean", "acc_min", "acc_max"]
+    r = runs.replicas
+    if r.empty or "epochs" not in r.columns:
+        return _frame([], columns)
+
+    def values(s: pd.Series) -> str:
+        return ", ".join(str(v) for v in sorted(s.dropna().unique(), key=str)) or "-"
+
+    out = r.groupby(CELL, as_index=False).agg(
+        replicas=("replica", "size"), epochs=("epochs", values), threads=("threads", values),
+        device=("device", values), precision=("precision", values), acc_mean=("test_accuracy", "mean"),
+        acc_min=("test_accuracy", "min"), acc_max=("test_accuracy", "max"))
+    return _sorted(out[columns])
+
+
+# ----------------------------------------------------------------------------- missing data
+def missing(runs: store.Runs, *, hardware: str, dataset: str, model: str, settings: Iterable[str],
+            min_replicas: int = 2) -> list[str]:
+    """What a chapter needs and the store lacks: one line per cell of ``settings`` on
+    (hardware, dataset, model) with fewer than ``min_replicas`` replicas (empty when all there)."""
+    counts = runs.cells()
+    lines = []
+    for s in settings:
+        if counts.empty:
+            n = 0
+        else:
+            hit = counts[(counts["hardware"] == hardware) & (counts["dataset"] == dataset)
+                         & (counts["model"] == model) & (counts["setting"] == s)]
+            n = int(hit["replicas"].sum())
+        if n < min_replicas:
+            lines.append(f"{hardware}/{dataset}/{model}/{s}: {n} replica(s), needs at least {min_replicas}")
+    return lines
+
+
+def missing_note(lines: list[str], runs_root: str) -> str:
+    """A Markdown note for a chapter whose runs are (partly) absent; empty string if none are."""
+    if not lines:
+        return ""
+    items = "\n".join(f"- `{line}`" for line in lines)
+    return (
+        f"**Runs missing.** The run store `{runs_root}` lacks runs this chapter needs:\n\n{items}\n\n"
+        "Figures and numbers that need them are left empty or read *n/a*. Fill the store with "
+        "`make book` (it runs `nnrandomness run plans/default.yaml`), or point the chapter's "
+        "`runs_root` parameter at a store that has them, then re-execute the chapter."
+    )
+
+
+# ----------------------------------------------------------------------------- findings
+# Headline numbers the introduction quotes (glued as finding_<name> in the topline chapter).
+# name -> (kind, description); kind picks the format (see as_text): pct (a fraction shown in %),
+# ratio, flag, int, text.
+FINDINGS: dict[str, tuple[str, str]] = {
+    "n_replicas": ("int", "replicas per setting in the main cell (the smallest count over its settings)"),
+    "hardware": ("text", "hardware label of the main cell"),
+    "cell": ("text", "dataset/model of the main cell"),
+    "acc_mean_algo": ("pct", "mean top-1 accuracy, ALGO"),
+    "acc_std_algo_impl": ("pct", "std of top-1 accuracy, ALGO+IMPL"),
+    "acc_std_algo": ("pct", "std of top-1 accuracy, ALGO"),
+    "acc_std_impl": ("pct", "std of top-1 accuracy, IMPL"),
+    "acc_std_control": ("pct", "std of top-1 accuracy, CONTROL"),
+    "churn_algo_impl": ("pct", "predictive churn, ALGO+IMPL"),
+    "churn_algo": ("pct", "predictive churn, ALGO"),
+    "churn_impl": ("pct", "predictive churn, IMPL"),
+    "churn_control": ("pct", "predictive churn, CONTROL"),
+    "churn_ulp": ("pct", "predictive churn when one weight of the initial model moves by one ULP"),
+    "ulp_churn_share": ("ratio", "churn of ULP / churn of ALGO"),
+    "single_source_max": ("text", "the single algorithmic source (INIT, ORDER, AUG, DROPOUT) with the largest churn"),
+    "churn_single_source_max": ("pct", "churn of that single source"),
+    "control_identical": ("flag", "CONTROL replicas bit-identical in every cell that has them"),
+    "impl_equals_control": ("flag", "IMPL replicas bit-identical to CONTROL's (deterministic kernels anyway)"),
+    "class_std_max_algo": ("pct", "largest std of a per-class accuracy, ALGO"),
+    "class_std_ratio_algo": ("ratio", "that std / std of top-1 accuracy, ALGO"),
+    "rare_fnr_std_algo": ("pct", "std of FNR averaged over the rare (label, attribute) subgroups, ALGO"),
+    "common_fnr_std_algo": ("pct", "the same over the common subgroups, ALGO"),
+    "rare_common_ratio_algo": ("ratio", "rare / common FNR std, ALGO"),
+    "thread_churn_control": ("pct", "churn between CONTROL replicas at 1 and 2 CPU threads (same seeds)"),
+}
+
+
+def _slug(setting: str) -> str:
+    return setting.lower().replace("+", "_")
+
+
+def findings(runs: store.Runs, *, hardware: str = "cpu-1t", dataset: str = "digits", model: str = "smallcnn",
+             groups_dataset: str = "digits_groups", threads_hardware: str = "cpu-2t",
+             table: pd.DataFrame | None = None) -> dict:
+    """The headline numbers of the study, as raw values (None where the runs are absent); names
+    and meanings in :data:`FINDINGS`, formatted for the prose by :func:`format_findings`.
+
+    ``table`` is :func:`topline`'s output (recomputed, without weights, when not given).
+    """
+    table = topline(runs, weights=False) if table is None else table
+    out: dict = {name: None for name in FINDINGS}
+    out["hardware"], out["cell"] = hardware, cell_name(dataset, model)
+    main = table[(table["hardware"] == hardware) & (table["dataset"] == dataset) & (table["model"] == model)]
+    main = main.set_index("setting")
+
+    def get(setting, column):
+        if setting not in main.index:
+            return None
+        v = main.at[setting, column]
+        return None if pd.isna(v) else float(v)
+
+    if not main.empty:
+        out["n_replicas"] = int(main["n_replicas"].min())
+    out["acc_mean_algo"] = get("ALGO", "acc_mean")
+    for s in ("ALGO+IMPL", "ALGO", "IMPL", "CONTROL"):
+        out[f"acc_std_{_slug(s)}"] = get(s, "acc_std")
+        out[f"churn_{_slug(s)}"] = get(s, "churn")
+    out["churn_ulp"] = get("ULP", "churn")
+    if out["churn_ulp"] is not None and out["churn_algo"]:
+        out["ulp_churn_share"] = out["churn_ulp"] / out["churn_algo"]
+    singles = {s: get(s, "churn") for s in ("INIT", "ORDER", "AUG", "DROPOUT")}
+    singles = {s: v for s, v in singles.items() if v is not None}
+    if singles:
+        best = max(singles, key=lambda s: (singles[s], s))
+        out["single_source_max"], out["churn_single_source_max"] = best, singles[best]
+
+    control = table[table["setting"] == "CONTROL"]
+    if not control.empty:
+        out["control_identical"] = bool(control["identical"].all())
+    twins = twin_identity(runs, [("IMPL", "CONTROL")])
+    twins = twins[twins["hardware"] == hardware]
+    if not twins.empty:
+        out["impl_equals_control"] = bool(twins["all_identical"].all())
+
+    algo_key = {"hardware": hardware, "dataset": dataset, "model": model, "setting": "ALGO"}
+    spread = per_class_spread(_select(runs, algo_key))
+    if not spread.empty:
+        out["class_std_max_algo"] = float(spread["class_std_max"].iloc[0])
+        ratio = spread["ratio_max"].iloc[0]
+        out["class_std_ratio_algo"] = None if pd.isna(ratio) else float(ratio)
+
+    group_key = {**algo_key, "dataset": groups_dataset}
+    rc = rare_vs_common(subgroups(_select(runs, group_key))).set_index("subgroups")
+    if {"rare", "common"} <= set(rc.index):
+        rare, common = float(rc.at["rare", "fnr_std"]), float(rc.at["common", "fnr_std"])
+        out["rare_fnr_std_algo"], out["common_fnr_std_algo"] = rare, common
+        out["rare_common_ratio_algo"] = rare / common if common > 0 else None
+
+    hw = hardware_compare(_select(runs, {"dataset": dataset, "model": model, "setting": "CONTROL"}))
+    hw = hw[(hw["hardware_a"].isin([hardware, threads_hardware])) & (hw["hardware_b"].isin([hardware, threads_hardware]))]
+    if not hw.empty and not pd.isna(hw["churn_matched"].iloc[0]):
+        out["thread_churn_control"] = float(hw["churn_matched"].iloc[0])
+    return out
+
+
+def _select(runs: store.Runs, key: dict) -> store.Runs:
+    """The part of ``runs`` matching every key = value in ``key``."""
+
+    def sub(df: pd.DataFrame) -> pd.DataFrame:
+        if df.empty:
+            return df
+        mask = np.ones(len(df), dtype=bool)
+        for k, v in key.items():
+            mask &= (df[k] == v).to_numpy()
+        return df[mask].reset_index(drop=True)
+
+    return store.Runs(sub(runs.replicas), sub(runs.predictions), sub(runs.history), list(runs.problems))
+
+
+def pct(x, digits: int = 2) -> str:
+    """A fraction as a percentage for the prose (``0.01234 -> '1.23 %'``); 'n/a' when absent."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.{digits}f} %"
+
+
+def ci_text(frame: pd.DataFrame, column: str, percent: bool = True, digits: int = 2) -> pd.Series:
+    """``column`` with its interval (``<column>_lo``/``_hi``) as text for tables:
+    ``'1.98 % [1.11, 2.31]'``; the value alone when there is no interval, 'n/a' when absent."""
+    def one(v, lo, hi):
+        if pd.isna(v):
+            return "n/a"
+        text = pct(v, digits) if percent else f"{v:.{digits}f}"
+        if pd.isna(lo) or pd.isna(hi):
+            return text
+        scale = 100 if percent else 1
+        return f"{text} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+    lo, hi = f"{column}_lo", f"{column}_hi"
+    if frame.empty:
+        return pd.Series([], dtype=object)
+    return pd.Series([one(v, a, b) for v, a, b in zip(frame[column], frame.get(lo, np.nan * frame[column]),
+                                                       frame.get(hi, np.nan * frame[column]))], index=frame.index)
+
+
+PROSE_COLUMNS = {"acc_mean": "pct", "acc_std": "pct", "churn": "pct", "one_correct": "pct", "both_wrong": "pct",
+                 "l2": "2f"}
+
+
+def as_text(v, kind: str) -> str:
+    """One value for the prose: pct (a fraction in %), 2f, ratio (two significant digits), flag,
+    int or text; 'n/a' when absent."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "n/a"
+    if kind == "pct":
+        return pct(v)
+    if kind == "2f":
+        return f"{v:.2f}"
+    if kind == "ratio":
+        return f"{v:.0f}" if v >= 10 else f"{v:.2g}"  # two significant digits
+    if kind == "flag":
+        return "yes" if v else "no"
+    if kind == "int":
+        return str(int(v))
+    return str(v)
+
+
+def prose_values(table: pd.DataFrame, columns: dict[str, str] | None = None, prefix: str = "") -> dict[str, str]:
+    """Per-setting numbers of one (hardware, dataset, model) as text for the prose, keyed
+    ``<prefix><setting slug>_<column>`` (``algo_churn``, ``algo_impl_acc_std``, ...) for every
+    setting in noise.SETTINGS and every column of ``columns`` (name -> kind, see :func:`as_text`;
+    default PROSE_COLUMNS, the top line); 'n/a' where a setting is absent, so that every name the
+    prose uses exists. ``table`` holds one row per setting (e.g. :func:`topline` rows)."""
+    columns = PROSE_COLUMNS if columns is None else columns
+    rows = table.set_index("setting") if not table.empty else pd.DataFrame()
+    out = {}
+    for setting in noise.SETTINGS:
+        for column, kind in columns.items():
+            v = rows.at[setting, column] if setting in rows.index else None
+            out[f"{prefix}{_slug(setting)}_{column}"] = as_text(v, kind)
+    return out
+
+
+def format_findings(values: dict) -> dict[str, str]:
+    """Each finding as the string the prose shows (see FINDINGS for the kinds)."""
+    return {name: as_text(values.get(name), kind) for name, (kind, _) in FINDINGS.items()}
