@@ -566,3 +566,10 @@ def test_bad_prediction_inputs():
         m.churn_vs_reference(PREDS, LABELS, reference=3)
     with pytest.raises(ValueError, match="reference=-1"):
         m.churn_vs_reference(PREDS, LABELS, reference=-1)
+
+
+def test_equal_accuracies_have_exactly_zero_spread():
+    # 3 of 7 correct in every replica: mean of equal floats can round, the spread must not.
+    labels = np.zeros(7, dtype=np.int64)
+    preds = np.tile(np.array([0, 0, 0, 1, 1, 1, 1]), (10, 1))
+    assert m.accuracy_summary(preds, labels)["std"] == 0.0

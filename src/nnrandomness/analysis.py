@@ -149,10 +149,8 @@ def _weights(paths: Iterable[str]) -> list[dict[str, np.ndarray]]:
 
 
 def _acc_std(preds: np.ndarray, labels: np.ndarray) -> float:
-    """Std (ddof=1) of top-1 accuracy across replicas, exactly 0 when every replica has the same
-    accuracy (the float mean of R equal values can round, leaving ~1e-16)."""
-    s = metrics.accuracy_summary(preds, labels)
-    return 0.0 if s["min"] == s["max"] else s["std"]
+    """Std (ddof=1) of top-1 accuracy across replicas (exactly 0 when all are equal)."""
+    return metrics.accuracy_summary(preds, labels)["std"]
 
 
 def _expects_identical(setting: str) -> bool:
@@ -412,13 +410,6 @@ def subgroups(runs: store.Runs, rare_share: float = 0.5, rates: pd.DataFrame | N
     parts = []
     for key, frame in rates.groupby(CELL, sort=True):
         summary = metrics.subgroup_summary(frame.drop(columns=CELL))
-        # Equal values across replicas: exactly no spread (pandas' std can leave ~1e-17).
-        spread = frame.groupby(["class", "group"], as_index=False).agg(
-            **{f"{m}_same": (m, lambda x: bool(x.nunique(dropna=False) == 1)) for m in ("accuracy", "fpr", "fnr")})
-        summary = summary.merge(spread, on=["class", "group"], how="left")
-        for m in ("accuracy", "fpr", "fnr"):
-            fix = summary[f"{m}_same"] & summary[f"{m}_std"].notna()
-            summary.loc[fix, f"{m}_std"] = 0.0
         sizes = frame.groupby(["class", "group"], as_index=False)["n_subgroup"].first()
         summary = summary.merge(sizes, on=["class", "group"], how="left")
         per_class_n = summary.groupby("class")["n_subgroup"].transform("sum")

@@ -101,8 +101,16 @@ def _class_counts(preds: np.ndarray) -> np.ndarray:
 
 
 def _sample_std(x: np.ndarray) -> float:
-    """Sample std (ddof=1); nan for fewer than 2 values (no warning)."""
-    return float(np.std(x, ddof=1)) if x.shape[0] >= 2 else float("nan")
+    """Sample std (ddof=1); nan for fewer than 2 values (no warning); exactly 0 for equal values.
+
+    The float mean of R equal values can round (0.1 * 3 / 3 != 0.1), which would report a
+    spread of ~1e-17 for bit-identical replicas; identical values mean no spread at all.
+    """
+    if x.shape[0] < 2:
+        return float("nan")
+    if np.all(x == x[0]):
+        return 0.0
+    return float(np.std(x, ddof=1))
 
 
 # ---------------------------------------------------------------------------
@@ -502,11 +510,11 @@ def subgroup_summary(rates: pd.DataFrame) -> pd.DataFrame:
         n=("n", "first"),
         n_replicas=("replica", "nunique"),
         accuracy_mean=("accuracy", "mean"),
-        accuracy_std=("accuracy", lambda s: s.std(ddof=1)),
+        accuracy_std=("accuracy", lambda s: _sample_std(s.dropna().to_numpy())),
         fpr_mean=("fpr", "mean"),
-        fpr_std=("fpr", lambda s: s.std(ddof=1)),
+        fpr_std=("fpr", lambda s: _sample_std(s.dropna().to_numpy())),
         fnr_mean=("fnr", "mean"),
-        fnr_std=("fnr", lambda s: s.std(ddof=1)),
+        fnr_std=("fnr", lambda s: _sample_std(s.dropna().to_numpy())),
     )
     return out.reset_index()
 
