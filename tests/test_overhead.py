@@ -1,0 +1,276 @@
+"""Tests for nnrandomness.overhead: configurations, timing statistics, the sweep rows and the store.
+
+Timings themselves are not asserted (they depend on the machine and its load); what is
+asserted is how they are taken and summarised. Model runs use SmallCNN at 8x8, batch 4.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from nnrandomness import cli, models, overhead
+from nnrandomness.overhead import CONFIGURATIONS, Workload
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = Workload("smallcnn", image_size=8, batch_size=4, num_classes=10, device="cpu", threads=1, steps=2, warmup=1,
+                repeats=2)
+
+
+def _flags() -> dict:
+    """The backend state, read from torch's public API."""
+    return {
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "fill": bool(torch.utils.deterministic.fill_uninitialized_memory),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "matmul": torch.backends.cuda.matmul.fp32_precision,
+        "conv": torch.backends.cudnn.conv.fp32_precision,
+        "threads": torch.get_num_threads(),
+        "workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+# ----------------------------------------------------------------------------- configurations
+# name -> (torch flag, fill, cudnn deterministic, cudnn benchmark, TF32, workspace, compile)
+EXPECTED = {
+    "baseline": (False, False, False, True, False, None, False),
+    "det_full": (True, True, True, False, False, None, False),
+    "det_no_fill": (True, False, True, False, False, None, False),
+    "cudnn_det_only": (False, False, True, False, False, None, False),
+    "benchmark_off_only": (False, False, False, False, False, None, False),
+    "workspace": (False, False, False, True, False, ":4096:8", False),
+    "tf32": (False, False, False, True, True, None, False),
+    "bf16": (False, False, False, True, False, None, False),
+    "compile": (False, False, False, True, False, None, True),
+    "det_compile": (True, True, True, False, False, None, True),
+}
+
+
+def test_every_configuration_is_listed_here():
+    assert set(EXPECTED) == set(CONFIGURATIONS)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_configuration_sets_the_flags_it_claims_and_restores_them(name, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    if name == "workspace" and torch.cuda.is_available() and torch.cuda.is_initialized():
+        pytest.skip("CUDA already started in this worker: the refusal is tested by test_cublas_workspace_is_refused...")
+    before = _flags()
+    det, fill, cudnn_det, bench, tf32, workspace, compiled = EXPECTED[name]
+    with overhead.apply_configuration(CONFIGURATIONS[name], "fp32", threads=1) as record:
+        eff = record["effective"]
+        assert (eff["deterministic_algorithms"], eff["fill_uninitialized_memory"]) == (det, fill)
+        assert (eff["cudnn_deterministic"], eff["cudnn_benchmark"]) == (cudnn_det, bench)
+        precision = "tf32" if tf32 else "ieee"
+        assert eff["cuda_matmul_fp32_precision"] == eff["cudnn_conv_fp32_precision"] == precision
+        assert (eff["CUBLAS_WORKSPACE_CONFIG"], eff["compile"], eff["num_threads"]) == (workspace, compiled, 1)
+        assert record["requested"]["autocast_bf16"] == (name == "bf16")
+        # The record is what torch reports now, not what was asked for.
+        assert _flags()["deterministic"] == det and _flags()["cudnn_deterministic"] == cudnn_det
+    assert _flags() == before
+
+
+def test_unknown_configuration_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown configuration 'fast'; valid configurations: baseline, det_full"):
+        overhead.measure(TINY, ["fast"])
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_overhead_formula_on_hand_made_timings():
+    assert overhead.overhead_pct(150.0, 100.0) == pytest.approx(50.0)
+    assert overhead.overhead_pct(100.0, 100.0) == 0.0
+    assert overhead.overhead_pct(80.0, 100.0) == pytest.approx(-20.0)
+    assert overhead.overhead_pct(846.0, 100.0) == pytest.approx(746.0)  # the paper's P100 maximum
+    s = overhead.summarize([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert s == {"n_steps": 5, "median_ms": 3.0, "q1_ms": 2.0, "q3_ms": 4.0}
+    with pytest.raises(ValueError, match="no step times"):
+        overhead.summarize([])
+
+
+def test_unsupported_op_is_parsed_from_torchs_message():
+    msg = ("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
+           "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this operation...")
+    assert overhead.unsupported_op(RuntimeError(msg)) == "adaptive_avg_pool2d_backward_cuda"
+    assert overhead.unsupported_op(RuntimeError("CUDA out of memory")) is None
+
+
+def test_cpu_steps_are_timed_one_by_one_with_perf_counter(monkeypatch):
+    # A fake clock that advances 1 ms per reading: every step then measures exactly 1 ms.
+    ticks = itertools.count()
+    monkeypatch.setattr(overhead.time, "perf_counter", lambda: next(ticks) * 1e-3)
+    calls = []
+    times = overhead._time_steps(lambda: calls.append(1), 4, torch.device("cpu"))
+    assert times == pytest.approx([1.0] * 4) and len(calls) == 4
+    rows = pd.DataFrame(overhead.measure(TINY, ["baseline", "det_full"]))
+    ok = rows[rows["status"] == "ok"]
+    assert list(ok["configuration"]) == ["baseline", "det_full"]
+    assert (ok["n_steps"] == TINY.repeats * TINY.steps).all()  # warm-up steps are not counted
+    assert ok[["median_ms", "q1_ms", "q3_ms"]].to_numpy().ravel() == pytest.approx(1.0)
+    assert ok["overhead_pct"].to_numpy() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_blocks_are_interleaved_between_configurations(monkeypatch):
+    order = []
+    real = overhead.apply_configuration
+
+    def spy(cfg, *args, **kwargs):
+        order.append(cfg.name)
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(overhead, "apply_configuration", spy)
+    overhead.time_configurations(TINY, ["baseline", "det_full", "det_no_fill"])
+    assert order == ["baseline", "det_full", "det_no_fill"] * TINY.repeats
+
+
+# ----------------------------------------------------------------------------- rows
+def test_measure_rows_on_the_cpu():
+    rows = pd.DataFrame(overhead.measure(TINY, ["det_full", "workspace", "tf32", "cudnn_det_only"]))
+    assert list(rows.columns) == overhead.ROW_COLUMNS
+    # The baseline is always timed (first) even when not asked for.
+    assert list(rows["configuration"]) == ["baseline", "det_full", "workspace", "tf32", "cudnn_det_only"]
+    status = dict(zip(rows["configuration"], rows["status"]))
+    assert status == {"baseline": "ok", "det_full": "ok", "workspace": "not_applicable", "tf32": "not_applicable",
+                      "cudnn_det_only": "not_applicable"}
+    ok = rows[rows["status"] == "ok"]
+    assert (ok["q1_ms"] <= ok["median_ms"]).all() and (ok["median_ms"] <= ok["q3_ms"]).all()
+    assert (ok["n_steps"] == 4).all() and ok["same_process"].all()
+    base = ok["median_ms"].iloc[0]
+    assert ok["overhead_pct"].iloc[1] == pytest.approx((ok["median_ms"].iloc[1] / base - 1) * 100)
+    assert json.loads(ok["flags"].iloc[1])["effective"]["deterministic_algorithms"] is True
+    assert rows["hardware"].unique().tolist() == ["cpu-1t"] and rows["threads"].unique().tolist() == [1]
+    assert rows[rows["status"] == "not_applicable"]["median_ms"].isna().all()
+
+
+class UnpoolNet(nn.Module):
+    """MaxUnpool2d has no deterministic implementation on any device: torch raises on the CPU too."""
+
+    def __init__(self, num_classes, in_channels, generator):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2)
+        self.head = nn.Linear(4, num_classes)
+        models.glorot_init(self, generator)
+
+    def forward(self, x):
+        h, idx = self.pool(self.conv(x))
+        return self.head(self.unpool(h, idx).mean((2, 3)))
+
+
+def test_an_op_without_deterministic_implementation_is_recorded_not_fatal():
+    rows = pd.DataFrame(overhead.measure(TINY, ["det_full", "det_no_fill", "bf16"], model_factory=UnpoolNet))
+    by = rows.set_index("configuration")
+    assert by.loc["baseline", "status"] == "ok" and by.loc["bf16", "status"] == "ok"
+    for name in ("det_full", "det_no_fill"):
+        assert by.loc[name, "status"] == "unsupported"
+        assert by.loc[name, "unsupported_op"] == "max_unpooling2d_forward_out"
+        assert "does not have a deterministic implementation" in by.loc[name, "error"]
+        assert np.isnan(by.loc[name, "median_ms"]) and by.loc[name, "n_steps"] == 0
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the failure
+
+
+def test_child_process_inherits_the_workspace_variable():
+    # On a GPU the workspace configuration is timed this way; on the CPU only the plumbing is tested.
+    results = overhead.time_in_child(TINY, ["baseline"], {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
+    res = results["baseline"]
+    assert res["status"] == "ok" and len(res["times_ms"]) == TINY.repeats * TINY.steps
+    assert res["record"]["effective"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+@pytest.mark.requires_gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="requires_gpu: no CUDA device on this machine")
+def test_cublas_workspace_is_refused_once_cuda_is_initialised(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.cuda.init()
+    with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises"):
+        with overhead.apply_configuration(CONFIGURATIONS["workspace"]):
+            pass
+    # measure() therefore times it in a child process, compared with this process's baseline.
+    gpu = Workload("smallcnn", 32, 8, 10, "cuda", steps=2, warmup=1, repeats=1)
+    rows = pd.DataFrame(overhead.measure(gpu, ["workspace"])).set_index("configuration")
+    assert rows["status"].to_dict() == {"baseline": "ok", "workspace": "ok"}
+    assert not rows.loc["workspace", "same_process"] and rows.loc["baseline", "same_process"]
+
+
+# ----------------------------------------------------------------------------- store, plan, CLI
+def _frame() -> pd.DataFrame:
+    row = dict.fromkeys(overhead.ROW_COLUMNS)
+    row.update(model="smallcnn", device="cpu", hardware="cpu-1t", configuration="baseline", status="ok",
+               median_ms=1.0)
+    return pd.DataFrame([row], columns=overhead.ROW_COLUMNS)
+
+
+def test_results_are_written_with_the_manifest_last(tmp_path, monkeypatch):
+    (d,) = overhead.write_results(_frame(), tmp_path, env={"test": True})
+    assert d == tmp_path / "overhead" / "cpu-1t"
+    rows, manifest = overhead.read_results(tmp_path, "cpu-1t")
+    assert rows["median_ms"].tolist() == [1.0] and manifest["environment"] == {"test": True}
+    assert manifest["configurations"] == {"baseline": CONFIGURATIONS["baseline"].description}
+    # Interrupted before the manifest's rename: the old manifest is gone, the new one not there.
+    monkeypatch.setattr(overhead.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError, match="killed"):
+        overhead.write_results(_frame(), tmp_path, env={})
+    assert (d / overhead.RESULTS).exists() and not (d / overhead.MANIFEST).exists()
+    with pytest.raises(ValueError, match="no manifest"):
+        overhead.read_results(tmp_path, "cpu-1t")
+
+
+def test_a_damaged_result_is_refused(tmp_path):
+    (d,) = overhead.write_results(_frame(), tmp_path, env={})
+    pd.concat([_frame(), _frame()]).to_parquet(d / overhead.RESULTS)
+    with pytest.raises(ValueError, match="fails its SHA-256 checksum"):
+        overhead.read_results(tmp_path, "cpu-1t")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_plan_file_is_valid(device):
+    plan = overhead.load_plan(REPO / "plans" / "overhead.yaml", device)
+    workloads = plan.workloads(device)  # validates models, sizes and configurations
+    assert len(workloads) == len(plan.models) * len(plan.threads) * len(plan.precisions)
+    assert {"vgg16", "inception_v3", "mediumcnn_k7", "smallcnn", "resnet18"} <= set(plan.models)
+    assert {"baseline", "det_full", "det_no_fill"} <= set(plan.configurations)
+    if device == "cuda":
+        assert (plan.image_size, plan.batch_size, plan.num_classes) == (224, 128, 1000)  # the paper's
+
+
+def test_plan_errors_name_the_bad_key(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("devices:\n  cpu:\n    image_sise: 32\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['image_sise'\]; valid keys: .*image_size"):
+        overhead.load_plan(path, "cpu")
+    with pytest.raises(ValueError, match="has no section devices.cuda; it has: cpu"):
+        overhead.load_plan(path, "cuda")
+
+
+def test_cli_runs_a_tiny_sweep_and_writes_it(tmp_path, capsys):
+    code = cli.main(["overhead", "--models", "smallcnn", "--configurations", "baseline,det_full,tf32",
+                     "--image-size", "8", "--batch-size", "4", "--num-classes", "10", "--steps", "1",
+                     "--warmup", "0", "--repeats", "1", "--threads", "1", "--root", str(tmp_path)])
+    assert code == 0
+    assert "det_full" in capsys.readouterr().out
+    rows, manifest = overhead.read_results(tmp_path, "cpu-1t")
+    assert rows["configuration"].tolist() == ["baseline", "det_full", "tf32"]
+    assert manifest["plan"]["steps"] == 1 and manifest["environment"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--models", "smallcnn,nosuchnet", "unknown model 'nosuchnet'; valid models: smallcnn"),
+        ("--configurations", "baseline,turbo", "unknown configuration 'turbo'; valid configurations: baseline"),
+        ("--image-size", "8x8", "--image-size: cannot parse '8x8'"),
+    ],
+)
+def test_cli_errors_are_clear(flag, value, message, capsys, tmp_path):
+    assert cli.main(["overhead", flag, value, "--root", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "overhead").exists()
