@@ -1,0 +1,221 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# (training)=
+# # Training replicas
+#
+# Every result in this book comes from *replicas*: copies of one training recipe that differ only
+# in what a **noise setting** lets vary. This chapter trains the replicas of one dataset and model
+# under a few settings, stores them, and looks at them before the analysis chapters do.
+#
+# It is also the notebook that the batch runner executes with
+# [papermill](https://papermill.readthedocs.io) once per hardware x dataset x model x setting of a
+# plan (`nnrandomness run plans/default.yaml`), with the parameters below replaced. As committed,
+# it runs a tiny preset on the CPU in seconds and writes into a fresh temporary directory, never
+# into the book's data: change the parameters and run it again.
+
+# %%
+import tempfile
+
+import altair as alt
+import pandas as pd
+
+import nnrandomness as nr
+from nnrandomness import charts, plan
+
+charts.enable()  # offline charts with stable ids (the book serves Vega itself)
+
+# Names defined so far; any other name that appears before the validation cell and is not a
+# parameter was injected by papermill (which only warns about it) or mistyped in the parameters.
+_names_before_parameters = set(globals())
+
+# %% [markdown]
+# ## Parameters
+#
+# One value per line; papermill replaces this cell's values when a plan runs the notebook.
+
+# %% tags=["parameters"]
+dataset = "digits"  # a name in data.LOADERS: digits (embedded), digits_groups, cifar10, ...
+model = "smallcnn"  # a name in models.MODELS: smallcnn, smallcnn_bn, resnet18, ...
+settings = ["CONTROL", "ALGO"]  # noise settings to train, one cell of the study each
+replicas = 3  # replicas per setting, indices 0 .. replicas-1
+epochs = 5  # training epochs
+batch_size = 64  # training examples per step
+lr = 0.004  # Adam learning rate
+lr_milestones = [4]  # epochs at which the learning rate is multiplied by 0.1
+dropout = 0.1  # dropout probability before the last layer, in [0, 1)
+augment = True  # pad-and-crop augmentation on the device (+ flips for photos)
+base_seed = 0  # root of every per-source seed
+device = "cpu"  # torch device: cpu, cuda, cuda:1, ...
+threads = 1  # torch intra-op CPU threads (a tooling factor: it changes CPU bits)
+precision = "fp32"  # fp32, tf32 or bf16
+eval_batch_size = 500  # test examples per evaluation batch (fixed: batch composition changes float results)
+data_root = ""  # root of the real datasets; "" = $NNRANDOMNESS_DATA
+output_root = ""  # the run store; "" = a fresh temporary directory
+hardware = ""  # hardware label, a path component of the store; "" = derived from device and threads
+
+# %%
+# Refuse unknown names, wrong types and invalid values before any training (this cell assumes the
+# notebook runs top to bottom: a name defined by a later cell also counts as unknown here).
+plan.check_parameters(
+    dict(
+        dataset=dataset,
+        model=model,
+        settings=settings,
+        replicas=replicas,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_milestones=lr_milestones,
+        dropout=dropout,
+        augment=augment,
+        base_seed=base_seed,
+        device=device,
+        threads=threads,
+        precision=precision,
+        eval_batch_size=eval_batch_size,
+        data_root=data_root,
+        output_root=output_root,
+        hardware=hardware,
+    ),
+    unknown={name for name in globals() if not name.startswith("_")} - _names_before_parameters - set(plan.PARAMETERS),
+)
+hardware = hardware or nr.hardware_label(device, threads)
+# A temporary store by default: re-executing this chapter (nbval, the book) never touches data/runs.
+output_root = output_root or tempfile.mkdtemp(prefix="nnrandomness-runs-")
+print(f"hardware label: {hardware}")
+
+# %% [markdown]
+# ## What a setting is
+#
+# A setting says which *algorithmic* sources of randomness (weight init, data order, augmentation,
+# dropout) get a fresh seed per replica, and whether the *tooling* runs deterministic kernels.
+
+# %%
+pd.DataFrame(
+    [
+        {
+            "setting": s.name,
+            "varied sources": ", ".join(sorted(s.varied)) or "none",
+            "deterministic kernels": s.deterministic,
+            "one-ULP poke": s.perturb_ulp,
+            "replicas must be identical": s.expects_identical,
+            "description": s.description,
+        }
+        for s in map(nr.get_setting, settings)
+    ]
+).set_index("setting")
+
+# %% [markdown]
+# Each source draws from its own generator, seeded from (base seed, replica, source). A fixed
+# source uses replica 0's seed for every replica; a varied one the replica's own. The first two
+# replicas' seeds show which sources a setting varies:
+
+# %%
+pd.DataFrame(
+    [
+        {"setting": s, "replica": k, **nr.noise.replica_seeds(base_seed, k, nr.get_setting(s))}
+        for s in settings
+        for k in range(min(replicas, 2))
+    ]
+).set_index(["setting", "replica"])
+
+# %% [markdown]
+# ## The recipe
+#
+# One `ReplicaSpec` per setting holds everything that defines a replica; `run_cell` trains its
+# replicas 0 .. replicas-1 and writes each one to the run store under
+# `<hardware>/<dataset>/<model>/<setting>/replica-<k>/`.
+
+# %%
+specs = {
+    s: nr.ReplicaSpec(
+        dataset=dataset,
+        model=model,
+        setting=s,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_milestones=tuple(lr_milestones),
+        dropout=dropout,
+        augment=augment,
+        base_seed=base_seed,
+        device=device,
+        threads=threads,
+        precision=precision,
+        eval_batch_size=eval_batch_size,
+        data_root=data_root or None,
+    )
+    for s in settings
+}
+# As text: a column of mixed types would print adam_eps=1e-7 as 0.0.
+pd.Series(specs[settings[0]].to_dict(), name="value").drop(["setting", "replica", "data_root"]).map(str).to_frame()
+
+# %% [markdown]
+# ## Training
+#
+# Replicas already complete in the store are skipped and an interrupted one resumes from its last
+# epoch, so re-running this cell (or a plan) only does the missing work. For a setting that
+# promises bit-identical replicas (CONTROL), `run_cell` compares their hashes and raises
+# `DeterminismViolation` if they differ.
+
+# %% tags=["nbval-ignore-output"]
+cells = {s: nr.run_cell(spec, replicas, output_root, hardware) for s, spec in specs.items()}
+
+# %% [markdown]
+# ## Learning curves
+#
+# Test accuracy and training loss after every epoch, one line per replica. Under CONTROL the lines
+# lie exactly on top of each other.
+
+# %% tags=["hide-input"]
+runs = nr.load_runs(output_root, hardware=hardware, dataset=dataset, model=model)
+curves = runs.history[runs.history["setting"].isin(settings)].melt(
+    id_vars=["setting", "replica", "epoch"],
+    value_vars=["test_accuracy", "train_loss"],
+    var_name="metric",
+)
+alt.Chart(curves).mark_line(opacity=0.7).encode(
+    x=alt.X("epoch:Q", title="epoch"),
+    y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+    color=alt.Color("replica:N", title="replica"),
+).properties(width=220, height=160).facet(
+    row=alt.Row("metric:N", title=None),
+    column=alt.Column("setting:N", title="setting", sort=settings),
+).resolve_scale(y="independent")
+
+# %% [markdown]
+# ## Final accuracies and hashes
+#
+# The SHA-256 of each replica's final weights and test predictions (first 12 hex digits): equal
+# hashes mean bit-identical replicas. Replica 0 of a setting with deterministic kernels draws every
+# source from replica 0's seeds, the seeds every CONTROL replica uses: it is bit-identical to them.
+
+# %%
+final = pd.concat(cells.values())
+final.assign(
+    weights_hash=final["weights_hash"].str[:12],
+    predictions_hash=final["predictions_hash"].str[:12],
+)[["setting", "replica", "test_accuracy", "weights_hash", "predictions_hash"]].set_index(["setting", "replica"])
+
+# %%
+final.groupby("setting", sort=False).agg(
+    replicas=("replica", "size"),
+    mean_accuracy=("test_accuracy", "mean"),
+    std_accuracy=("test_accuracy", "std"),
+    distinct_weights=("weights_hash", "nunique"),
+    distinct_predictions=("predictions_hash", "nunique"),
+)

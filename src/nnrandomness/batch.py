@@ -1,0 +1,382 @@
+"""Run a plan: one papermill execution of the training notebook per job, resumable.
+
+``nnrandomness run PLAN`` validates the whole plan first (`plan.load_plan`) and reads the run
+store: a job whose replicas are all complete there (manifest and checksums) is skipped, so
+re-running a finished plan does no work and an interrupted one resumes (inside a job,
+`train.run_cell` skips complete replicas and resumes a killed one from its checkpoint). The
+other jobs run
+
+* on a local pool (``--workers N``) that never oversubscribes the CPU: a job holds `threads`
+  CPU slots and the running jobs hold at most ``--cpus`` (torch at 2 threads on 2 busy cores runs
+  ~30x slower); jobs start in plan order, so a wide job is never overtaken forever. ``--gpus 0,1``
+  also gives every running job a GPU of its own through CUDA_VISIBLE_DEVICES;
+* or as Ray tasks (``--ray ADDRESS``: "auto" for a running cluster, "local" for a new one on this
+  machine, or a cluster address), each asking for `threads` CPUs and one GPU where the device is
+  CUDA. Paths must then be the same on every node (shared storage).
+
+Each job is a ``python -m papermill`` subprocess with its own environment, so a job cannot take
+the runner down, its GPU pinning is set before its kernel starts, and its timeout (plan key
+``timeout``, ``--timeout``) is a kill. Failures before the notebook's first cell starts (the
+kernel did not come up: "Kernel didn't respond", "Kernel died before replying to kernel_info",
+ZMQ port races between parallel starts) are retried up to ``--retries`` times; a failure in a
+cell never is. Every job's executed notebook is kept under the plan's executed_root, failed ones
+too, with papermill's timings removed so that the same run gives the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+KERNEL_START_RETRIES = 3  # extra tries of a job whose kernel did not start
+RETRY_PAUSE = 1.0  # seconds between tries: lets a port race between parallel kernel starts pass
+START_TIMEOUT = 120  # seconds papermill waits for a kernel to answer (a loaded machine is slow)
+
+
+# ----------------------------------------------------------------------------- the CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("plan", type=Path, help="a plan file (YAML), e.g. plans/default.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="validate, list the jobs and their state, run nothing")
+    parser.add_argument("--workers", type=int, default=1, help="jobs running at once on the local pool (default 1)")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count(),
+                        help="CPU slots the running jobs share; a job holds `threads` of them (default: all cores)")
+    parser.add_argument("--gpus", default=None,
+                        help="comma-separated GPU ids: each running job gets one as CUDA_VISIBLE_DEVICES")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help='run the jobs as Ray tasks: "auto" (a running cluster), "local" (start one here), '
+                             "or a cluster address")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per job, overriding the plan's (and its cells') timeouts")
+    parser.add_argument("--retries", type=int, default=KERNEL_START_RETRIES,
+                        help=f"extra tries of a job whose kernel failed to start (default {KERNEL_START_RETRIES})")
+    parser.add_argument("--output-root", default=None, help="the run store, overriding the plan's output_root")
+    parser.add_argument("--executed-root", default=None,
+                        help="where executed notebooks go, overriding the plan's executed_root")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Validate, then run the plan's pending jobs. 0: all done or skipped; 1: a job failed;
+    2: the plan or the options are invalid (nothing ran, nothing was written)."""
+    from . import plan as plan_mod
+
+    try:
+        plan = plan_mod.load_plan(args.plan, output_root=args.output_root, executed_root=args.executed_root,
+                                  timeout=args.timeout)
+    except plan_mod.PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
+    problems = _option_problems(args, plan.jobs, gpus)
+    states = {job.name: store_state(job) for job in plan.jobs}
+    problems += [f"{name}: {c}" for name, (_, conflicts) in states.items() for c in conflicts]
+    if problems:
+        print("error: nothing was run:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+
+    pending = [job for job in plan.jobs if states[job.name][0]]
+    print(f"plan {plan.name!r} ({args.plan}): {len(plan.jobs)} jobs, {len(plan.jobs) - len(pending)} complete, "
+          f"{len(pending)} to run")
+    if args.dry_run:
+        _print_jobs(plan.jobs, states)
+        return 0
+
+    started = time.monotonic()
+    results = [JobResult(job.name, "skipped", "complete in the store") for job in plan.jobs if not states[job.name][0]]
+    if pending and args.ray:
+        results += run_ray(pending, address=args.ray, cpus=args.cpus, retries=args.retries)
+    elif pending:
+        results += run_local(pending, workers=args.workers, cpus=args.cpus, gpus=gpus, retries=args.retries)
+    order = {job.name: i for i, job in enumerate(plan.jobs)}
+    _print_summary(sorted(results, key=lambda r: order[r.name]), time.monotonic() - started)
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _option_problems(args, jobs, gpus) -> list[str]:
+    problems = []
+    if args.workers < 1:
+        problems.append(f"--workers must be >= 1, got {args.workers}")
+    if args.cpus is None or args.cpus < 1:
+        problems.append(f"--cpus must be >= 1, got {args.cpus}")
+    if args.retries < 0:
+        problems.append(f"--retries must be >= 0, got {args.retries}")
+    if gpus is not None and (not all(gpus) or len(set(gpus)) < len(gpus)):
+        problems.append(f"--gpus must list distinct GPU ids separated by commas, got {args.gpus!r}")
+    if gpus is not None and args.ray:
+        problems.append("--gpus is for the local pool; Ray assigns GPUs to tasks itself")
+    if args.ray in (None, "local") and args.cpus:  # a cluster's own CPUs are Ray's to check
+        problems += [f"{job.name} needs {job.threads} CPU slots (threads) but --cpus is {args.cpus}"
+                     for job in jobs if job.threads > args.cpus]
+    return problems
+
+
+# ----------------------------------------------------------------------------- store state
+# A store replica planned again with another recipe would be skipped by run_cell and silently mix
+# recipes in one cell; such a conflict stops the plan. data_root says where files are, not what
+# is trained, so it may differ.
+_IGNORED_SPEC_FIELDS = ("data_root",)
+
+
+def store_state(job) -> tuple[list[int], list[str]]:
+    """(replicas of `job` not complete in the store, conflicts with complete ones)."""
+    from . import store
+
+    missing, conflicts = [], []
+    for k in range(job.replicas):
+        try:
+            manifest = store.read_manifest(job.replica_dir(k))
+        except ValueError:
+            missing.append(k)
+            continue
+        stored, wanted = manifest["spec"], job.spec(k).to_dict()
+        diff = [f"{f}: stored {stored.get(f)!r}, planned {v!r}" for f, v in wanted.items()
+                if f not in _IGNORED_SPEC_FIELDS and stored.get(f) != v]
+        if diff:
+            conflicts.append(f"replica-{k} in the store was trained with another recipe ({'; '.join(diff)}); "
+                             "remove it or use another output_root")
+    return missing, conflicts
+
+
+def _print_jobs(jobs, states) -> None:
+    width = max(len(j.name) for j in jobs)
+    print(f"{'job':<{width}}  replicas  threads  timeout  state")
+    for job in jobs:
+        missing = states[job.name][0]
+        state = "complete" if not missing else f"to run ({job.replicas - len(missing)}/{job.replicas} replicas done)"
+        print(f"{job.name:<{width}}  {job.replicas:>8}  {job.threads:>7}  {job.timeout:>6.0f}s  {state}")
+
+
+# ----------------------------------------------------------------------------- one job
+@dataclass
+class JobResult:
+    name: str
+    status: str  # "done", "skipped" or "failed"
+    reason: str = ""
+    seconds: float = 0.0  # wall clock of the job, all tries
+    attempts: int = 0  # papermill executions (1 + kernel-start retries)
+
+
+def job_environment(job, gpu: str | None = None) -> dict[str, str]:
+    """The environment a job's papermill process and kernel start with."""
+    env = dict(os.environ)
+    # Per-replica bars would put timings into the executed notebook; the runner shows its own bar.
+    env["TQDM_DISABLE"] = "1"
+    # The job's CPU slots: torch is pinned by the notebook, OpenMP/MKL users outside torch here.
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(job.threads)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu  # set before the kernel starts: CUDA reads it once
+    return env
+
+
+def run_job(job, *, retries: int = KERNEL_START_RETRIES, gpu: str | None = None) -> JobResult:
+    """Execute one job with papermill (retrying kernel-start failures) and keep its executed notebook.
+
+    Never raises for a failed job: the reason is in the result. Runs in a thread of the local
+    pool or as the body of a Ray task.
+    """
+    started = time.monotonic()
+    deadline = started + job.timeout
+    env = job_environment(job, gpu)
+    with tempfile.TemporaryDirectory(prefix="nnrandomness-job-") as tmp:
+        executed, params = Path(tmp) / "executed.ipynb", Path(tmp) / "parameters.yaml"
+        # safe_dump, not JSON: papermill reads the file as YAML, which takes JSON's 1e-05 for a string.
+        params.write_text(yaml.safe_dump(job.parameters))
+        attempt = 0
+        while True:
+            attempt += 1
+            kind, reason = _papermill(job, executed, params, env, deadline)
+            if kind != "kernel-start" or attempt > retries or time.monotonic() + RETRY_PAUSE >= deadline:
+                break
+            time.sleep(RETRY_PAUSE)
+        if (nb := _read_notebook(executed)) is not None:
+            write_executed(nb, job.executed)
+    if kind == "ok":
+        from . import store
+
+        incomplete = [k for k in range(job.replicas) if not store.is_complete(job.replica_dir(k))]
+        if incomplete:  # a notebook that "succeeds" without its replicas is a failure all the same
+            kind, reason = "error", f"the notebook finished but replicas {incomplete} are not complete in the store"
+    if kind == "kernel-start":
+        reason = f"the kernel did not start in {attempt} tries: {reason}"
+    return JobResult(job.name, "done" if kind == "ok" else "failed", reason, time.monotonic() - started, attempt)
+
+
+def _papermill(job, executed: Path, params: Path, env: dict, deadline: float) -> tuple[str, str]:
+    """One papermill execution; (kind, reason) with kind ok | error | timeout | kernel-start."""
+    cmd = [sys.executable, "-m", "papermill", str(job.notebook), str(executed), "-f", str(params),
+           "--cwd", str(job.cwd), "--no-progress-bar", "--start-timeout", str(START_TIMEOUT)]
+    executed.unlink(missing_ok=True)
+    # Same process group as the runner: killing the runner's group ends its jobs too. The kernel
+    # runs in a session of its own but exits within a second of its papermill process.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return "timeout", f"timed out after {job.timeout:.0f} s (the plan's timeout, or --timeout)"
+    if proc.returncode == 0:
+        return "ok", ""
+    last_line = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "no output")
+    nb = _read_notebook(executed)
+    if nb is None and executed.exists():
+        return "error", f"{last_line} (and the executed notebook is unreadable)"
+    if nb is None or not any(c.get("metadata", {}).get("papermill", {}).get("start_time") for c in nb["cells"]):
+        return "kernel-start", last_line  # no cell began: the kernel never came up (or papermill could not start)
+    return "error", _cell_error(nb) or last_line
+
+
+def _read_notebook(path: Path) -> dict | None:
+    """The notebook papermill wrote, or None (absent; or cut short by a kill while it was saving)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _cell_error(nb: dict) -> str | None:
+    """'In [7]: ValueError: ...' for the first error output of the notebook, if any."""
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":  # on one line: it goes into the summary table
+                evalue = " / ".join(line.strip() for line in str(out.get("evalue")).splitlines() if line.strip())
+                return f"In [{cell.get('execution_count')}]: {out.get('ename')}: {evalue}"
+    return None
+
+
+# ----------------------------------------------------------------------------- executed notebooks
+# What papermill and nbclient record that changes from run to run (and says nothing about results).
+_RUN_DEPENDENT_NOTEBOOK_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path")
+_RUN_DEPENDENT_CELL_KEYS = ("start_time", "end_time", "duration")
+
+
+def strip_notebook(nb: dict) -> dict:
+    """Remove papermill's and nbclient's timings and paths; give papermill's own cells stable ids.
+
+    Kept: parameters, papermill's version and exception flags, each cell's status; everything the
+    cells printed.
+    """
+    meta = nb.get("metadata", {}).get("papermill", {})
+    for key in _RUN_DEPENDENT_NOTEBOOK_KEYS:
+        meta.pop(key, None)
+    for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("execution", None)  # nbclient's iopub timestamps
+        for key in _RUN_DEPENDENT_CELL_KEYS:
+            cell.get("metadata", {}).get("papermill", {}).pop(key, None)
+    # papermill inserts the injected-parameters cell and error cells with random ids.
+    for tag in ("injected-parameters", "papermill-error-cell-tag"):
+        tagged = [c for c in nb["cells"] if tag in c.get("metadata", {}).get("tags", [])]
+        for i, cell in enumerate(tagged):
+            cell["id"] = tag if i == 0 else f"{tag}-{i}"
+    return nb
+
+
+def write_executed(nb: dict, target: Path) -> None:
+    """Strip `nb` and write it to `target` atomically (a killed runner never leaves half a file)."""
+    nb = strip_notebook(nb)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")  # as nbformat writes
+    os.replace(tmp, target)
+
+
+# ----------------------------------------------------------------------------- backends
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="jobs", unit="job", dynamic_ncols=True)
+
+
+def _report(bar, result: JobResult) -> None:
+    line = f"{result.status:<7} {result.name}  {result.seconds:.1f} s"
+    bar.write(line + (f"  ({result.reason})" if result.reason else ""))
+    bar.update(1)
+
+
+def run_local(jobs, *, workers: int, cpus: int, gpus: list[str] | None = None,
+              retries: int = KERNEL_START_RETRIES) -> list[JobResult]:
+    """Run jobs on a pool of `workers` threads, each waiting on its papermill process.
+
+    A job starts when a worker is free, its `threads` fit in the free CPU slots and, with `gpus`,
+    a GPU is free. Jobs start in plan order (the first that does not fit waits for room).
+    """
+    results, queue, running = [], deque(jobs), {}
+    free_gpus = list(gpus) if gpus is not None else None
+    used = 0
+    with _progress(len(jobs)) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
+        while queue or running:
+            while (queue and len(running) < workers and used + queue[0].threads <= cpus
+                   and (free_gpus is None or free_gpus)):
+                job = queue.popleft()
+                gpu = free_gpus.pop(0) if free_gpus is not None else None
+                running[pool.submit(run_job, job, retries=retries, gpu=gpu)] = (job, gpu)
+                used += job.threads
+            bar.set_postfix_str(", ".join(job.name for job, _ in running.values()), refresh=True)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job, gpu = running.pop(future)
+                used -= job.threads
+                if gpu is not None:
+                    free_gpus.append(gpu)
+                try:
+                    results.append(future.result())
+                except Exception as e:  # a bug or a full disk in run_job: fail this job, not the plan
+                    results.append(JobResult(job.name, "failed", f"the runner: {type(e).__name__}: {e}"))
+                _report(bar, results[-1])
+    return results
+
+
+def run_ray(jobs, *, address: str, cpus: int | None = None, retries: int = KERNEL_START_RETRIES) -> list[JobResult]:
+    """Run jobs as Ray tasks: `threads` CPUs each, plus one GPU where the job's device is CUDA.
+
+    Connects with ``ray.init(address=...)`` unless this process already has Ray initialised
+    (then that cluster is used and left running); "local" starts a cluster of `cpus` CPUs here.
+    """
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        # A new local cluster gets exactly --cpus CPUs; an existing cluster keeps its own resources.
+        local = {"num_cpus": cpus, "include_dashboard": False} if address == "local" else {}
+        ray.init(address=address, log_to_driver=False, **local)
+    results = []
+    try:
+        # Ray retries nothing: a kernel that fails to start is retried inside the task, a cell error never.
+        task = ray.remote(max_retries=0)(run_job)
+        refs = {
+            task.options(num_cpus=job.threads, num_gpus=1 if job.uses_gpu else 0, name=job.name).remote(
+                job, retries=retries): job
+            for job in jobs
+        }
+        with _progress(len(jobs)) as bar:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                job = refs.pop(ready[0])
+                try:
+                    results.append(ray.get(ready[0]))
+                except ray.exceptions.RayError as e:  # the worker died, the node was lost, ...
+                    results.append(JobResult(job.name, "failed", f"Ray: {type(e).__name__}: {str(e)[:300]}"))
+                _report(bar, results[-1])
+    finally:
+        if started_here:
+            ray.shutdown()
+    return results
+
+
+# ----------------------------------------------------------------------------- summary
+def _print_summary(results: list[JobResult], seconds: float) -> None:
+    width = max([len(r.name) for r in results] + [3])
+    print(f"\n{'job':<{width}}  status   seconds  tries  reason")
+    for r in results:
+        print(f"{r.name:<{width}}  {r.status:<7}  {r.seconds:>7.1f}  {r.attempts:>5}  {r.reason}")
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed in {seconds:.0f} s")

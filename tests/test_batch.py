@@ -1,0 +1,347 @@
+"""The batch runner end to end: real papermill jobs with real kernels, on the local pool and on a
+local Ray cluster; kill-and-resume to the same bits; failures, timeouts and kernel-start retries.
+
+Every plan here is tiny (a few epochs of SmallCNN on digits), so a job is mostly kernel start-up.
+The scheduler's CPU/GPU accounting is checked with a stand-in for `run_job` (no kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from nnrandomness import batch, cli, plan, store
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "plans" / "smoke.yaml"
+NOTEBOOK = ROOT / "notebooks" / "10_training.ipynb"
+JOBS = ("cpu-1t/digits/smallcnn/CONTROL", "cpu-1t/digits/smallcnn/ALGO")
+
+
+@pytest.fixture(autouse=True)
+def at_root(monkeypatch):
+    """Plans' relative paths are relative to the working directory: the repository root."""
+    monkeypatch.chdir(ROOT)
+
+
+def run(*args) -> tuple[int, str]:
+    """`nnrandomness run ARGS` in this process; (exit code, what it printed on stdout)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["run", *map(str, args)])
+    return code, out.getvalue()
+
+
+def roots(base: Path) -> list[str]:
+    return ["--output-root", str(base / "runs"), "--executed-root", str(base / "executed")]
+
+
+def summary(out: str) -> dict[str, list[str]]:
+    """The runner's closing table: job name -> [status, seconds, tries, reason...]."""
+    return {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("cpu-")}
+
+
+def hashes(runs: Path) -> dict[str, tuple[str, str]]:
+    """Replica path (relative) -> (weights_hash, predictions_hash) of every complete replica."""
+    complete = [p for p in sorted(runs.glob("*/*/*/*/replica-*")) if store.is_complete(p)]
+    return {str(p.relative_to(runs)): (m["weights_hash"], m["predictions_hash"])
+            for p, m in zip(complete, map(store.read_manifest, complete))}
+
+
+def variant(tmp_path: Path, cells=None, notebook: Path = NOTEBOOK, **defaults) -> Path:
+    """The smoke plan with other defaults / cells / notebook, written to tmp_path."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["notebook"] = str(notebook)
+    raw["defaults"].update(defaults)
+    if cells is not None:
+        raw["cells"] = cells
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The smoke plan run once, uninterrupted, two jobs at a time, each pinned to a "GPU"."""
+    base = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        code, out = run(SMOKE, "--workers", 2, "--gpus", "0,1", *roots(base))
+    return code, out, base
+
+
+# ----------------------------------------------------------------------------- local pool
+def test_smoke_plan_end_to_end(reference):
+    code, out, base = reference
+    assert code == 0, out
+    assert "2 done, 0 skipped, 0 failed" in out
+    runs = store.load_runs(base / "runs")
+    assert len(runs.replicas) == 6 and not runs.problems
+    by = runs.replicas.groupby("setting")
+    assert by["weights_hash"].nunique().to_dict() == {"ALGO": 3, "CONTROL": 1}  # CONTROL bit-identical
+    for job in JOBS:
+        nb = json.loads((base / "executed" / f"{job}.ipynb").read_text())
+        code_cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(c["execution_count"] for c in code_cells)
+        assert not [o for c in code_cells for o in c["outputs"] if o["output_type"] == "error"]
+        # papermill's and nbclient's timings and paths are stripped from the kept copy
+        text = json.dumps(nb)
+        assert not any(key in text for key in ('"start_time"', '"end_time"', '"duration"', '"iopub.'))
+        injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert [c["id"] for c in injected] == ["injected-parameters"]
+        assert nb["metadata"]["papermill"]["parameters"]["settings"] == [job.split("/")[-1]]
+
+
+def test_jobs_get_their_gpu_and_threads_before_the_kernel_starts(reference):
+    """--gpus pins one job per GPU through CUDA_VISIBLE_DEVICES; the manifests record the
+    environment each job's kernel saw (both jobs ran at once, so each had its own GPU)."""
+    _, _, base = reference
+    envs = {}
+    for path in sorted((base / "runs").glob("*/*/*/*/replica-*")):
+        m = store.read_manifest(path)
+        envs.setdefault(m["spec"]["setting"], set()).add(
+            (m["environment"]["env"]["CUDA_VISIBLE_DEVICES"], m["environment"]["env"]["OMP_NUM_THREADS"]))
+    assert envs == {"CONTROL": {("0", "1")}, "ALGO": {("1", "1")}}
+
+
+def test_rerunning_a_finished_plan_does_no_work(reference):
+    _, _, base = reference
+    files = sorted(p for p in base.rglob("*") if p.is_file())
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    code, out = run(SMOKE, "--workers", 2, *roots(base))
+    assert code == 0 and "0 done, 2 skipped, 0 failed" in out, out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(p for p in base.rglob("*") if p.is_file())} == before
+    code, out = run(SMOKE, "--dry-run", *roots(base))
+    assert code == 0 and "2 jobs, 2 complete, 0 to run" in out
+
+
+def test_another_recipe_on_the_same_store_is_refused(reference, tmp_path, capsys):
+    _, _, base = reference
+    code, _ = run(variant(tmp_path, epochs=4), *roots(base))
+    assert code == 2
+    assert "replica-0 in the store was trained with another recipe (epochs: stored 3, planned 4)" in capsys.readouterr().err
+
+
+def test_killed_plan_resumes_to_the_same_bits(reference, tmp_path):
+    """SIGKILL the runner's whole process group while the second job trains, run the plan again:
+    the store ends up bitwise equal to the uninterrupted run and the finished job is not re-run."""
+    _, _, ref = reference
+    cmd = [sys.executable, "-m", "nnrandomness", "run", str(SMOKE), "--workers", "1", *roots(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    runs, executed = tmp_path / "runs" / "cpu-1t/digits/smallcnn", tmp_path / "executed" / "cpu-1t/digits/smallcnn"
+    deadline = time.monotonic() + 240
+    try:
+        while not store.is_complete(runs / "ALGO" / "replica-0"):  # the second job is half way
+            assert proc.poll() is None, "the runner finished before it could be killed"
+            assert time.monotonic() < deadline, "the second job never started training"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (executed / "CONTROL.ipynb").exists() and not (executed / "ALGO.ipynb").exists()
+    assert not store.is_complete(runs / "ALGO" / "replica-2")
+    control = (executed / "CONTROL.ipynb").stat().st_mtime_ns
+    # The killed job's kernel runs in a session of its own; it exits within a second of its
+    # papermill process (ipykernel polls its parent). Let it go before the store is used again.
+    time.sleep(2)
+
+    code, out = run(SMOKE, "--workers", 1, *roots(tmp_path))
+    assert code == 0, out
+    jobs = summary(out)
+    assert jobs[JOBS[0]][0] == "skipped" and jobs[JOBS[1]][0] == "done"
+    assert (executed / "CONTROL.ipynb").stat().st_mtime_ns == control
+    assert hashes(tmp_path / "runs") == hashes(ref / "runs") and len(hashes(ref / "runs")) == 6
+
+
+# ----------------------------------------------------------------------------- Ray
+def test_ray_backend_gives_the_same_bits(reference, tmp_path):
+    """The same plan as Ray tasks on a local two-CPU cluster started (and stopped) by the runner."""
+    import ray
+
+    _, _, ref = reference
+    code, out = run(SMOKE, "--ray", "local", "--cpus", 2, *roots(tmp_path))
+    assert code == 0 and "2 done, 0 skipped, 0 failed" in out, out
+    assert not ray.is_initialized()
+    assert hashes(tmp_path / "runs") == hashes(ref / "runs")
+    assert all((tmp_path / "executed" / f"{job}.ipynb").exists() for job in JOBS)
+
+
+# ----------------------------------------------------------------------------- failures
+FAILING_BODY = '''
+import time
+from nnrandomness import plan, run_cell
+
+if settings == ["ALGO"]:
+    raise RuntimeError("boom")
+if settings == ["IMPL"]:
+    time.sleep(600)
+if settings == ["CONTROL"]:  # trains for real; any other setting does nothing
+    values = {name: globals()[name] for name in plan.PARAMETERS}
+    run_cell(plan.replica_spec(values, "CONTROL", 0), replicas, output_root, hardware)
+'''
+
+
+def failing_notebook(tmp_path: Path) -> Path:
+    """The training notebook's parameters cell, then a cell that fails in a way chosen by setting."""
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    nb.cells = [params, nbformat.v4.new_code_cell(FAILING_BODY)]
+    path = tmp_path / "failing.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+# Kills every kernel (never papermill) while the counter file holds a positive number.
+SITECUSTOMIZE = '''
+import os, sys
+if "ipykernel_launcher" in sys.orig_argv:
+    counter = os.environ["NNR_TEST_KERNEL_FAILURES"]
+    left = int(open(counter).read())
+    if left > 0:
+        open(counter, "w").write(str(left - 1))
+        os._exit(1)
+'''
+
+
+class TestFailures:
+    """Jobs that fail. A class of their own: pytest-xdist (--dist loadscope) can run them beside
+    the tests above, which share the module's reference run."""
+
+    def test_failures_are_isolated_reported_and_kept(self, tmp_path):
+        """A cell error (never retried), a timeout (killed) and a notebook that writes nothing fail
+        their own jobs only; the other job finishes; every executed notebook is kept; exit code 1."""
+        cells = [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO", "ORDER"]},
+                 {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["IMPL"], "timeout": 10}]
+        path = variant(tmp_path, cells=cells, notebook=failing_notebook(tmp_path), replicas=1, epochs=1)
+        code, out = run(path, "--workers", 2, *roots(tmp_path))
+        assert code == 1, out
+        jobs = summary(out)
+        assert jobs["cpu-1t/digits/smallcnn/CONTROL"][0] == "done"
+        algo = jobs["cpu-1t/digits/smallcnn/ALGO"]
+        assert algo[0] == "failed" and algo[2] == "1" and "RuntimeError: boom" in " ".join(algo)
+        assert "timed out after 10 s" in " ".join(jobs["cpu-1t/digits/smallcnn/IMPL"])
+        assert "replicas [0] are not complete in the store" in " ".join(jobs["cpu-1t/digits/smallcnn/ORDER"])
+        assert "1 done, 0 skipped, 3 failed" in out
+        executed = tmp_path / "executed" / "cpu-1t/digits/smallcnn"
+        assert sorted(p.name for p in executed.iterdir()) == ["ALGO.ipynb", "CONTROL.ipynb", "IMPL.ipynb", "ORDER.ipynb"]
+        errors = [o for c in nbformat.read(str(executed / "ALGO.ipynb"), as_version=4).cells
+                  for o in c.get("outputs", []) if o.output_type == "error"]
+        assert [(e.ename, e.evalue) for e in errors] == [("RuntimeError", "boom")]
+
+    def test_kernel_start_failures_are_retried_a_bounded_number_of_times(self, tmp_path, monkeypatch):
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        counter = tmp_path / "failures"
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+        monkeypatch.setenv("NNR_TEST_KERNEL_FAILURES", str(counter))
+        one = [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL"]}]
+        path = variant(tmp_path, cells=one, replicas=1, epochs=1)
+
+        counter.write_text("2")  # two kernels die, the third try runs
+        code, out = run(path, "--retries", 2, *roots(tmp_path / "a"))
+        assert code == 0, out
+        status, _, tries, *_ = summary(out)[JOBS[0]]
+        assert (status, tries) == ("done", "3")
+
+        counter.write_text("5")  # more deaths than tries
+        code, out = run(path, "--retries", 1, *roots(tmp_path / "b"))
+        assert code == 1, out
+        status, _, tries, *reason = summary(out)[JOBS[0]]
+        assert (status, tries) == ("failed", "2")
+        assert "the kernel did not start in 2 tries" in " ".join(reason) and "Kernel died" in " ".join(reason)
+        assert counter.read_text() == "3"
+
+
+    def test_the_notebook_refuses_unknown_and_mistyped_parameters(self, tmp_path):
+        """papermill itself only warns about an unknown parameter: the notebook's validation cell
+        fails before any training."""
+        out = tmp_path / "out.ipynb"
+        cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(out), "--no-progress-bar",
+               "-y", f"{{epoch: 3, settings: CONTROL, output_root: {tmp_path / 'runs'}}}"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        assert proc.returncode != 0
+        errors = [o for c in nbformat.read(str(out), as_version=4).cells for o in c.get("outputs", [])
+                  if o.output_type == "error"]
+        assert len(errors) == 1 and errors[0].ename == "ValueError"
+        assert "unknown parameter 'epoch'" in errors[0].evalue and "settings must be a list, got 'CONTROL'" in errors[0].evalue
+        assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- the scheduler
+@pytest.fixture
+def recorded(monkeypatch):
+    """Replace run_job by a stand-in that records when each job ran and what it was given."""
+    log, lock = [], threading.Lock()
+
+    def fake(job, *, retries, gpu):
+        with lock:
+            log.append(("start", job.name, job.threads, gpu, time.monotonic()))
+        time.sleep(0.05)
+        with lock:
+            log.append(("end", job.name, job.threads, gpu, time.monotonic()))
+        return batch.JobResult(job.name, "done", attempts=1)
+
+    monkeypatch.setattr(batch, "run_job", fake)
+    return log
+
+
+def mixed_jobs(tmp_path) -> list[plan.Job]:
+    cells = [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO", "IMPL"]},
+             {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO"], "threads": 2},
+             {"datasets": ["digits"], "models": ["smallcnn_bn"], "settings": ["CONTROL", "ALGO"]}]
+    return plan.load_plan(variant(tmp_path, cells=cells)).jobs
+
+
+def replay(log):
+    """(max CPU slots in use, max jobs at once, the jobs running beside each job)."""
+    running, most_slots, most_jobs, beside = {}, 0, 0, {}
+    for kind, name, threads, gpu, _ in log:
+        if kind == "start":
+            for other in running:
+                beside.setdefault(name, set()).add(other)
+                beside.setdefault(other, set()).add(name)
+            running[name] = (threads, gpu)
+        else:
+            del running[name]
+        most_slots = max(most_slots, sum(t for t, _ in running.values()))
+        most_jobs = max(most_jobs, len(running))
+    return most_slots, most_jobs, beside
+
+
+def test_pool_never_oversubscribes_the_cpus(recorded, tmp_path):
+    jobs = mixed_jobs(tmp_path)
+    results = batch.run_local(jobs, workers=2, cpus=2)
+    assert sorted(r.name for r in results) == sorted(j.name for j in jobs)
+    most_slots, most_jobs, beside = replay(recorded)
+    assert most_slots == 2 and most_jobs == 2
+    for job in jobs:
+        if job.threads == 2:  # a 2-thread job on 2 cores runs alone
+            assert not beside.get(job.name), beside
+    starts = [name for kind, name, *_ in recorded if kind == "start"]
+    assert starts == [j.name for j in jobs]  # plan order: a wide job is never overtaken
+
+
+def test_pool_gives_each_running_job_its_own_gpu(recorded, tmp_path):
+    jobs = [j for j in mixed_jobs(tmp_path) if j.threads == 1]
+    batch.run_local(jobs, workers=4, cpus=4, gpus=["0", "1"])
+    running = {}
+    for kind, name, _, gpu, _ in recorded:
+        if kind == "start":
+            assert gpu in ("0", "1") and gpu not in running.values()
+            running[name] = gpu
+        else:
+            del running[name]
+    assert {gpu for _, _, _, gpu, _ in recorded} == {"0", "1"}

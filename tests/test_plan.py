@@ -1,0 +1,292 @@
+"""Plans: the committed plans expand as intended, invalid plans are refused with messages that
+name the bad key or value, and the training notebook's parameters match the runner's.
+
+Nothing here starts a kernel (see test_batch.py for execution)."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nnrandomness import PAPER_SETTINGS, batch, cli, plan
+from nnrandomness.plan import PARAMETERS, PlanError, check_parameters, load_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "10_training.ipynb"
+
+VALID = {
+    "name": "t",
+    "notebook": str(NOTEBOOK),
+    "output_root": "runs",
+    "executed_root": "executed",
+    "defaults": {"replicas": 2, "epochs": 3, "lr": 0.004, "augment": True, "dropout": 0.1, "threads": 1},
+    "cells": [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO"]}],
+}
+
+
+def write(tmp_path: Path, raw) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(raw) if not isinstance(raw, str) else raw)
+    return path
+
+
+def notebook_defaults() -> dict:
+    """The values of the notebook's parameters cell, read without running it."""
+    nb = json.loads(NOTEBOOK.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    return {t.id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body
+            for t in node.targets}
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Relative plan paths resolve against the working directory: keep them in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NNRANDOMNESS_DATA", raising=False)
+
+
+# ----------------------------------------------------------------------------- the committed plans
+@pytest.fixture
+def at_root(monkeypatch):
+    """The committed plans' paths are relative to the repository root, where the CLI runs."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.mark.usefixtures("at_root")
+def test_default_plan_expands_to_the_study():
+    p = load_plan(ROOT / "plans" / "default.yaml")
+    names = [j.name for j in p.jobs]
+    assert len(names) == len(set(names)) == 2 * 2 * 4 + 5 + 2
+    for dataset in ("digits", "digits_groups"):
+        for model in ("smallcnn", "smallcnn_bn"):
+            assert {f"cpu-1t/{dataset}/{model}/{s}" for s in PAPER_SETTINGS} <= set(names)
+    assert {f"cpu-1t/digits/smallcnn/{s}" for s in ("INIT", "ORDER", "AUG", "DROPOUT", "ULP")} <= set(names)
+    assert {j.name for j in p.jobs if j.threads == 2} == {"cpu-2t/digits/smallcnn/CONTROL", "cpu-2t/digits/smallcnn/ALGO"}
+    assert all(j.replicas >= 10 and j.parameters["device"] == "cpu" for j in p.jobs)
+    # one recipe for the whole plan: jobs differ only by what names the job
+    recipes = {json.dumps({k: v for k, v in j.parameters.items()
+                           if k not in ("dataset", "model", "settings", "threads", "hardware")}, sort_keys=True)
+               for j in p.jobs}
+    assert len(recipes) == 1
+    # paths as written (relative to the repository root, where the runner is started)
+    assert all(j.parameters["output_root"] == "data/runs" for j in p.jobs)
+    assert p.jobs[0].executed == ROOT / "data/executed/cpu-1t/digits/smallcnn/ALGO+IMPL.ipynb"
+
+
+@pytest.mark.usefixtures("at_root")
+def test_smoke_plan_is_tiny():
+    p = load_plan(ROOT / "plans" / "smoke.yaml")
+    assert [j.setting for j in p.jobs] == ["CONTROL", "ALGO"]
+    assert all(j.replicas * j.parameters["epochs"] <= 12 for j in p.jobs)
+
+
+@pytest.mark.usefixtures("at_root")
+def test_paper_plan_follows_the_protocol():
+    """The GPU plan cannot be fully checked here (no CUDA, no CIFAR): its structure can."""
+    with pytest.raises(PlanError, match="cannot derive the hardware label of device 'cuda'"):
+        load_plan(ROOT / "plans" / "paper.yaml")
+    p = load_plan(ROOT / "plans" / "paper.yaml", check_data=False)
+    by = {(j.dataset, j.model, j.setting): j for j in p.jobs}
+    assert len(by) == len(p.jobs) == 4 * (2 + 2 + 1 + 1)
+    assert {j.setting for j in p.jobs} == set(PAPER_SETTINGS)
+    assert all(j.uses_gpu for j in p.jobs)
+    small, resnet = by["cifar10", "smallcnn", "CONTROL"], by["cifar100", "resnet18", "ALGO"]
+    assert (small.replicas, small.parameters["epochs"], small.parameters["lr"]) == (10, 200, 0.0004)
+    assert small.parameters["lr_milestones"] == [50, 100] and not small.parameters["augment"]
+    assert resnet.parameters["lr_milestones"] == [50, 100, 150] and resnet.parameters["augment"]
+    assert by["celeba", "resnet18", "IMPL"].parameters["epochs"] == 10
+    assert by["imagenet", "resnet50", "ALGO+IMPL"].replicas == 5
+
+
+# ----------------------------------------------------------------------------- the notebook
+def test_notebook_parameters_are_the_runners():
+    """The parameters cell defines exactly what every job passes (papermill would only warn)."""
+    assert plan.notebook_parameter_names(NOTEBOOK) == list(PARAMETERS)
+
+
+def test_notebook_defaults_are_valid_and_tiny():
+    values = notebook_defaults()
+    check_parameters(values)
+    assert values["output_root"] == "" and values["hardware"] == "" and values["device"] == "cpu"
+    assert values["replicas"] * values["epochs"] * len(values["settings"]) <= 40  # seconds for a student
+
+
+@pytest.mark.parametrize(
+    "changes, unknown, message",
+    [
+        ({}, {"epoch"}, "unknown parameter 'epoch': papermill injected it"),
+        ({}, {"epoch", "lrs"}, "unknown parameter 'epoch', 'lrs': "),
+        ({"replicas": "3"}, (), "replicas must be an integer, got '3'"),
+        ({"replicas": True}, (), "replicas must be an integer, got True"),
+        ({"settings": "CONTROL"}, (), "settings must be a list, got 'CONTROL'"),
+        ({"settings": ["CONTROL", "ALG"]}, (), "unknown setting 'ALG'; valid settings: ALGO+IMPL"),
+        ({"lr_milestones": [0]}, (), "lr_milestones must be a list of positive epoch numbers"),
+        ({"lr": "4e-3"}, (), "lr must be a number, got '4e-3' (YAML reads 2e-3 as a string: write 0.002)"),
+        ({"augment": "yes"}, (), "augment must be true/false, got 'yes'"),
+        ({"settings": ["AUG"], "augment": False}, (), "setting AUG: setting 'AUG' varies only augmentation"),
+        ({"dataset": "cifar10"}, (), "setting CONTROL: dataset 'cifar10' not found"),
+    ],
+)
+def test_check_parameters_refuses(changes, unknown, message):
+    values = {**notebook_defaults(), **changes}
+    with pytest.raises(ValueError) as e:
+        check_parameters(values, unknown=unknown)
+    assert message in str(e.value)
+
+
+def test_check_parameters_wants_every_parameter():
+    values = notebook_defaults()
+    del values["threads"]
+    with pytest.raises(ValueError, match="missing parameter 'threads'"):
+        check_parameters(values)
+
+
+# ----------------------------------------------------------------------------- invalid plans
+def _set(raw: dict, path: str, value) -> None:
+    """raw[path] = value for a dotted path with list indices (cells.0.settings); None deletes."""
+    *parents, last = path.split(".")
+    for p in parents:
+        raw = raw[int(p)] if p.isdigit() else raw[p]
+    key = int(last) if last.isdigit() else last
+    if value is None:
+        del raw[key]
+    else:
+        raw[key] = value
+
+
+# (changes as {dotted path: value, None deletes}, what the message must say)
+INVALID = [
+    ({"nmae": "default"}, "unknown key 'nmae'; valid keys: name, description, notebook"),
+    ({"name": None}, "missing required key 'name'"),
+    ({"cells.0.setting": ["CONTROL"]}, "cells[0]: unknown key 'setting'; valid keys: datasets, models, settings"),
+    ({"defaults.epoch": 3}, "defaults: unknown key 'epoch'; valid keys: replicas, epochs"),
+    ({"defaults.epochs": "20"}, "defaults.epochs must be an integer, got '20'"),
+    ({"defaults.lr": "2e-3"}, "defaults.lr must be a number, got '2e-3' (YAML reads 2e-3 as a string: write 0.002)"),
+    ({"defaults.augment": 1}, "defaults.augment must be true/false, got 1"),
+    ({"cells.0.settings": "CONTROL"}, "cells[0].settings must be a non-empty list, got 'CONTROL'"),
+    ({"cells.0.settings": []}, "cells[0].settings must be a non-empty list, got []"),
+    ({"cells.0.settings.1": "ALG"}, "cells[0].settings[1] unknown setting 'ALG'; valid settings: ALGO+IMPL, ALGO, IMPL"),
+    ({"cells.0.settings.1": "CONTROL"}, "cells[0].settings lists a name twice"),
+    ({"cells.1.models.0": "bigcnn"}, "cells[1].models[0] unknown model 'bigcnn'; valid models: smallcnn, smallcnn_bn"),
+    ({"cells.0.datasets.0": "mnist"}, "cells[0].datasets[0] unknown dataset 'mnist'; valid datasets: digits"),
+    ({"cells.1.replicas": 0}, "cells[1].replicas must be an integer >= 1, got 0"),
+    ({"defaults.replicas": None}, "cells[0]: missing key 'replicas'"),
+    ({"defaults.epochs": -1}, "defaults.epochs must be an integer >= 1, got -1"),
+    ({"defaults.threads": 0}, "defaults.threads must be an integer >= 1, got 0"),
+    ({"defaults.dropout": 1.5}, "defaults.dropout must be in [0, 1), got 1.5"),
+    ({"defaults.precision": "fp16"}, "defaults.precision unknown precision 'fp16'; valid precisions: fp32, tf32, bf16"),
+    ({"defaults.device": "tpu"}, "defaults.device unknown device 'tpu'; valid devices: cpu, cuda, mps"),
+    ({"defaults.hardware": "my/box"}, "defaults.hardware must be a path-safe label"),
+    ({"timeout": -5}, "timeout must be a positive number of seconds, got -5"),
+    ({"cells.0.timeout": "1h"}, "cells[0].timeout must be a positive number of seconds, got '1h'"),
+    ({"notebook": "notebooks/missing.ipynb"}, "notebook 'notebooks/missing.ipynb' not found"),
+    ({"cells": []}, "cells must be a non-empty list of cells, got []"),
+    ({"cells.0": "digits"}, "cells[0] must be a mapping with keys datasets, models, settings"),
+    ({"cells.1.datasets": ["cifar10"]}, "cells[1]: dataset 'cifar10' not found at <no data root"),
+    ({"cells.0.settings": ["AUG"], "defaults.augment": False},
+     "cells[0] (cpu-1t/digits/smallcnn/AUG): setting 'AUG' varies only augmentation, but the recipe has augment=False"),
+    ({"cells.0.settings": ["DROPOUT"], "defaults.dropout": 0.0},
+     "cells[0] (cpu-1t/digits/smallcnn/DROPOUT): setting 'DROPOUT' varies only dropout, but the recipe has dropout=0"),
+    ({"cells.1.settings": ["ALGO"]}, "cells[1] (cpu-1t/digits/smallcnn/ALGO): the same job as cells[0]"),
+]
+
+
+@pytest.mark.parametrize("changes, message", INVALID, ids=[str(c)[:50] for c, _ in INVALID])
+def test_invalid_plans_are_refused_with_the_bad_key(tmp_path, changes, message):
+    raw = copy.deepcopy(VALID)
+    # a second cell, so that a message must name the right one
+    raw["cells"].append({"datasets": ["digits"], "models": ["smallcnn"], "settings": ["INIT"], "replicas": 3})
+    for path, value in changes.items():
+        _set(raw, path, value)
+    with pytest.raises(PlanError) as e:
+        load_plan(write(tmp_path, raw))
+    assert message in str(e.value), str(e.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    raw = copy.deepcopy(VALID)
+    raw["defaults"]["epochs"] = 0
+    raw["cells"][0]["settings"] = ["ALG", "CONTROL"]
+    raw["cells"][0]["models"] = ["bigcnn"]
+    with pytest.raises(PlanError) as e:
+        load_plan(write(tmp_path, raw))
+    assert len(e.value.errors) == 3, e.value.errors
+
+
+@pytest.mark.parametrize("text, message", [
+    ("cells: [", "not valid YAML"),
+    ("- a list", "the plan must be a mapping"),
+])
+def test_unreadable_plans(tmp_path, text, message):
+    with pytest.raises(PlanError, match=message):
+        load_plan(write(tmp_path, text))
+
+
+def test_yaml_is_data_never_code(tmp_path):
+    """yaml.safe_load: a Python tag is an error, not an object construction."""
+    text = yaml.safe_dump(VALID) + "description: !!python/object/apply:os.system ['touch pwned']\n"
+    with pytest.raises(PlanError, match="not valid YAML"):
+        load_plan(write(tmp_path, text))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_overrides_and_relative_paths(tmp_path):
+    raw = {**VALID, "timeout": 60, "cells": [{**VALID["cells"][0], "timeout": 30, "threads": 2, "hardware": "box"}]}
+    p = load_plan(write(tmp_path, raw), output_root=tmp_path / "elsewhere", timeout=5)
+    job = p.jobs[0]
+    assert job.name == "box/digits/smallcnn/CONTROL" and job.threads == 2
+    assert job.timeout == 5  # the command line beats the cell, which beats the plan
+    assert load_plan(write(tmp_path, raw)).jobs[0].timeout == 30
+    assert job.output_root == tmp_path / "elsewhere"
+    assert job.executed == tmp_path / "executed/box/digits/smallcnn/CONTROL.ipynb"
+    assert set(job.parameters) == set(PARAMETERS)
+    assert job.spec(1).replica == 1 and job.spec(1).setting == "CONTROL"
+
+
+# ----------------------------------------------------------------------------- the CLI refuses early
+def test_cli_refuses_an_invalid_plan_and_writes_nothing(tmp_path, capsys):
+    raw = copy.deepcopy(VALID)
+    raw["cells"][0]["settings"] = ["CONTROL", "ALG"]
+    code = cli.main(["run", str(write(tmp_path, raw))])
+    assert code == 2
+    assert "cells[0].settings[1] unknown setting 'ALG'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]
+
+
+def test_cli_refuses_jobs_wider_than_the_cpus(tmp_path, capsys):
+    raw = copy.deepcopy(VALID)
+    raw["defaults"]["threads"] = 2
+    assert cli.main(["run", str(write(tmp_path, raw)), "--cpus", "1"]) == 2
+    assert "cpu-2t/digits/smallcnn/CONTROL needs 2 CPU slots (threads) but --cpus is 1" in capsys.readouterr().err
+
+
+def test_dry_run_lists_jobs(tmp_path, capsys):
+    assert cli.main(["run", str(write(tmp_path, VALID)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 jobs, 0 complete, 2 to run" in out
+    assert "cpu-1t/digits/smallcnn/ALGO" in out and "to run (0/2 replicas done)" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]
+
+
+def test_strip_notebook_keeps_results_only():
+    nb = {
+        "metadata": {"papermill": {"start_time": "t", "end_time": "t", "duration": 1.0, "input_path": "/a",
+                                   "output_path": "/b", "parameters": {"epochs": 3}, "version": "2.7.0"}},
+        "cells": [
+            {"id": "random-1", "cell_type": "code", "metadata": {
+                "tags": ["injected-parameters"], "execution": {"iopub.status.busy": "t"},
+                "papermill": {"start_time": "t", "end_time": "t", "duration": 0.1, "status": "completed"}},
+             "outputs": [{"output_type": "stream", "text": "hi"}]},
+        ],
+    }
+    out = batch.strip_notebook(nb)
+    assert out["metadata"]["papermill"] == {"parameters": {"epochs": 3}, "version": "2.7.0"}
+    cell = out["cells"][0]
+    assert cell["id"] == "injected-parameters" and "execution" not in cell["metadata"]
+    assert cell["metadata"]["papermill"] == {"status": "completed"}
+    assert cell["outputs"] == [{"output_type": "stream", "text": "hi"}]
