@@ -122,3 +122,11 @@ def test_hashes_are_content_hashes():
     assert store.weights_hash(a) != store.weights_hash(b)
     # -0.0 == 0.0 numerically but not bitwise: the hash must see it.
     assert store.weights_hash({"b": torch.tensor([0.0])}) != store.weights_hash({"b": torch.tensor([-0.0])})
+
+
+def test_zero_dim_buffers_are_hashed():
+    # BatchNorm's num_batches_tracked is a 0-dim tensor.
+    a = {"bn.num_batches_tracked": torch.tensor(3), "w": torch.ones(2)}
+    b = {"bn.num_batches_tracked": torch.tensor(4), "w": torch.ones(2)}
+    assert store.weights_hash(a) != store.weights_hash(b)
+    assert store.weights_hash(a) == store.weights_hash({k: v.clone() for k, v in a.items()})

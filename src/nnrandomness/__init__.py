@@ -5,6 +5,7 @@ The public surface the notebooks use; each name lives in the module named after 
 
 from .data import Dataset, load_dataset
 from .environment import fingerprint, hardware_label
+from .locate import DivergenceReport, locate_divergence
 from .models import build_model
 from .noise import PAPER_SETTINGS, SETTINGS, BackendConfig, NoiseSetting, configure_determinism, get_setting
 from .store import DeterminismViolation, load_runs, load_weights, prediction_matrix, replica_dir
@@ -13,6 +14,7 @@ from .train import ReplicaResult, ReplicaSpec, run_cell, train_replica, validate
 __all__ = [
     "BackendConfig",
     "Dataset",
+    "DivergenceReport",
     "DeterminismViolation",
     "NoiseSetting",
     "PAPER_SETTINGS",
@@ -27,6 +29,7 @@ __all__ = [
     "load_dataset",
     "load_runs",
     "load_weights",
+    "locate_divergence",
     "prediction_matrix",
     "replica_dir",
     "run_cell",
