@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 import yaml
 
@@ -149,14 +150,21 @@ def test_killed_plan_resumes_to_the_same_bits(reference, tmp_path):
             assert time.monotonic() < deadline, "the second job never started training"
             time.sleep(0.01)
     finally:
+        # The job's kernel runs in a session of its own (jupyter_client starts it so), out of
+        # reach of killpg: left alone it would go on training for a moment and could finish the
+        # job by itself. Kill the whole tree at once, as a machine going down would.
+        tree = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
+        for child in tree:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
         proc.wait()
+        psutil.wait_procs(tree, timeout=10)
     assert (executed / "CONTROL.ipynb").exists() and not (executed / "ALGO.ipynb").exists()
     assert not store.is_complete(runs / "ALGO" / "replica-2")
     control = (executed / "CONTROL.ipynb").stat().st_mtime_ns
-    # The killed job's kernel runs in a session of its own; it exits within a second of its
-    # papermill process (ipykernel polls its parent). Let it go before the store is used again.
-    time.sleep(2)
 
     code, out = run(SMOKE, "--workers", 1, *roots(tmp_path))
     assert code == 0, out
