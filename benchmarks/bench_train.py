@@ -24,12 +24,12 @@ from torchvision.transforms import v2
 
 from nnrandomness.data import load_dataset
 from nnrandomness.models import build_model
-from nnrandomness.train import ReplicaSpec, cross_entropy, train_replica
+from nnrandomness.train import ReplicaSpec, cross_entropy, make_optimizer, train_replica
 
 
 def make_model(ds, lr):
     model = build_model("smallcnn", ds.num_classes, ds.in_channels, generator=torch.Generator().manual_seed(0))
-    return model, torch.optim.Adam(model.parameters(), lr=lr, eps=1e-7)
+    return model, make_optimizer(ReplicaSpec(lr=lr), model)  # the same (fused) Adam as ours
 
 
 def step(model, opt, x, y):

@@ -211,7 +211,7 @@ class _Replica:
             self.perturbation = noise.perturb_one_ulp(model, self.gens["perturb"]) if spec.noise.perturb_ulp else None
         self.model = model.to(device)
         models.set_dropout_generator(self.model, self.gens["dropout"])
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=spec.lr, eps=spec.adam_eps)
+        self.opt = train.make_optimizer(spec, self.model)
         self.device = device
         self.order = None
         self.loss = None
