@@ -145,6 +145,89 @@ charts.glue_figure("hardware", "churn", chart,
                    cell=where)
 
 # %% [markdown]
+# ## Every analysis, per hardware label
+#
+# Churn and L2 are only two of the book's numbers. For every (dataset, model, setting) stored
+# under two or more hardware labels, in the whole store (not only the cell above), the table
+# puts the headline number of each analysis chapter side by side per label: the top line
+# ({ref}`topline`: accuracy mean and std, churn, mean L2 between final weights), the per-class
+# spread (the largest and the mean std of per-class accuracy), the per-example view (test
+# examples on which the replicas do not all agree; Jordan's observed variance of accuracy
+# against the variance that independent per-example coin flips would give) and, for datasets
+# with a group attribute only, the mean FNR std of rare and of common subgroups.
+
+# %%
+every = store.load_runs(runs_root)
+per_hw = analysis.by_hardware(every, weights=weights)
+METRICS = {  # metric -> (row label, how its value is written)
+    "acc_mean": ("accuracy, mean", "pct"), "acc_std": ("accuracy, std", "pct"), "churn": ("churn", "pct"),
+    "l2": ("mean L2 of final weights", "3f"), "class_std_max": ("per-class accuracy std, largest", "pct"),
+    "class_std_mean": ("per-class accuracy std, mean", "pct"), "n_flip": ("examples that flip", "int"),
+    "observed_var": ("accuracy variance, observed", "e"), "predicted_var": ("accuracy variance, predicted", "e"),
+    "fnr_std_rare": ("FNR std, rare subgroups (mean)", "pct"),
+    "fnr_std_common": ("FNR std, common subgroups (mean)", "pct"),
+}
+
+
+def written(value, kind):
+    if pd.isna(value):
+        return "n/a"
+    if kind == "pct":
+        return analysis.pct(value)
+    if kind == "int":
+        return str(int(value))
+    if kind == "e":
+        return "0" if value == 0 else f"{value:.2e}"
+    return f"{value:.3f}"
+
+
+if per_hw.empty:
+    hw_note = (f"**No cell is stored under two hardware labels** (the store holds "
+               f"{', '.join(f'`{h}`' for h in sorted(every.replicas['hardware'].unique())) or 'no label'}): "
+               "there is nothing to compare per label, and the values quoted below read n/a. Run the default "
+               "plan's `cpu-2t` replicas or a GPU plan, then re-execute this chapter.")
+    hw_table = None
+else:
+    hw_note = ""
+    t = per_hw.assign(cell=[analysis.cell_name(d, m) for d, m in zip(per_hw["dataset"], per_hw["model"])])
+    t["text"] = [written(v, METRICS[m][1]) for v, m in zip(t["value"], t["metric"])]
+    t["metric"] = pd.Categorical([METRICS[m][0] for m in t["metric"]],
+                                 [label for label, _ in METRICS.values()], ordered=True)
+    t["setting"] = pd.Categorical(t["setting"], analysis.setting_order(t["setting"]), ordered=True)
+    rows = (["cell"] if t["cell"].nunique() > 1 else []) + ["metric", "setting"]
+    hw_table = t.pivot(index=rows, columns="hardware", values="text").sort_index().fillna("")
+    hw_table.columns.name = None
+Markdown(hw_note) if hw_note else hw_table
+
+# %% tags=["hide-input"]
+if per_hw.empty:
+    pick, pair = None, []
+else:
+    cells_hw = per_hw.drop_duplicates(["dataset", "model", "setting"])
+    noisy = cells_hw[cells_hw["setting"] == "ALGO"]  # the paper's main setting when it is there
+    pick = (noisy if len(noisy) else cells_hw).iloc[0]
+    one = per_hw[(per_hw["dataset"] == pick["dataset"]) & (per_hw["model"] == pick["model"])
+                 & (per_hw["setting"] == pick["setting"])]
+    pair = sorted(one["hardware"].unique())[:2]
+glue("every_cell", "n/a" if pick is None else f"{analysis.cell_name(pick['dataset'], pick['model'])}, "
+     f"{pick['setting']}", display=False)
+for side, hw in zip("ab", pair or ["n/a", "n/a"]):
+    glue(f"every_hardware_{side}", hw, display=False)
+    for metric in ("acc_std", "class_std_max", "n_flip", "observed_var", "predicted_var"):
+        value = one.loc[(one["hardware"] == hw) & (one["metric"] == metric), "value"] if pair else pd.Series([])
+        glue(f"every_{metric}_{side}", written(value.iloc[0] if len(value) else float("nan"), METRICS[metric][1]),
+             display=False)
+
+# %% [markdown]
+# On {glue:text}`every_cell`, accuracy varies by {glue:text}`every_acc_std_a` on
+# {glue:text}`every_hardware_a` and {glue:text}`every_acc_std_b` on
+# {glue:text}`every_hardware_b`, the most variable class by {glue:text}`every_class_std_max_a`
+# and {glue:text}`every_class_std_max_b`, {glue:text}`every_n_flip_a` and
+# {glue:text}`every_n_flip_b` test examples flip, and the observed variance of accuracy
+# ({glue:text}`every_observed_var_a`, {glue:text}`every_observed_var_b`) stands beside the one
+# coin flips predict ({glue:text}`every_predicted_var_a`, {glue:text}`every_predicted_var_b`).
+
+# %% [markdown]
 # ## What is still to come
 #
 # GPU hosts add their own labels (one per GPU model) when a GPU plan runs; the same comparison

@@ -239,6 +239,37 @@ def test_hardware_compare_by_hand(runs, root):
     assert analysis.hardware_compare(store.load_runs(root, hardware="cpu-1t")).empty  # one label: nothing to compare
 
 
+
+def test_by_hardware_by_hand(runs, root):
+    bh = analysis.by_hardware(runs, weights=True)
+    assert list(bh.columns) == ["dataset", "model", "setting", "hardware", "metric", "value"]
+    # Only the cells stored under both labels; digits_groups (the only dataset with groups) and ORDER are cpu-1t only.
+    assert set(zip(bh["dataset"], bh["setting"])) == {("digits", "ALGO"), ("digits", "CONTROL")}
+    assert not bh["metric"].str.startswith("fnr").any()
+    assert bh["setting"].iloc[0] == "ALGO" and bh["metric"].iloc[0] == "acc_mean"  # book order, metric order
+    v = bh.set_index(["setting", "hardware", "metric"])["value"]
+    # cpu-2t ALGO: [0,1,2,2] and [1,2,2,0] against [0,1,2,1]: accuracies 3/4 and 1/4.
+    assert v["ALGO", "cpu-2t", "acc_mean"] == pytest.approx(1 / 2)
+    assert v["ALGO", "cpu-2t", "acc_std"] == pytest.approx(0.5 / math.sqrt(2))
+    assert v["ALGO", "cpu-2t", "churn"] == pytest.approx(3 / 4)  # examples 0, 1 and 3 differ
+    assert v["ALGO", "cpu-2t", "n_flip"] == 3
+    assert v["ALGO", "cpu-2t", "l2"] == pytest.approx(0.5 * math.sqrt(6))  # offsets 0.5 and 1.0
+    # cpu-1t ALGO: accuracies 1, 1/4, 3/4; examples 0, 1, 3 flip; offsets 0, 1, 2.
+    assert v["ALGO", "cpu-1t", "acc_mean"] == pytest.approx(2 / 3)
+    assert v["ALGO", "cpu-1t", "n_flip"] == 3
+    assert v["ALGO", "cpu-1t", "l2"] == pytest.approx(4 / 3 * math.sqrt(6))
+    # The same numbers as the analysis chapters' own tables.
+    dv = row(analysis.distribution_variance(runs), hardware="cpu-1t", dataset="digits", setting="ALGO")
+    assert v["ALGO", "cpu-1t", "observed_var"] == pytest.approx(dv["observed_var"])
+    assert v["ALGO", "cpu-1t", "predicted_var"] == pytest.approx(dv["predicted_var"])
+    pcs = row(analysis.per_class_spread(runs), hardware="cpu-1t", dataset="digits", setting="ALGO")
+    assert v["ALGO", "cpu-1t", "class_std_max"] == pytest.approx(pcs["class_std_max"])
+    # CONTROL on two threads: two equal replicas, all right: nothing moves.
+    for metric in ("churn", "n_flip", "acc_std", "class_std_max", "observed_var", "l2"):
+        assert v["CONTROL", "cpu-2t", metric] == 0.0
+    assert analysis.by_hardware(store.load_runs(root, hardware="cpu-1t")).empty  # one label: nothing
+    assert analysis.by_hardware(runs, weights=False).query("metric == 'l2'")["value"].isna().all()
+
 # ----------------------------------------------------------------------------- runs, missing, findings
 def test_runs_table(runs):
     t = analysis.runs_table(runs)

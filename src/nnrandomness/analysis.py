@@ -36,6 +36,7 @@ __all__ = [
     "MIN_REPLICAS_CI",
     "N_BOOT",
     "as_text",
+    "by_hardware",
     "cell_matrix",
     "cell_name",
     "churn_flips",
@@ -621,6 +622,77 @@ def hardware_compare(runs: store.Runs, weights: bool = False) -> pd.DataFrame:
                            l2_within_b=metrics.mean_pairwise_l2(wb) if len(wb) >= 2 else nan)
             rows.append(row)
     return _sorted(_frame(rows, columns), ["hardware_a", "hardware_b"])
+
+
+# What :func:`by_hardware` reports, in its order: (metric, source table, column).
+_BY_HARDWARE = (
+    ("acc_mean", "topline", "acc_mean"),
+    ("acc_std", "topline", "acc_std"),
+    ("churn", "topline", "churn"),
+    ("l2", "topline", "l2"),
+    ("class_std_max", "per_class", "class_std_max"),
+    ("class_std_mean", "per_class", "class_std_mean"),
+    ("n_flip", "per_example", "n_flip"),
+    ("observed_var", "variance", "observed_var"),
+    ("predicted_var", "variance", "predicted_var"),
+    ("fnr_std_rare", "subgroups", "rare"),
+    ("fnr_std_common", "subgroups", "common"),
+)
+
+
+def by_hardware(runs: store.Runs, weights: bool = True) -> pd.DataFrame:
+    """Every analysis chapter's headline numbers, per hardware label, for every (dataset, model,
+    setting) stored under two or more hardware labels (cells under one label give no rows).
+
+    Tidy: one row per (dataset, model, setting, hardware, metric) with its ``value``. Metrics, in
+    this order (``_BY_HARDWARE``): from :func:`topline` ``acc_mean``, ``acc_std``, ``churn``,
+    ``l2`` (NaN without ``weights``); from :func:`per_class_spread` ``class_std_max`` and
+    ``class_std_mean``; from :func:`instability_summary` ``n_flip`` (examples on which the
+    replicas do not all agree); from :func:`distribution_variance` ``observed_var`` and
+    ``predicted_var`` (Jordan's split); from :func:`rare_vs_common` ``fnr_std_rare`` and
+    ``fnr_std_common`` (the mean across-replica FNR std of rare and of common subgroups), only
+    for datasets with a group attribute. A metric a cell cannot give (e.g. churn with one
+    replica) is NaN; a metric no source table has a row for is left out.
+    """
+    columns = ["dataset", "model", "setting", "hardware", "metric", "value"]
+    triple = ["dataset", "model", "setting"]
+    r = runs.replicas
+    if r.empty or runs.predictions.empty or "example" not in runs.predictions.columns:
+        return _frame([], columns)
+    n_labels = r.groupby(triple)["hardware"].nunique()
+    shared = set(n_labels[n_labels >= 2].index)
+    if not shared:
+        return _frame([], columns)
+
+    def sub(df: pd.DataFrame) -> pd.DataFrame:
+        if df.empty:
+            return df
+        keep = [t in shared for t in zip(*(df[k] for k in triple))]
+        return df[np.asarray(keep, dtype=bool)].reset_index(drop=True)
+
+    part = store.Runs(sub(runs.replicas), sub(runs.predictions), sub(runs.history), list(runs.problems))
+    sources = {
+        "topline": topline(part, weights=weights),
+        "per_class": per_class_spread(part),
+        "per_example": instability_summary(per_example(part)),
+        "variance": distribution_variance(part),
+    }
+    subs = rare_vs_common(subgroups(part))
+    rows = []
+    for rank, (metric, source, column) in enumerate(_BY_HARDWARE):
+        if source == "subgroups":
+            frame = subs[subs["subgroups"] == column]
+            column = "fnr_std"
+        else:
+            frame = sources[source]
+        for rec in frame[CELL + [column]].to_dict("records"):
+            rows.append({**{k: rec[k] for k in CELL}, "metric": metric, "value": float(rec[column]), "_rank": rank})
+    if not rows:
+        return _frame([], columns)
+    out = pd.DataFrame(rows)
+    out = _sorted(out[["dataset", "model", "setting", "hardware", "metric", "value", "_rank"]].rename(
+        columns={"hardware": "_hw"}), ["_rank", "_hw"])
+    return out.rename(columns={"_hw": "hardware"}).drop(columns="_rank")[columns]
 
 
 # ----------------------------------------------------------------------------- the runs
