@@ -274,3 +274,42 @@ def test_cli_errors_are_clear(flag, value, message, capsys, tmp_path):
     assert cli.main(["overhead", flag, value, "--root", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "overhead").exists()
+
+
+# ----------------------------------------------------------------------------- the notebook
+# A preset small enough that a real kernel runs it in seconds.
+NOTEBOOK_TINY = ["--models", "smallcnn", "--configurations", "baseline,det_full", "--image-size", "8", "--batch-size",
+                 "4", "--num-classes", "10", "--steps", "1", "--warmup", "0", "--repeats", "1", "--threads", "1"]
+
+
+def test_the_notebook_defines_exactly_its_parameters():
+    from nnrandomness import plan
+
+    assert plan.notebook_parameter_names(overhead.NOTEBOOK) == list(overhead.NOTEBOOK_PARAMETERS)
+
+
+def test_cli_runs_the_notebook_with_papermill_and_writes_its_results(tmp_path, capsys):
+    root = tmp_path / "runs"
+    code = cli.main(["overhead", "--plan", str(REPO / "plans" / "overhead.yaml"), "--device", "cpu", "--notebook",
+                     *NOTEBOOK_TINY, "--root", str(root)])
+    assert code == 0, capsys.readouterr().err
+    rows, manifest = overhead.read_results(root, "cpu-1t")  # checks the Parquet file's SHA-256
+    assert rows["configuration"].tolist() == ["baseline", "det_full"] and set(rows["status"]) == {"ok"}
+    assert manifest["plan"]["steps"] == 1 and manifest["environment"]["torch"] == torch.__version__
+    executed = json.loads(overhead.executed_path(root, "cpu-1t").read_text())
+    params = executed["metadata"]["papermill"]["parameters"]
+    assert params["models"] == ["smallcnn"] and params["output_root"] == str(root.resolve())
+    assert "start_time" not in executed["metadata"]["papermill"]  # run-dependent metadata stripped
+
+
+def test_an_unknown_model_fails_in_the_notebooks_validation_cell(tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    params = overhead.notebook_parameters(overhead.Plan(models=("smallcnn", "nosuchnet")), "cpu", 1, "fp32", tmp_path)
+    params["modles"] = ["smallcnn"]  # a misspelt parameter: papermill only warns about it
+    with pytest.raises(PapermillExecutionError) as info:
+        overhead.run_notebook(params)
+    assert info.value.ename == "ValueError"
+    assert "unknown model 'nosuchnet'" in info.value.evalue and "'modles'" in info.value.evalue
+    assert overhead.executed_path(tmp_path, "cpu-1t").is_file()  # the failed notebook is kept
+    assert not (tmp_path / "overhead").exists()  # nothing was timed or written

@@ -27,7 +27,9 @@ and recorded by `noise.configure_determinism`, which restores them afterwards. T
 Results are tidy rows (`sweep` returns a DataFrame; each row carries its effective flags as JSON
 in ``flags``) written per hardware label to ``<root>/overhead/<hardware>/results.parquet`` with
 ``manifest.json`` (environment fingerprint, plan, configuration descriptions, the SHA-256 of the
-Parquet file) written last by atomic rename.
+Parquet file) written last by atomic rename. ``nnrandomness overhead --notebook`` runs the same
+sweep by executing notebooks/overhead_run.ipynb with papermill per hardware label (`run_notebook`),
+keeping the executed notebook under ``<root>/executed/overhead/<hardware>.ipynb``.
 """
 
 from __future__ import annotations
@@ -498,6 +500,96 @@ def read_results(root: str | Path, hardware: str) -> tuple[pd.DataFrame, dict]:
     return pd.read_parquet(d / RESULTS), manifest
 
 
+# ----------------------------------------------------------------------------- the notebook
+# notebooks/overhead_run.ipynb runs one sweep per hardware label with papermill (`run_notebook`,
+# `nnrandomness overhead --notebook`). Its cell tagged `parameters` defines exactly these names:
+# a Plan's fields with one precision and one thread count (one hardware label per notebook), plus
+# the device, the label and the run store.
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "overhead_run.ipynb"
+NOTEBOOK_PARAMETERS = ("device", "hardware", "models", "configurations", "image_size", "image_size_per_model",
+                       "batch_size", "num_classes", "steps", "warmup", "repeats", "threads", "precision", "seed",
+                       "output_root")
+
+
+def notebook_plan(values: dict, *, unknown=()) -> Plan:
+    """The Plan of the overhead notebook's parameters, every value checked; ValueError names each problem.
+
+    unknown: other names the notebook found (papermill only warns when it injects a name the
+    notebook does not define).
+    """
+    errors = []  # the values' problems; unknown names are reported with them, not instead of them
+    errors += [f"missing parameter {n!r}" for n in NOTEBOOK_PARAMETERS if n not in values]
+    for name in ("models", "configurations"):
+        v = values.get(name)
+        if not isinstance(v, (list, tuple)) or not v or not all(isinstance(s, str) for s in v):
+            errors.append(f"{name} must be a non-empty list of names, got {v!r}")
+    for name in ("image_size", "batch_size", "num_classes", "steps", "warmup", "repeats", "seed"):
+        v = values.get(name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            errors.append(f"{name} must be an integer, got {v!r}")
+    for name in ("device", "hardware", "precision", "output_root"):
+        if not isinstance(values.get(name), str):
+            errors.append(f"{name} must be a string, got {values.get(name)!r}")
+    if not isinstance(values.get("image_size_per_model", {}), dict):
+        errors.append(f"image_size_per_model must be a mapping model -> pixels, got {values['image_size_per_model']!r}")
+    if not errors:  # every value has its type: check them together
+        plan = Plan(models=tuple(values["models"]), configurations=tuple(values["configurations"]),
+                    image_size=values["image_size"], image_size_per_model=dict(values["image_size_per_model"]),
+                    batch_size=values["batch_size"], num_classes=values["num_classes"],
+                    precisions=(values["precision"],), threads=(values["threads"],), steps=values["steps"],
+                    warmup=values["warmup"], repeats=values["repeats"], seed=values["seed"])
+        try:
+            plan.workloads(values["device"])  # models, sizes, configurations, device, threads, precision
+        except (ValueError, RuntimeError) as e:
+            errors.append(str(e))
+    if unknown:
+        errors.insert(0, f"unknown parameter(s) {', '.join(map(repr, sorted(unknown)))}: papermill injected it or "
+                         f"a parameter is misspelt; valid parameters: {', '.join(NOTEBOOK_PARAMETERS)}")
+    if errors:
+        raise ValueError("invalid notebook parameters:\n  " + "\n  ".join(errors))
+    return plan
+
+
+def notebook_parameters(plan: Plan, device: str, threads: int | None, precision: str, root: str | Path) -> dict:
+    """The notebook's parameters for one (threads, precision) of `plan`: plain YAML-able values."""
+    return {
+        "device": device, "hardware": environment.hardware_label(device, threads), "models": list(plan.models),
+        "configurations": list(plan.configurations), "image_size": plan.image_size,
+        "image_size_per_model": dict(plan.image_size_per_model), "batch_size": plan.batch_size,
+        "num_classes": plan.num_classes, "steps": plan.steps, "warmup": plan.warmup, "repeats": plan.repeats,
+        "threads": threads, "precision": precision, "seed": plan.seed, "output_root": str(Path(root).resolve()),
+    }
+
+
+def executed_path(root: str | Path, hardware: str) -> Path:
+    return Path(root) / "executed" / "overhead" / f"{hardware}.ipynb"
+
+
+def run_notebook(parameters: dict, *, notebook: str | Path = NOTEBOOK, timeout: float | None = None) -> Path:
+    """Execute the overhead notebook with papermill (a real kernel) and keep it, failed or not.
+
+    The executed copy goes to `executed_path(output_root, hardware)` without papermill's timings
+    and paths (`batch.write_executed`). Returns that path; a failing cell raises papermill's
+    PapermillExecutionError after the copy is kept.
+    """
+    import papermill
+
+    from . import batch
+
+    target = executed_path(parameters["output_root"], parameters["hardware"])
+    notebook = Path(notebook)
+    with tempfile.TemporaryDirectory(prefix="overhead-notebook-") as tmp:
+        out = Path(tmp) / notebook.name
+        try:
+            papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(notebook.parent),
+                                       progress_bar=False, start_timeout=batch.START_TIMEOUT,
+                                       **({"execution_timeout": timeout} if timeout else {}))
+        finally:
+            if (nb := batch._read_notebook(out)) is not None:
+                batch.write_executed(nb, target)
+    return target
+
+
 # ----------------------------------------------------------------------------- CLI
 def _names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
@@ -540,6 +632,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", help="init and synthetic-batch seed")
     parser.add_argument("--root", default="data/runs", help="run store root (default data/runs)")
     parser.add_argument("--no-write", action="store_true", help="print the results, write nothing")
+    parser.add_argument("--notebook", action="store_true",
+                        help="run the sweep by executing notebooks/overhead_run.ipynb with papermill, once per "
+                             "thread count; results and <root>/executed/overhead/<hardware>.ipynb go under --root")
     parser.add_argument("--child-job", help=argparse.SUPPRESS)  # internal: see time_in_child
 
 
@@ -565,6 +660,8 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"nnrandomness overhead: error: {e}", file=sys.stderr)
         return 2
+    if args.notebook:
+        return _main_notebook(plan, args)
     # Wall and CPU time of the whole sweep: on a shared machine the CPU time (all threads of this
     # process) is the better guide to how long it takes on an idle one.
     t0, c0 = time.perf_counter(), time.process_time()
@@ -579,3 +676,30 @@ def main(args: argparse.Namespace) -> int:
         for d in write_results(frame, args.root, plan=plan):
             print(f"written to {d}")
     return 0
+
+
+def _main_notebook(plan: Plan, args: argparse.Namespace) -> int:
+    """`--notebook`: one papermill execution per thread count (each its own hardware label).
+    0: all written; 1: a notebook failed (its executed copy is kept); 2: invalid options."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if args.no_write:
+        print("nnrandomness overhead: error: --notebook always writes (use --root for a scratch store)", file=sys.stderr)
+        return 2
+    if len(plan.precisions) != 1:
+        print(f"nnrandomness overhead: error: --notebook runs one precision per hardware label, got "
+              f"{list(plan.precisions)}; pick one with --precisions", file=sys.stderr)
+        return 2
+    failed = 0
+    for threads in plan.threads:
+        params = notebook_parameters(plan, args.device, threads, plan.precisions[0], args.root)
+        target = executed_path(params["output_root"], params["hardware"])
+        try:
+            run_notebook(params)
+        except PapermillExecutionError as e:
+            failed += 1
+            print(f"failed  {params['hardware']}: {e.ename}: {e.evalue}; executed notebook: {target}", file=sys.stderr)
+        else:
+            print(f"done    {params['hardware']}: {results_dir(params['output_root'], params['hardware'])}; "
+                  f"executed notebook: {target}")
+    return 1 if failed else 0
