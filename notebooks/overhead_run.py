@@ -26,7 +26,7 @@
 #
 # It is the measuring tool behind the overhead chapter, executed with
 # [papermill](https://papermill.readthedocs.io) once per hardware label by
-# `nnrandomness overhead --plan plans/overhead.yaml --device cpu|cuda --notebook --root data/runs`,
+# `nnrandomness overhead --plan plans/overhead.yaml --device cpu|cuda --notebook --root data`,
 # with the parameters below replaced by the plan's values. As committed it times a tiny CPU preset
 # in seconds and writes into a fresh temporary directory, never into the book's data.
 
