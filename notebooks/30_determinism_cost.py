@@ -28,6 +28,7 @@
 
 # %%
 import re
+from pathlib import Path
 
 import altair as alt
 import numpy as np
@@ -235,6 +236,29 @@ glue("fig-determinism-cost-mediumcnn-caption",
      "Overhead of each configuration over the baseline for MediumCNN with kernel size k (dot), with the "
      "interquartile range of its step times relative to the baseline's median (bar). "
      f"n = {int(baseline['n_steps'].iloc[0])} timed steps per configuration; {overhead_hardware}.", display=False)
+
+# %% [markdown]
+# ### Across hardware
+#
+# Every sweep in the overhead store sits under its own hardware label (`cpu-1t` here; a GPU host
+# adds `cuda-<gpu>` with `nnrandomness overhead --device cuda --notebook --root data`). The table
+# sets the deterministic flag's overhead side by side for every label the store holds, per model;
+# {glue:text}`cost_hardware_note`
+
+# %%
+sweeps = {}
+for manifest_path in sorted(Path(overhead_root, "overhead").glob("*/manifest.json")):
+    label = manifest_path.parent.name
+    sweeps[label] = overhead.read_results(overhead_root, label)[0].assign(hardware=label)
+across = pd.concat(sweeps.values(), ignore_index=True)
+across = across[(across.status == "ok") & across.configuration.isin(["det_full", "det_no_fill"])]
+across.pivot_table(index="model", columns=["configuration", "hardware"], values="overhead_pct").round(1)
+
+# %% tags=["hide-input"]
+glue("cost_hardware_note",
+     f"the store holds {len(sweeps)} label(s): {', '.join(sweeps)}."
+     + (" Only one so far: the comparison fills in as GPU sweeps are added." if len(sweeps) < 2 else ""),
+     display=False)
 
 # %% [markdown]
 # ## Operations without a deterministic implementation
