@@ -70,28 +70,30 @@ hardware = ""  # hardware label, a path component of the store; "" = derived fro
 # %%
 # Refuse unknown names, wrong types and invalid values before any training (this cell assumes the
 # notebook runs top to bottom: a name defined by a later cell also counts as unknown here).
+parameters = dict(
+    dataset=dataset,
+    model=model,
+    settings=settings,
+    replicas=replicas,
+    epochs=epochs,
+    batch_size=batch_size,
+    lr=lr,
+    lr_milestones=lr_milestones,
+    dropout=dropout,
+    augment=augment,
+    base_seed=base_seed,
+    device=device,
+    threads=threads,
+    precision=precision,
+    eval_batch_size=eval_batch_size,
+    data_root=data_root,
+    output_root=output_root,
+    hardware=hardware,
+)
 plan.check_parameters(
-    dict(
-        dataset=dataset,
-        model=model,
-        settings=settings,
-        replicas=replicas,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        lr_milestones=lr_milestones,
-        dropout=dropout,
-        augment=augment,
-        base_seed=base_seed,
-        device=device,
-        threads=threads,
-        precision=precision,
-        eval_batch_size=eval_batch_size,
-        data_root=data_root,
-        output_root=output_root,
-        hardware=hardware,
-    ),
-    unknown={name for name in globals() if not name.startswith("_")} - _names_before_parameters - set(plan.PARAMETERS),
+    parameters,
+    unknown={name for name in globals() if not name.startswith("_")} - _names_before_parameters
+    - set(plan.PARAMETERS) - {"parameters"},
 )
 hardware = hardware or nr.hardware_label(device, threads)
 # A temporary store by default: re-executing this chapter (nbval, the book) never touches data/runs.
@@ -141,26 +143,8 @@ pd.DataFrame(
 # `<hardware>/<dataset>/<model>/<setting>/replica-<k>/`.
 
 # %%
-specs = {
-    s: nr.ReplicaSpec(
-        dataset=dataset,
-        model=model,
-        setting=s,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        lr_milestones=tuple(lr_milestones),
-        dropout=dropout,
-        augment=augment,
-        base_seed=base_seed,
-        device=device,
-        threads=threads,
-        precision=precision,
-        eval_batch_size=eval_batch_size,
-        data_root=data_root or None,
-    )
-    for s in settings
-}
+# plan.replica_spec is the one mapping from these parameters to a ReplicaSpec (the runner's too).
+specs = {s: plan.replica_spec(parameters, s, 0) for s in settings}
 # As text: a column of mixed types would print adam_eps=1e-7 as 0.0.
 pd.Series(specs[settings[0]].to_dict(), name="value").drop(["setting", "replica", "data_root"]).map(str).to_frame()
 
