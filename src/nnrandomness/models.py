@@ -16,6 +16,10 @@ from torch import nn
 # Keras BatchNormalization defaults: momentum 0.99 (torch momentum = 1 - 0.99), eps 1e-3.
 BN_MOMENTUM, BN_EPS = 0.01, 1e-3
 
+# What the divergence locator and the overhead timer accept instead of a registered name:
+# (classes, input channels, init generator) -> an initialised model.
+ModelFactory = Callable[[int, int, torch.Generator], nn.Module]
+
 
 class SeededDropout(nn.Module):
     """Inverted dropout whose masks come from an explicit generator (set by the trainer)."""
