@@ -9,7 +9,7 @@ with --replicas and --epochs) is timed three ways, interleaved, each into a fres
   notebook's imports, training, the store, the charts and tables, the stripped executed copy);
 * overhead: the same job again on its now complete store, so the notebook trains nothing (run_cell
   skips complete replicas): everything a job costs besides training;
-* training: `train.run_cell` in this process (already warm), the same replicas into a fresh store.
+* training: `cell.run_cell` in this process (already warm), the same replicas into a fresh store.
 
 Reported: medians over --repeats, overhead/job (the share of a job that is not training) and
 job/training (the slowdown of a job against training in-process).
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nnrandomness import batch, plan, train
+from nnrandomness import batch, cell, plan
 
 
 def one_job(replicas: int, epochs: int, root: Path) -> plan.Job:
@@ -54,7 +54,7 @@ def main() -> None:
     # Warm this process up (imports, data, first training steps) so that `training` is steady.
     with tempfile.TemporaryDirectory() as tmp:
         job = one_job(1, 1, Path(tmp))
-        train.run_cell(job.spec(0), 1, job.output_root, job.hardware, progress=False)
+        cell.run_cell(job.spec(0), 1, job.output_root, job.hardware, progress=False)
 
     times = {"job": [], "overhead": [], "training": []}
     for _ in range(args.repeats):
@@ -65,7 +65,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             job = one_job(args.replicas, args.epochs, Path(tmp))
             times["training"].append(timed(
-                lambda: train.run_cell(job.spec(0), args.replicas, job.output_root, job.hardware, progress=False)))
+                lambda: cell.run_cell(job.spec(0), args.replicas, job.output_root, job.hardware, progress=False)))
 
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"one job: {args.replicas} replicas x {args.epochs} epochs, digits/smallcnn/CONTROL, 1 thread, "

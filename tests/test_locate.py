@@ -126,16 +126,32 @@ def test_cli_errors_are_clear(capsys):
 
 
 # ----------------------------------------------------------------------------- lockstep runs
-def test_equal_replicas_report_no_divergence_and_match_the_trainer(digits):
+def test_equal_replicas_report_no_divergence(digits):
     report = locate.locate_divergence(SPEC, "none", dataset=digits)
     assert not report.diverged and report.first_step is None and report.first_op is None
     assert report.steps_run == report.steps_per_epoch == 12  # 1,438 examples at batch 128
     assert (report.history["weight_l2"] == 0).all() and (report.history["n_disagree"] == 0).all()
     assert list(report.history["epoch"]) == [0, 1] and int(report.flips["n_flipped"].sum()) == 0
     assert "no divergence" in report.summary()
-    # The lockstep loop is train_replica's loop: replica A ends bit-identical to the trainer.
-    trained = train.train_replica(dataclasses.replace(SPEC, setting="CONTROL"), digits)
-    assert store.weights_hash(report.weights[0]) == store.weights_hash(trained.weights)
+
+
+# Every part of the step that draws or changes state on: augmentation, dropout, weight decay, and
+# a learning-rate milestone between the two epochs.
+RECIPE = dataclasses.replace(SPEC, epochs=2, augment=True, dropout=0.2, weight_decay=1e-3, lr_milestones=(1,))
+
+
+@pytest.mark.parametrize("factor", ["none", "ulp"])
+def test_lockstep_replicas_end_bit_identical_to_the_trainer(digits, factor):
+    # locate drives train_replica's own step: each replica ends with the trainer's bits, traced
+    # ("none" traces every step: nothing diverges) or not ("ulp" stops tracing at step 0).
+    report = locate.locate_divergence(RECIPE, factor, dataset=digits)
+    assert report.diverged == (factor == "ulp") and report.steps_run == 24
+    for weights, label in zip(report.weights, "AB"):
+        setting = report.replicas[label]["setting"]
+        trained = train.train_replica(dataclasses.replace(RECIPE, setting=setting), digits)
+        assert list(trained.history["lr"]) == pytest.approx([RECIPE.lr, RECIPE.lr * RECIPE.lr_decay])
+        assert trained.perturbation == report.replicas[label]["perturbation"]
+        assert store.weights_hash(weights) == store.weights_hash(trained.weights), f"replica {label} ({setting})"
 
 
 def test_thread_counts_diverge_at_the_first_step(digits):

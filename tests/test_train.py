@@ -12,7 +12,7 @@ import torch
 
 from nnrandomness import metrics, store
 from nnrandomness.data import load_dataset
-from nnrandomness.train import ReplicaSpec, lr_at, run_cell, train_replica, validate_spec
+from nnrandomness.train import ReplicaSpec, lr_at, train_replica, validate_spec
 
 TINY = ReplicaSpec(dataset="digits", model="smallcnn", epochs=3, lr=2e-3, threads=1)
 
@@ -51,14 +51,6 @@ def test_bad_spec_is_refused_with_the_value_and_choices(changes, error, message)
         validate_spec(dataclasses.replace(TINY, **changes))
 
 
-def test_bad_cell_writes_nothing(tmp_path):
-    with pytest.raises(ValueError, match="unknown setting"):
-        run_cell(dataclasses.replace(TINY, setting="NOPE"), 2, tmp_path, "cpu-1t")
-    with pytest.raises(ValueError, match="replicas must be"):
-        run_cell(TINY, 0, tmp_path, "cpu-1t")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_lr_schedule_is_the_papers_step_schedule():
     spec = ReplicaSpec()  # 4e-4 for epochs 0-49, 4e-5 for 50-99, 4e-6 after
     assert [lr_at(spec, e) for e in (0, 49, 50, 99, 100, 199)] == pytest.approx([4e-4, 4e-4, 4e-5, 4e-5, 4e-6, 4e-6])
@@ -78,16 +70,6 @@ def test_result_shapes_and_history(digits):
 
 
 # ----------------------------------------------------------------------------- determinism contract
-def test_control_replicas_are_bit_identical(tmp_path, digits):
-    cell = run_cell(TINY, 2, tmp_path, "cpu-1t", progress=False)
-    assert cell["weights_hash"].nunique() == 1 and cell["predictions_hash"].nunique() == 1
-    runs = store.load_runs(tmp_path)
-    preds, _, _ = store.prediction_matrix(runs.predictions)
-    assert metrics.churn(preds) == 0.0
-    weights = [{k: v.numpy() for k, v in store.load_weights(p).items()} for p in runs.replicas["path"]]
-    assert metrics.mean_pairwise_l2(weights) == 0.0
-
-
 def test_algo_replicas_differ(digits):
     a, b = train(digits, setting="ALGO", replica=0), train(digits, setting="ALGO", replica=1)
     assert store.weights_hash(a.weights) != store.weights_hash(b.weights)
@@ -113,22 +95,6 @@ def test_single_source_presets_vary_their_source(digits, setting):
     assert store.weights_hash(a.weights) != store.weights_hash(b.weights)
     if setting == "ULP":
         assert a.perturbation["parameter"] and a.perturbation != b.perturbation
-
-
-def test_control_cell_with_differing_replicas_fails_loudly(tmp_path):
-    run_cell(TINY, [0], tmp_path, "cpu-1t", progress=False)
-    # A host mix-up: replica 1 of the same cell trained at another thread count.
-    run_cell(dataclasses.replace(TINY, threads=2), [1], tmp_path, "cpu-1t", progress=False)
-    with pytest.raises(store.DeterminismViolation, match="CONTROL replicas of cpu-1t/digits/smallcnn are not bit-identical"):
-        run_cell(TINY, 2, tmp_path, "cpu-1t", progress=False)
-
-
-def test_complete_replicas_are_skipped(tmp_path):
-    run_cell(TINY, 1, tmp_path, "cpu-1t", progress=False)
-    manifest = tmp_path / "cpu-1t/digits/smallcnn/CONTROL/replica-0/manifest.json"
-    stamp = manifest.stat().st_mtime_ns
-    run_cell(TINY, 1, tmp_path, "cpu-1t", progress=False)
-    assert manifest.stat().st_mtime_ns == stamp
 
 
 # ----------------------------------------------------------------------------- kill and resume

@@ -3,13 +3,14 @@
 The public surface the notebooks use; each name lives in the module named after its concern.
 """
 
+from .cell import run_cell
 from .data import Dataset, load_dataset
 from .environment import fingerprint, hardware_label
 from .locate import DivergenceReport, locate_divergence
 from .models import build_model
 from .noise import PAPER_SETTINGS, SETTINGS, BackendConfig, NoiseSetting, configure_determinism, get_setting
 from .store import DeterminismViolation, load_runs, load_weights, prediction_matrix, replica_dir
-from .train import ReplicaResult, ReplicaSpec, run_cell, train_replica, validate_spec
+from .train import ReplicaResult, ReplicaSpec, train_replica, validate_spec
 
 __all__ = [
     "BackendConfig",

@@ -36,7 +36,6 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -69,9 +68,6 @@ _SETTINGS = {
 # so their outputs are not compared.
 _UNINITIALIZED_OPS = frozenset({"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty",
                                 "new_empty_strided"})
-
-ModelFactory = Callable[[int, int, torch.Generator], torch.nn.Module]  # (classes, channels, init gen)
-
 
 # ----------------------------------------------------------------------------- the op trace
 def _digest(value) -> str:
@@ -195,24 +191,14 @@ def _differing(a: dict[str, torch.Tensor | None], b: dict[str, torch.Tensor | No
 
 # ----------------------------------------------------------------------------- one replica
 class _Replica:
-    """One of the two lockstep replicas: its spec, backend, model, optimizer and generators."""
+    """One of the two lockstep replicas: a `train.Replica` under its own backend flags, stepped by
+    `train.start_epoch` and `train.train_step` (the trainer's own step, watched, never copied)."""
 
-    def __init__(self, label, spec, backend, ds, device, model_factory):
-        self.label, self.spec, self.backend = label, spec, backend
-        self.seeds = noise.replica_seeds(spec.base_seed, spec.replica, spec.noise)
-        self.gens = noise.make_generators(self.seeds, device)
-        with noise.configure_determinism(backend) as self.record:
-            if model_factory is None:
-                model = models.build_model(
-                    spec.model, ds.num_classes, ds.in_channels, generator=self.gens["init"], dropout=spec.dropout
-                )
-            else:
-                model = model_factory(ds.num_classes, ds.in_channels, self.gens["init"])
-            self.perturbation = noise.perturb_one_ulp(model, self.gens["perturb"]) if spec.noise.perturb_ulp else None
-        self.model = model.to(device)
-        models.set_dropout_generator(self.model, self.gens["dropout"])
-        self.opt = train.make_optimizer(spec, self.model)
-        self.device = device
+    def __init__(self, label, spec, ds, model_factory):
+        self.label, self.spec, self.backend = label, spec, spec.backend()
+        with noise.configure_determinism(self.backend) as self.record:
+            self.pieces = train.build_replica(spec, ds, model_factory=model_factory)
+        self.model = self.pieces.model
         self.order = None
         self.loss = None
 
@@ -223,42 +209,22 @@ class _Replica:
         return {n: p.grad for n, p in self.model.named_parameters()}
 
     def train_step(self, ds, epoch: int, batch: int, where: _Where | None) -> None:
-        """Step `batch` of `epoch`, the same computation as train.train_replica's loop body.
+        """Step `batch` of `epoch` (both 0-based), as train.train_replica runs it.
 
         Call inside `noise.configure_determinism(self.backend)`. `where` (when tracing) is told
-        the phase. train.py's per-epoch loss/accuracy bookkeeping is left out: it changes no state.
+        the phase. train_replica's per-epoch loss/accuracy bookkeeping is left out: it changes no state.
         """
-        spec, phase = self.spec, (where.set_phase if where else lambda p: None)
-        phase("data")
-        if batch == 0:  # start of an epoch, as in train_replica
-            for group in self.opt.param_groups:
-                group["lr"] = train.lr_at(spec, epoch)
-            self.model.train()
-            self.order = torch.randperm(len(ds.y_train), generator=self.gens["order"],
-                                        device=self.gens["order"].device).to(self.device)
-        idx = self.order[batch * spec.batch_size : (batch + 1) * spec.batch_size]
-        xb, yb = ds.x_train[idx], ds.y_train[idx]
-        if spec.augment:
-            xb = data_mod.augment(xb, ds.augment_pad, ds.augment_flip, self.gens["aug"])
-        xf = data_mod.to_float(xb, ds.normalization)
-        phase("forward")
-        with noise.autocast(self.device, spec.precision):
-            logits = self.model(xf)
-        phase("loss")
-        loss = train.cross_entropy(logits, yb)
-        if spec.weight_decay:
-            loss = loss + spec.weight_decay * sum((p.float() ** 2).sum() for p in self.model.parameters() if p.ndim > 1)
-        self.opt.zero_grad(set_to_none=True)
-        phase("backward")
-        loss.backward()
-        phase("optimizer")
-        self.opt.step()
-        self.loss = loss.detach()
+        phase = where.set_phase if where else (lambda name: None)
+        if batch == 0:
+            phase("data")  # the epoch's order is drawn with its first batch
+            self.order = train.start_epoch(self.pieces, ds, epoch)
+        idx = self.order[batch * self.spec.batch_size : (batch + 1) * self.spec.batch_size]
+        self.loss = train.train_step(self.pieces, ds, idx, phase).loss
 
     def predict(self, ds) -> np.ndarray:
         with noise.configure_determinism(self.backend):
             logits, _ = train.evaluate(self.model, ds.x_test, ds.y_test, ds.normalization, self.spec.eval_batch_size,
-                                       self.spec.precision, self.device)
+                                       self.spec.precision, self.pieces.device)
         return logits.argmax(1).cpu().numpy()
 
 
@@ -369,7 +335,7 @@ def locate_divergence(
     *,
     threads_b: int = 2,
     dataset: data_mod.Dataset | None = None,
-    model_factory: ModelFactory | None = None,
+    model_factory: models.ModelFactory | None = None,
     trace: bool = True,
     progress: bool = False,
 ) -> DivergenceReport:
@@ -393,9 +359,7 @@ def locate_divergence(
         train.validate_spec(s, check_data=dataset is None)
     device = torch.device(spec.device)
     ds = (dataset or data_mod.load_dataset(spec.dataset, spec.data_root)).to(device)
-    pair = [
-        _Replica(label, s, s.backend(), ds, device, model_factory) for label, s in (("A", spec_a), ("B", spec_b))
-    ]
+    pair = [_Replica(label, s, ds, model_factory) for label, s in (("A", spec_a), ("B", spec_b))]
     a, b = pair
     steps_per_epoch = math.ceil(len(ds.y_train) / spec.batch_size)
 
@@ -444,8 +408,8 @@ def locate_divergence(
         model=spec.model if model_factory is None else getattr(model_factory, "__name__", "custom"),
         spec=spec_a.to_dict(),
         replicas={
-            r.label: {"setting": r.spec.setting, "threads": r.spec.threads, "seeds": r.seeds, "backend": r.record,
-                      "perturbation": r.perturbation}
+            r.label: {"setting": r.spec.setting, "threads": r.spec.threads, "seeds": r.pieces.seeds,
+                      "backend": r.record, "perturbation": r.pieces.perturbation}
             for r in pair
         },
         steps_per_epoch=steps_per_epoch,

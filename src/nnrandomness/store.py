@@ -21,15 +21,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
-
-if TYPE_CHECKING:  # store is imported by train; only the type is needed here
-    from .train import ReplicaResult
 
 MANIFEST = "manifest.json"
 FILES = ("predictions.parquet", "history.parquet", "weights.safetensors")
@@ -80,8 +76,14 @@ def _json_default(o):
 
 
 # ----------------------------------------------------------------------------- writing
-def write_replica(root, hardware: str, result: "ReplicaResult") -> Path:
-    """Write one replica's result; the manifest goes last, by atomic rename. Returns the directory."""
+def write_replica(root, hardware: str, result) -> Path:
+    """Write one replica's result; the manifest goes last, by atomic rename. Returns the directory.
+
+    result: a `train.ReplicaResult`, duck-typed (store is on the ground floor and imports nothing
+    of train): read are its spec (dataset, model, setting, replica, noise, to_dict()), seeds,
+    history, predictions, probabilities, labels, groups, weights, backend, environment,
+    perturbation, timings and resumed_from_epoch.
+    """
     spec = result.spec
     out = replica_dir(root, hardware, spec.dataset, spec.model, spec.setting, spec.replica)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """Train one replica of a recipe under a noise setting.
 
-`train_replica(spec)` is the only training loop of the project. Data sits on the device as
-uint8; each epoch draws its order from the *order* stream and its augmentation from the *aug*
-stream; the model is initialised from the *init* stream and drops out with the *dropout*
-stream. Epoch-end checkpoints hold every generator's state, so a killed replica resumes
-bit-identically.
+`train_replica(spec)` is the training loop of the project; `build_replica`, `start_epoch` and
+`train_step` are its pieces, which `locate` drives in lockstep (instrumenting the one step, not
+copying it). Data sits on the device as uint8; each epoch draws its order from the *order*
+stream and its augmentation from the *aug* stream; the model is initialised from the *init*
+stream and drops out with the *dropout* stream. Epoch-end checkpoints hold every generator's
+state, so a killed replica resumes bit-identically. Storing results is `cell.run_cell`'s job:
+this module knows nothing of the store.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -180,9 +183,8 @@ def make_optimizer(spec: ReplicaSpec, model: torch.nn.Module) -> torch.optim.Opt
     """Adam with the spec's lr and eps, fused where torch has a fused kernel (CPU, CUDA).
 
     Fused: one elementwise kernel per parameter instead of ~10 small ops each, 15 % faster per
-    SmallCNN step on the CPU, and as deterministic (no reductions across threads). Every
-    training loop of the project (train_replica, locate) builds its optimizer here, so their
-    replicas stay bit-identical.
+    SmallCNN step on the CPU, and as deterministic (no reductions across threads).
+    `build_replica` builds every replica's optimizer here (train_replica's and locate's alike).
     """
     fused = torch.device(spec.device).type in ("cpu", "cuda")
     return torch.optim.Adam(model.parameters(), lr=spec.lr, eps=spec.adam_eps, fused=fused or None)
@@ -197,6 +199,104 @@ def _atomic_torch_save(obj, path: Path):
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- one replica, one step
+@dataclass
+class Replica:
+    """A replica in training: its generators, model and optimiser, as `build_replica` made them."""
+
+    spec: ReplicaSpec
+    seeds: dict[str, int]  # per-source seeds (noise.replica_seeds)
+    gens: dict[str, torch.Generator]  # one generator per stream (noise.make_generators)
+    model: torch.nn.Module  # on the spec's device, its dropout drawing from gens["dropout"]
+    opt: torch.optim.Optimizer
+    perturbation: dict | None  # where the ULP poke moved a weight; None when the setting has no poke
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.spec.device)
+
+
+class Step(NamedTuple):
+    """What one training step computed (detached: the caller's bookkeeping adds no autograd work)."""
+
+    loss: torch.Tensor  # scalar, weight decay included
+    logits: torch.Tensor  # (batch, classes)
+    labels: torch.Tensor  # (batch,)
+
+
+def build_replica(
+    spec: ReplicaSpec, dataset: data_mod.Dataset, *, model_factory: models.ModelFactory | None = None
+) -> Replica:
+    """A replica's pieces, in the order that fixes their bits.
+
+    Generators from the spec's seeds; the model initialised on the CPU from the *init* stream (by
+    `models.build_model`, or `model_factory(num_classes, in_channels, init generator)`: locate's
+    toy models); one weight moved by one ULP where the setting says so; then the move to the
+    device, the *dropout* stream and the optimiser. Call it inside
+    `noise.configure_determinism(spec.backend())`: the backend flags hold from the first draw.
+    """
+    seeds = noise.replica_seeds(spec.base_seed, spec.replica, spec.noise)
+    device = torch.device(spec.device)
+    gens = noise.make_generators(seeds, device)
+    if model_factory is None:
+        model = models.build_model(
+            spec.model, dataset.num_classes, dataset.in_channels, generator=gens["init"], dropout=spec.dropout
+        )
+    else:
+        model = model_factory(dataset.num_classes, dataset.in_channels, gens["init"])
+    perturbation = noise.perturb_one_ulp(model, gens["perturb"]) if spec.noise.perturb_ulp else None
+    model.to(device)
+    models.set_dropout_generator(model, gens["dropout"])
+    return Replica(spec, seeds, gens, model, make_optimizer(spec, model), perturbation)
+
+
+def start_epoch(replica: Replica, dataset: data_mod.Dataset, epoch: int) -> torch.Tensor:
+    """Begin epoch `epoch` (0-based): its learning rate, training mode, and its example order,
+    drawn from the *order* stream. Returns the order; batch b is order[b * batch_size:][:batch_size]."""
+    for group in replica.opt.param_groups:
+        group["lr"] = lr_at(replica.spec, epoch)
+    replica.model.train()
+    g = replica.gens["order"]
+    return torch.randperm(len(dataset.y_train), generator=g, device=g.device).to(replica.device)
+
+
+def _unwatched(phase: str) -> None:
+    """train_step's default `phase` callback: nobody watches the step."""
+
+
+def train_step(
+    replica: Replica, dataset: data_mod.Dataset, idx: torch.Tensor, phase: Callable[[str], None] = _unwatched
+) -> Step:
+    """One optimiser step on the training examples `idx`: the one step of the project.
+
+    Augmentation from the *aug* stream (when the spec augments), the forward pass under the
+    precision's autocast, cross-entropy plus weight decay (wd * ||w||^2 over weights with ndim > 1,
+    Keras' l2), backward, Adam. `phase` is told, in order, "data", "forward", "loss", "backward",
+    "optimizer" just before each part runs (locate attributes the ops it traces to them).
+    Call inside `noise.configure_determinism(replica.spec.backend())`.
+    """
+    spec, model = replica.spec, replica.model
+    phase("data")
+    xb, yb = dataset.x_train[idx], dataset.y_train[idx]
+    if spec.augment:
+        xb = data_mod.augment(xb, dataset.augment_pad, dataset.augment_flip, replica.gens["aug"])
+    # Outside autocast: its bf16 op lists hold no elementwise op, so the inputs' bits are the same.
+    xf = data_mod.to_float(xb, dataset.normalization)
+    phase("forward")
+    with noise.autocast(replica.device, spec.precision):
+        logits = model(xf)
+    phase("loss")
+    loss = cross_entropy(logits, yb)
+    if spec.weight_decay:
+        loss = loss + spec.weight_decay * sum((p.float() ** 2).sum() for p in model.parameters() if p.ndim > 1)
+    replica.opt.zero_grad(set_to_none=True)
+    phase("backward")
+    loss.backward()
+    phase("optimizer")
+    replica.opt.step()
+    return Step(loss.detach(), logits.detach(), yb)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -216,23 +316,15 @@ def train_replica(
     progress: show a tqdm bar over epochs.
     """
     validate_spec(spec, check_data=dataset is None)
-    setting = spec.noise
-    seeds = noise.replica_seeds(spec.base_seed, spec.replica, setting)
     device = torch.device(spec.device)
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
 
     with noise.configure_determinism(spec.backend()) as backend:
         ds = (dataset or data_mod.load_dataset(spec.dataset, spec.data_root)).to(device)
-        gens = noise.make_generators(seeds, device)
-        model = models.build_model(
-            spec.model, ds.num_classes, ds.in_channels, generator=gens["init"], dropout=spec.dropout
-        )
-        perturbation = noise.perturb_one_ulp(model, gens["perturb"]) if setting.perturb_ulp else None
-        model.to(device)
-        models.set_dropout_generator(model, gens["dropout"])
-        opt = make_optimizer(spec, model)
+        replica = build_replica(spec, ds)
+        model, opt, gens = replica.model, replica.opt, replica.gens
 
-        start_epoch, rows, resumed_from, train_seconds = 0, [], None, 0.0
+        start_epoch_index, rows, resumed_from, train_seconds = 0, [], None, 0.0
         if ckpt_path is not None and ckpt_path.exists():
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if ckpt["spec"] != spec.to_dict():
@@ -241,42 +333,31 @@ def train_replica(
             opt.load_state_dict(ckpt["optimizer"])
             for name, state in ckpt["generators"].items():
                 gens[name].set_state(state)
-            start_epoch, rows, resumed_from = ckpt["epoch"], ckpt["history"], ckpt["epoch"]
+            start_epoch_index, rows, resumed_from = ckpt["epoch"], ckpt["history"], ckpt["epoch"]
             train_seconds = ckpt["train_seconds"]
 
         n = len(ds.y_train)
-        epochs = range(start_epoch, spec.epochs)
+        epochs = range(start_epoch_index, spec.epochs)
         if progress:
             # Text bars: tqdm.auto in a kernel without ipywidgets prints a TqdmWarning holding the
             # venv's absolute path into every executed notebook.
             from tqdm import tqdm
 
-            epochs = tqdm(epochs, desc=f"{spec.setting} replica {spec.replica}", initial=start_epoch, total=spec.epochs)
+            epochs = tqdm(
+                epochs, desc=f"{spec.setting} replica {spec.replica}", initial=start_epoch_index, total=spec.epochs
+            )
         for epoch in epochs:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(spec, epoch)
-            model.train()
             _sync(device)
             t0 = time.perf_counter()
-            order = torch.randperm(n, generator=gens["order"], device=gens["order"].device).to(device)
+            order = start_epoch(replica, ds, epoch)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             for i in range(0, n, spec.batch_size):
                 idx = order[i : i + spec.batch_size]
-                xb, yb = ds.x_train[idx], ds.y_train[idx]
-                if spec.augment:
-                    xb = data_mod.augment(xb, ds.augment_pad, ds.augment_flip, gens["aug"])
-                with noise.autocast(device, spec.precision):
-                    logits = model(data_mod.to_float(xb, ds.normalization))
-                loss = cross_entropy(logits, yb)
-                if spec.weight_decay:
-                    loss = loss + spec.weight_decay * sum((p.float() ** 2).sum() for p in model.parameters() if p.ndim > 1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                step = train_step(replica, ds, idx)
                 # Accumulate on the device: a .item() per step would synchronise every step.
-                loss_sum += loss.detach() * len(idx)
-                correct += (logits.detach().argmax(1) == yb).sum()
+                loss_sum += step.loss * len(idx)
+                correct += (step.logits.argmax(1) == step.labels).sum()
             _sync(device)
             epoch_seconds = time.perf_counter() - t0
             train_seconds += epoch_seconds
@@ -317,7 +398,7 @@ def train_replica(
 
     return ReplicaResult(
         spec=spec,
-        seeds=seeds,
+        seeds=replica.seeds,
         history=pd.DataFrame(rows),
         predictions=logits.argmax(1).cpu().numpy(),
         probabilities=probabilities.cpu().numpy().astype(np.float32),
@@ -326,7 +407,7 @@ def train_replica(
         weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         backend=backend,
         environment=env,
-        perturbation=perturbation,
+        perturbation=replica.perturbation,
         timings={
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
@@ -334,50 +415,3 @@ def train_replica(
         },
         resumed_from_epoch=resumed_from,
     )
-
-
-# ----------------------------------------------------------------------------- one cell
-def run_cell(
-    base: ReplicaSpec,
-    replicas: int | list[int],
-    root: str | Path,
-    hardware: str,
-    *,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> "pd.DataFrame":
-    """Train and store the replicas of one cell (hardware x dataset x model x setting).
-
-    Replicas already complete in the store are skipped (resume), interrupted ones resume from
-    their checkpoint. When the setting promises bit-identical replicas (CONTROL), their hashes
-    are compared at the end and a difference raises `store.DeterminismViolation`.
-    Returns the store's per-replica rows for the cell.
-    """
-    from . import store
-
-    indices = list(range(replicas)) if isinstance(replicas, int) else list(replicas)
-    if not indices:
-        raise ValueError("replicas must be a positive count or a non-empty list of indices")
-    for k in indices:  # validate everything before any work
-        validate_spec(dataclasses.replace(base, replica=k), check_data=(k == indices[0]))
-    dataset = None
-    for k in indices:
-        spec = dataclasses.replace(base, replica=k)
-        path = store.replica_dir(root, hardware, spec.dataset, spec.model, spec.setting, k)
-        if store.is_complete(path) and not overwrite:
-            continue
-        if overwrite:
-            store.remove_replica(path)
-        dataset = dataset or data_mod.load_dataset(spec.dataset, spec.data_root)
-        result = train_replica(spec, dataset, checkpoint_dir=path, progress=progress)
-        store.write_replica(root, hardware, result)
-    runs = store.load_runs(root, hardware=hardware, dataset=base.dataset, model=base.model, setting=base.setting)
-    cell = runs.replicas[runs.replicas["replica"].isin(indices)]
-    if base.noise.expects_identical:
-        problems = store.check_identical(cell)
-        if problems:
-            raise store.DeterminismViolation(
-                f"{base.setting} replicas of {hardware}/{base.dataset}/{base.model} are not bit-identical: "
-                + "; ".join(problems)
-            )
-    return cell
