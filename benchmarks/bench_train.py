@@ -65,7 +65,9 @@ class UInt8Images(torch.utils.data.Dataset):
 
 
 def run_dataloader(ds, epochs, batch, lr):
-    transform = v2.Compose([v2.RandomCrop(ds.image_size, padding=ds.augment_pad), v2.ToDtype(torch.float32, scale=True)])
+    transform = v2.Compose(
+        [v2.RandomCrop(ds.image_size, padding=ds.augment_pad), v2.ToDtype(torch.float32, scale=True)]
+    )
     loader = torch.utils.data.DataLoader(
         UInt8Images(ds.x_train, ds.y_train, transform), batch_size=batch, shuffle=True,
         generator=torch.Generator().manual_seed(0),

@@ -37,7 +37,8 @@ def test_control_cell_with_differing_replicas_fails_loudly(tmp_path):
     run_cell(TINY, [0], tmp_path, "cpu-1t", progress=False)
     # A host mix-up: replica 1 of the same cell trained at another thread count.
     run_cell(dataclasses.replace(TINY, threads=2), [1], tmp_path, "cpu-1t", progress=False)
-    with pytest.raises(store.DeterminismViolation, match="CONTROL replicas of cpu-1t/digits/smallcnn are not bit-identical"):
+    message = "CONTROL replicas of cpu-1t/digits/smallcnn are not bit-identical"
+    with pytest.raises(store.DeterminismViolation, match=message):
         run_cell(TINY, 2, tmp_path, "cpu-1t", progress=False)
 
 

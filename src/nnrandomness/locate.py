@@ -215,8 +215,8 @@ class _Replica:
         the phase. train_replica's per-epoch loss/accuracy bookkeeping is left out: it changes no state.
         """
         phase = where.set_phase if where else (lambda name: None)
+        phase("data")  # the epoch's order (drawn with its first batch) and the batch's slice of it
         if batch == 0:
-            phase("data")  # the epoch's order is drawn with its first batch
             self.order = train.start_epoch(self.pieces, ds, epoch)
         idx = self.order[batch * self.spec.batch_size : (batch + 1) * self.spec.batch_size]
         self.loss = train.train_step(self.pieces, ds, idx, phase).loss

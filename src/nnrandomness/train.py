@@ -219,10 +219,12 @@ class Replica:
 
 
 class Step(NamedTuple):
-    """What one training step computed (detached: the caller's bookkeeping adds no autograd work)."""
+    """What one training step computed, for the caller's per-epoch bookkeeping."""
 
-    loss: torch.Tensor  # scalar, weight decay included
-    logits: torch.Tensor  # (batch, classes)
+    loss: torch.Tensor  # detached scalar, weight decay included
+    # (batch, classes), not detached: its graph is freed by backward, and a detach would add an op to
+    # every step that locate traces (argmax, the only use, builds no graph anyway).
+    logits: torch.Tensor
     labels: torch.Tensor  # (batch,)
 
 
@@ -282,7 +284,8 @@ def train_step(
     xb, yb = dataset.x_train[idx], dataset.y_train[idx]
     if spec.augment:
         xb = data_mod.augment(xb, dataset.augment_pad, dataset.augment_flip, replica.gens["aug"])
-    # Outside autocast: its bf16 op lists hold no elementwise op, so the inputs' bits are the same.
+    # Converted before autocast, in the "data" phase: autocast's bf16 op lists hold no elementwise
+    # op, so the bits equal those of a conversion inside it (as train_replica's loop once did).
     xf = data_mod.to_float(xb, dataset.normalization)
     phase("forward")
     with noise.autocast(replica.device, spec.precision):
@@ -296,7 +299,7 @@ def train_step(
     loss.backward()
     phase("optimizer")
     replica.opt.step()
-    return Step(loss.detach(), logits.detach(), yb)
+    return Step(loss.detach(), logits, yb)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -391,7 +394,9 @@ def train_replica(
                 )
 
         t0 = time.perf_counter()
-        logits, _ = evaluate(model, ds.x_test, ds.y_test, ds.normalization, spec.eval_batch_size, spec.precision, device)
+        logits, _ = evaluate(
+            model, ds.x_test, ds.y_test, ds.normalization, spec.eval_batch_size, spec.precision, device
+        )
         probabilities = torch.softmax(logits, 1)
         eval_seconds = time.perf_counter() - t0
         env = environment.fingerprint(device)
