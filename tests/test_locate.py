@@ -154,6 +154,20 @@ def test_lockstep_replicas_end_bit_identical_to_the_trainer(digits, factor):
         assert store.weights_hash(weights) == store.weights_hash(trained.weights), f"replica {label} ({setting})"
 
 
+@pytest.mark.parametrize("batch", [0, 1])  # batch 0 also starts the epoch (lr, order)
+def test_traced_step_runs_its_parts_in_order(small_digits, batch):
+    # train.train_step tells locate each part of the one step before it runs: every traced op,
+    # from the batch's slice of the order on, belongs to one of the five parts, in this order.
+    spec = dataclasses.replace(RECIPE, setting="CONTROL")
+    replica = locate._Replica("A", spec, small_digits, None)
+    if batch:
+        locate._step(replica, small_digits, 0, 0, trace=False)
+    records = locate._step(replica, small_digits, 0, batch, trace=True)
+    phases = [phase for i, (_, phase, *_) in enumerate(records) if i == 0 or phase != records[i - 1][1]]
+    assert phases == ["data", "forward", "loss", "backward", "optimizer"]
+    assert records[0][0] == ("aten.randperm.generator" if batch == 0 else "aten.slice.Tensor")
+
+
 def test_thread_counts_diverge_at_the_first_step(digits):
     report = locate.locate_divergence(SPEC, "threads", threads_b=2, dataset=digits)
     assert report.replicas["A"]["threads"] == 1 and report.replicas["B"]["threads"] == 2
