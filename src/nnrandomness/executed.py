@@ -23,6 +23,8 @@ from pathlib import Path
 
 import nbformat
 
+# Seconds a papermill runner waits for a notebook's kernel to answer (a loaded machine is slow).
+START_TIMEOUT = 120
 # What papermill records about the run in the notebook's and each cell's metadata.
 PAPERMILL_RUN_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path")  # notebook level
 PAPERMILL_CELL_RUN_KEYS = ("start_time", "end_time", "duration")  # cell level
