@@ -458,3 +458,50 @@ def test_unsupported_ops_join_the_sweep_and_torchs_list():
     assert table.index.tolist()[:2] == ["max_unpool", "torch.nn.AdaptiveAvgPool2d"]
     assert table.loc["max_unpool"].tolist() == ["RuntimeError: max_unpool does not have ...", "sweep (cpu-1t)", "cpu",
                                                 "mediumcnn_k3"]
+
+
+def _report(l2_final, *, first_step=1, diverged=True, groups=True, flipped=(0, 1)):
+    """A stand-in for locate.DivergenceReport with what the chapter reads from it."""
+    from types import SimpleNamespace
+
+    history = pd.DataFrame({"epoch": [0, 1, 2], "weight_l2": [0.0, 1.23e-7, l2_final], "n_disagree": [0, 0, 3],
+                            "disagreement": [0.0, 0.0, 3 / 359]})
+    flips = pd.DataFrame({"label": [0, 1], "n_test": [180, 179], "n_flipped": list(flipped),
+                          "accuracy_a": [0.9, 0.8], "accuracy_b": [0.9, 0.81234]})
+    return SimpleNamespace(
+        history=history, flips=flips, subgroups=flips.assign(group=[1, 0]) if groups else None,
+        steps_per_epoch=12, replicas={"A": {"threads": 1}, "B": {"threads": 2}}, first_step=first_step,
+        describe_first_op=lambda: "aten.mm.default in head.5 (backward)", first_op={"index": 54}, traced_ops=137,
+        differing_ops=9, first_step_parts={"loss": False, "gradients": True, "weights": True},
+        initial_difference=["features.0.weight[3]"], diverged=diverged, steps_run=240)
+
+
+def test_divergence_numbers_and_caption():
+    reports = {"threads": _report(2.1e-5), "ulp": _report(4.4e-4, first_step=0),
+               "impl": _report(0.0, diverged=False)}
+    numbers = overhead.divergence_numbers(reports)
+    assert numbers == {
+        "steps_per_epoch": "12", "threads_a": "1", "threads_b": "2", "threads_step": "1",
+        "threads_op": "aten.mm.default in head.5 (backward)", "threads_op_index": "54 of 137",
+        "threads_ops_differ": "9", "threads_parts": "gradients, weights",
+        "threads_l2_epoch1": "1.2e-07", "threads_l2_final": "2.1e-05", "threads_flips": "3 of 359",
+        "threads_flips_pct": "0.84%",
+        "ulp_l2_epoch1": "1.2e-07", "ulp_l2_final": "4.4e-04", "ulp_flips": "3 of 359", "ulp_flips_pct": "0.84%",
+        "ulp_weight": "features.0.weight[3]", "impl_result": "no divergence", "impl_steps": "240",
+    }
+    reports["impl"] = _report(1e-9, first_step=7)
+    assert overhead.divergence_numbers(reports)["impl_result"] == "diverged at step 7"
+    assert overhead.divergence_caption(reports, 20, "digits_groups", "smallcnn").endswith(
+        "n = 2 replicas per factor, 240 steps; cpu, threads 1 (and 2 for replica B under threads); "
+        "digits_groups/smallcnn.")
+
+
+def test_flipped_table_keeps_the_rows_with_a_flip():
+    table = overhead.flipped_table({"threads": _report(1e-5), "ulp": _report(1e-5, flipped=(2, 0))})
+    assert table.index.names == ["factor", "label", "group"]
+    assert table.index.tolist() == [("threads", 1, 0), ("ulp", 0, 1)]
+    assert table.loc[("threads", 1, 0)].tolist() == [179, 1, 0.8, 0.812]  # rounded to 3 decimals
+    no_groups = overhead.flipped_table({"threads": _report(1e-5, groups=False)})
+    assert no_groups.index.names == ["factor", "label"]
+    assert overhead.flipped_table({"impl": _report(0.0, flipped=(0, 0))}) == \
+        "no test prediction differs at the end for any factor"

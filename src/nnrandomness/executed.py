@@ -43,6 +43,16 @@ def read(path: str | Path) -> dict | None:
         return None
 
 
+def _strip_metadata(meta: dict, run_keys: tuple, papermill_run_keys: tuple, parameters: bool) -> None:
+    """Strip one metadata mapping (the notebook's or a cell's), see `strip`."""
+    for key in run_keys:
+        meta.pop(key, None)
+    if not parameters:
+        meta.pop("papermill", None)
+    for key in papermill_run_keys:
+        meta.get("papermill", {}).pop(key, None)
+
+
 def strip(nb: dict, *, parameters: bool = True) -> dict:
     """Remove run-dependent metadata from `nb` (in place; returns it) and give papermill's cells stable ids.
 
@@ -51,21 +61,9 @@ def strip(nb: dict, *, parameters: bool = True) -> dict:
     metadata altogether, as the book does for chapters that run with their own parameters.
     Everything the cells printed is kept.
     """
-    meta = nb.setdefault("metadata", {})
-    for key in RUN_METADATA:
-        meta.pop(key, None)
-    if not parameters:
-        meta.pop("papermill", None)
-    for key in PAPERMILL_RUN_KEYS:
-        meta.get("papermill", {}).pop(key, None)
+    _strip_metadata(nb.setdefault("metadata", {}), RUN_METADATA, PAPERMILL_RUN_KEYS, parameters)
     for cell in nb["cells"]:
-        cell_meta = cell.get("metadata", {})
-        for key in CELL_RUN_METADATA:
-            cell_meta.pop(key, None)
-        if not parameters:
-            cell_meta.pop("papermill", None)
-        for key in PAPERMILL_CELL_RUN_KEYS:
-            cell_meta.get("papermill", {}).pop(key, None)
+        _strip_metadata(cell.get("metadata", {}), CELL_RUN_METADATA, PAPERMILL_CELL_RUN_KEYS, parameters)
     for tag in PAPERMILL_TAGS:
         tagged = [c for c in nb["cells"] if tag in c.get("metadata", {}).get("tags", [])]
         for i, cell in enumerate(tagged):

@@ -178,3 +178,59 @@ def unsupported_ops(results: pd.DataFrame, hardware: str, documented: pd.DataFra
     swept = pd.DataFrame({"op": hit["unsupported_op"], "condition": hit["error"], "source": f"sweep ({hardware})",
                           "device": hit["device"], "in this study": hit["model"]})
     return pd.concat([swept, documented], ignore_index=True).set_index("op")
+
+
+# ----------------------------------------------------------------------------- divergence
+# The chapter's second half runs `locate.locate_divergence` live for three factors; these read its
+# reports (`locate.DivergenceReport`).
+def _drift(report) -> dict[str, str]:
+    """Weight distance after the first and the last epoch, and the predictions that differ at the end."""
+    first, last = report.history.iloc[1], report.history.iloc[-1]
+    n_test = int(report.flips["n_test"].sum())
+    return {"l2_epoch1": f"{first['weight_l2']:.1e}", "l2_final": f"{last['weight_l2']:.1e}",
+            "flips": f"{int(last['n_disagree'])} of {n_test}", "flips_pct": f"{last['disagreement']:.2%}"}
+
+
+def divergence_numbers(reports: dict) -> dict[str, str]:
+    """The prose's numbers of the ``threads``, ``ulp`` and ``impl`` reports: where the thread-count
+    pair first parts (step, op, module, what differs), each pair's drift (``threads_l2_final``, ...),
+    the weight the ULP pair moved, and whether the IMPL pair parted at all."""
+    th, ulp, impl = reports["threads"], reports["ulp"], reports["impl"]
+    out = {
+        "steps_per_epoch": str(th.steps_per_epoch),
+        "threads_a": str(th.replicas["A"]["threads"]),
+        "threads_b": str(th.replicas["B"]["threads"]),
+        "threads_step": str(th.first_step),
+        "threads_op": th.describe_first_op() or "none",
+        "threads_op_index": f"{th.first_op['index']} of {th.traced_ops}" if th.first_op else "n/a",
+        "threads_ops_differ": str(th.differing_ops),
+        "threads_parts": ", ".join(k for k, v in th.first_step_parts.items() if v) or "nothing",
+    }
+    for name, report in (("threads", th), ("ulp", ulp)):
+        out.update({f"{name}_{key}": value for key, value in _drift(report).items()})
+    out["ulp_weight"] = ", ".join(ulp.initial_difference)
+    out["impl_result"] = "no divergence" if not impl.diverged else f"diverged at step {impl.first_step}"
+    out["impl_steps"] = str(impl.steps_run)
+    return out
+
+
+def divergence_caption(reports: dict, epochs: int, dataset: str, model: str) -> str:
+    th = reports["threads"]
+    return ("Left: L2 distance between the two replicas' weights after each epoch, on a log scale (a pair whose "
+            "weights never differ has no point on it). Right: share of test predictions on which the two replicas "
+            f"differ. n = 2 replicas per factor, {th.steps_per_epoch * epochs} steps; cpu, threads "
+            f"{th.replicas['A']['threads']} (and {th.replicas['B']['threads']} for replica B under threads); "
+            f"{dataset}/{model}.")
+
+
+def flipped_table(reports: dict) -> pd.DataFrame | str:
+    """Per factor, the classes (or class x group subgroups, where the dataset has groups) with at
+    least one test prediction that differs at the end; a sentence when there are none."""
+    flipped = pd.concat([
+        (r.subgroups if r.subgroups is not None else r.flips).assign(factor=name) for name, r in reports.items()
+    ], ignore_index=True)
+    flipped = flipped[flipped.n_flipped > 0]
+    if not len(flipped):
+        return "no test prediction differs at the end for any factor"
+    index = ["factor", "label"] + (["group"] if "group" in flipped else [])
+    return flipped.set_index(index)[["n_test", "n_flipped", "accuracy_a", "accuracy_b"]].round(3)
