@@ -66,7 +66,7 @@ def test_kernel_size_chart_colours_follow_the_whole_sweep():
     medium = _timed(configurations=("det_no_fill",), models=("mediumcnn_k3",))
     spec = charts.kernel_size_chart(medium, ["det_full", "det_no_fill", "baseline"], "cpu-1t").to_dict()
     assert spec["title"] == "MediumCNN(k): overhead against kernel size (cpu-1t)"
-    zero, line, bars = _layers(spec)
+    _, line, bars = _layers(spec)
     assert line["mark"] == {"type": "line", "point": True} and bars["mark"]["type"] == "rule"
     assert line["encoding"]["x"]["field"] == "k" and line["encoding"]["x"]["type"] == "ordinal"
     # det_no_fill keeps its colour from the overhead chart (second of det_full, det_no_fill).

@@ -194,9 +194,9 @@ def test_child_process_inherits_the_workspace_variable():
 def test_cublas_workspace_is_refused_once_cuda_is_initialised(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     torch.cuda.init()
-    with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises"):
-        with overhead.apply_configuration(CONFIGURATIONS["workspace"]):
-            pass
+    with (pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises"),
+          overhead.apply_configuration(CONFIGURATIONS["workspace"])):
+        pass
     # measure() therefore times it in a child process, compared with this process's baseline.
     gpu = Workload("smallcnn", 32, 8, 10, "cuda", steps=2, warmup=1, repeats=1)
     rows = pd.DataFrame(overhead.measure(gpu, ["workspace"])).set_index("configuration")
@@ -356,7 +356,8 @@ def _sweep_rows() -> pd.DataFrame:
     rows = []
     for model, base, det, no_fill in [("mediumcnn_k5", 20.0, 30.0, 21.0), ("smallcnn", 10.0, 11.0, 10.5),
                                       ("mediumcnn_k3", 40.0, None, 42.0)]:
-        for configuration, median, status in [("baseline", base, "ok"), ("det_full", det, "ok" if det else "unsupported"),
+        det_status = "ok" if det else "unsupported"
+        for configuration, median, status in [("baseline", base, "ok"), ("det_full", det, det_status),
                                               ("det_no_fill", no_fill, "ok"), ("tf32", None, "not_applicable")]:
             row = dict.fromkeys(overhead.ROW_COLUMNS)
             row.update(model=model, configuration=configuration, status=status, device="cpu", hardware="cpu-1t",

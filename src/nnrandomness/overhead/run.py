@@ -212,7 +212,8 @@ def _main_notebook(plan: Plan, args: argparse.Namespace) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     if args.no_write:
-        print("nnrandomness overhead: error: --notebook always writes (use --root for a scratch store)", file=sys.stderr)
+        print("nnrandomness overhead: error: --notebook always writes (use --root for a scratch store)",
+              file=sys.stderr)
         return 2
     if len(plan.precisions) != 1:
         print(f"nnrandomness overhead: error: --notebook runs one precision per hardware label, got "

@@ -39,9 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -357,7 +357,7 @@ def time_in_child(workload: Workload, names: list[str], env: dict[str, str]) -> 
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps({"workload": dataclasses.asdict(workload), "configurations": names}))
         cmd = [sys.executable, "-m", "nnrandomness", "overhead", "--child-job", str(job)]
-        proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"overhead child process failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         return json.loads((Path(tmp) / "results.json").read_text())
