@@ -506,3 +506,11 @@ def test_flipped_table_keeps_the_rows_with_a_flip():
     assert no_groups.index.names == ["factor", "label"]
     assert overhead.flipped_table({"impl": _report(0.0, flipped=(0, 0))}) == \
         "no test prediction differs at the end for any factor"
+
+
+def test_the_package_exports_what_it_defines():
+    """`from nnrandomness import overhead; overhead.X` keeps working for every public name of its modules."""
+    modules = {"report", "results", "run", "sweeps", "timing"}
+    public = {n for n in dir(overhead) if not n.startswith("_")} - modules
+    assert set(overhead.__all__) == public
+    assert callable(overhead.sweep) and callable(overhead.main)  # functions, not the submodules of similar names
