@@ -21,8 +21,8 @@
 # This notebook times one training step (forward, loss, backward, Adam update) of each model under
 # named backend configurations, deterministic and not, against the same non-deterministic
 # `baseline`, with the sweep of `nnrandomness.overhead` (see its docstring for how blocks are
-# interleaved and timed). It writes tidy rows with the environment fingerprint into the run store
-# under `overhead/<hardware>/`.
+# interleaved and timed). It writes tidy rows with the environment fingerprint into the overhead
+# store under `overhead/<hardware>/`.
 #
 # It is the measuring tool behind the overhead chapter, executed with
 # [papermill](https://papermill.readthedocs.io) once per hardware label by
@@ -64,12 +64,12 @@ repeats = 1  # interleaved blocks per configuration
 threads = 1  # torch intra-op CPU threads; None leaves the current count
 precision = "fp32"  # baseline precision: fp32, tf32 or bf16
 seed = 0  # init and synthetic-batch seed
-output_root = ""  # the run store; empty: a fresh temporary directory
+output_root = ""  # the overhead store's root; empty: a fresh temporary directory
 
 # %%
 # Refuse unknown names, wrong types and invalid values before any timing (this cell assumes the
 # notebook runs top to bottom: a name defined by a later cell also counts as unknown here).
-plan = overhead.notebook_plan(
+sweep_plan = overhead.notebook_plan(
     dict(
         device=device,
         hardware=hardware,
@@ -91,7 +91,7 @@ plan = overhead.notebook_plan(
     - set(overhead.NOTEBOOK_PARAMETERS),
 )
 hardware = hardware or environment.hardware_label(device, threads)
-# A temporary store by default: re-executing this notebook (nbval) never touches data/runs.
+# A temporary store by default: re-executing this notebook (nbval) never touches data/.
 output_root = output_root or tempfile.mkdtemp(prefix="nnrandomness-overhead-")
 print(f"hardware label: {hardware}")
 
@@ -113,7 +113,7 @@ pd.DataFrame(
 # overhead % against the baseline, (T_config / T_baseline - 1) x 100.
 
 # %% tags=["nbval-ignore-output"]
-frame = overhead.sweep(plan, device, progress=False)
+frame = overhead.sweep(sweep_plan, device, progress=False)
 frame["hardware"] = hardware
 frame[["model", "configuration", "status", "n_steps", "median_ms", "q1_ms", "q3_ms", "overhead_pct"]]
 
@@ -133,7 +133,7 @@ alt.Chart(frame[(frame["status"] == "ok") & (frame["configuration"] != "baseline
 # incomplete. Reading it back checks the checksum.
 
 # %%
-overhead.write_results(frame, output_root, plan=plan)
+overhead.write_results(frame, output_root, plan=sweep_plan)
 rows, manifest = overhead.read_results(output_root, hardware)
 print(f"overhead/{hardware}/: {manifest['rows']} rows, models {manifest['models']}, "
       f"configurations {sorted(manifest['configurations'])}")

@@ -1,4 +1,4 @@
-"""Tests for nnrandomness.overhead: configurations, timing statistics, the sweep rows and the store.
+"""Tests for nnrandomness.overhead: configurations, timing statistics, the sweep rows, the store and the CLI.
 
 Timings themselves are not asserted (they depend on the machine and its load); what is
 asserted is how they are taken and summarised. Model runs use SmallCNN at 8x8, batch 4.
@@ -6,9 +6,12 @@ asserted is how they are taken and summarised. Model runs use SmallCNN at 8x8, b
 
 from __future__ import annotations
 
+import argparse
+import ast
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ import torch
 from torch import nn
 
 from nnrandomness import cli, models, overhead
-from nnrandomness.overhead import CONFIGURATIONS, Workload
+from nnrandomness.overhead import CONFIGURATIONS, Workload, timing
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Workload("smallcnn", image_size=8, batch_size=4, num_classes=10, device="cpu", threads=1, steps=2, warmup=1,
@@ -106,9 +109,9 @@ def test_unsupported_op_is_parsed_from_torchs_message():
 def test_cpu_steps_are_timed_one_by_one_with_perf_counter(monkeypatch):
     # A fake clock that advances 1 ms per reading: every step then measures exactly 1 ms.
     ticks = itertools.count()
-    monkeypatch.setattr(overhead.time, "perf_counter", lambda: next(ticks) * 1e-3)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(ticks) * 1e-3)
     calls = []
-    times = overhead._time_steps(lambda: calls.append(1), 4, torch.device("cpu"))
+    times = timing._time_steps(lambda: calls.append(1), 4, torch.device("cpu"))
     assert times == pytest.approx([1.0] * 4) and len(calls) == 4
     rows = pd.DataFrame(overhead.measure(TINY, ["baseline", "det_full"]))
     ok = rows[rows["status"] == "ok"]
@@ -126,7 +129,7 @@ def test_blocks_are_interleaved_between_configurations(monkeypatch):
         order.append(cfg.name)
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(overhead, "apply_configuration", spy)
+    monkeypatch.setattr(timing, "apply_configuration", spy)
     overhead.time_configurations(TINY, ["baseline", "det_full", "det_no_fill"])
     assert order == ["baseline", "det_full", "det_no_fill"] * TINY.repeats
 
@@ -191,9 +194,9 @@ def test_child_process_inherits_the_workspace_variable():
 def test_cublas_workspace_is_refused_once_cuda_is_initialised(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     torch.cuda.init()
-    with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises"):
-        with overhead.apply_configuration(CONFIGURATIONS["workspace"]):
-            pass
+    with (pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises"),
+          overhead.apply_configuration(CONFIGURATIONS["workspace"])):
+        pass
     # measure() therefore times it in a child process, compared with this process's baseline.
     gpu = Workload("smallcnn", 32, 8, 10, "cuda", steps=2, warmup=1, repeats=1)
     rows = pd.DataFrame(overhead.measure(gpu, ["workspace"])).set_index("configuration")
@@ -216,7 +219,7 @@ def test_results_are_written_with_the_manifest_last(tmp_path, monkeypatch):
     assert rows["median_ms"].tolist() == [1.0] and manifest["environment"] == {"test": True}
     assert manifest["configurations"] == {"baseline": CONFIGURATIONS["baseline"].description}
     # Interrupted before the manifest's rename: the old manifest is gone, the new one not there.
-    monkeypatch.setattr(overhead.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(overhead.results.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError, match="killed"):
         overhead.write_results(_frame(), tmp_path, env={})
     assert (d / overhead.RESULTS).exists() and not (d / overhead.MANIFEST).exists()
@@ -285,13 +288,13 @@ NOTEBOOK_TINY = ["--models", "smallcnn", "--configurations", "baseline,det_full"
 def test_the_notebook_defines_exactly_its_parameters():
     from nnrandomness import plan
 
-    assert plan.notebook_parameter_names(overhead.NOTEBOOK) == list(overhead.NOTEBOOK_PARAMETERS)
+    assert plan.notebook_parameter_names(REPO / overhead.NOTEBOOK) == list(overhead.NOTEBOOK_PARAMETERS)
 
 
 def test_cli_runs_the_notebook_with_papermill_and_writes_its_results(tmp_path, capsys):
     root = tmp_path / "runs"
     code = cli.main(["overhead", "--plan", str(REPO / "plans" / "overhead.yaml"), "--device", "cpu", "--notebook",
-                     *NOTEBOOK_TINY, "--root", str(root)])
+                     "--notebook-path", str(REPO / overhead.NOTEBOOK), *NOTEBOOK_TINY, "--root", str(root)])
     assert code == 0, capsys.readouterr().err
     rows, manifest = overhead.read_results(root, "cpu-1t")  # checks the Parquet file's SHA-256
     assert rows["configuration"].tolist() == ["baseline", "det_full"] and set(rows["status"]) == {"ok"}
@@ -308,8 +311,206 @@ def test_an_unknown_model_fails_in_the_notebooks_validation_cell(tmp_path):
     params = overhead.notebook_parameters(overhead.Plan(models=("smallcnn", "nosuchnet")), "cpu", 1, "fp32", tmp_path)
     params["modles"] = ["smallcnn"]  # a misspelt parameter: papermill only warns about it
     with pytest.raises(PapermillExecutionError) as info:
-        overhead.run_notebook(params)
+        overhead.run_notebook(params, notebook=REPO / overhead.NOTEBOOK)
     assert info.value.ename == "ValueError"
     assert "unknown model 'nosuchnet'" in info.value.evalue and "'modles'" in info.value.evalue
     assert overhead.executed_path(tmp_path, "cpu-1t").is_file()  # the failed notebook is kept
     assert not (tmp_path / "overhead").exists()  # nothing was timed or written
+
+
+def test_cli_refuses_a_missing_notebook(tmp_path, capsys):
+    code = cli.main(["overhead", "--notebook", "--notebook-path", str(tmp_path / "none.ipynb"), *NOTEBOOK_TINY,
+                     "--root", str(tmp_path)])
+    assert code == 2 and f"no overhead notebook at {tmp_path / 'none.ipynb'}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- where sweeps go
+def _cli_defaults() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    overhead.add_arguments(parser)
+    return parser.parse_args([])
+
+
+def test_the_notebook_path_comes_in_relative_to_the_working_directory():
+    # Like a plan's `notebook:`, not found through the package's own location (an installed package has none).
+    path = _cli_defaults().notebook_path
+    assert path == overhead.NOTEBOOK and not path.is_absolute() and (REPO / path).is_file()
+
+
+def test_the_cli_writes_where_the_cost_chapter_reads():
+    """The README's sweep command (no --root) must write the store the chapter shows, not the run store."""
+    cli_root = REPO / _cli_defaults().root  # the CLI runs from the repository root
+    source = (REPO / "notebooks" / "30_determinism_cost.py").read_text()
+    parameter = re.search(r"^overhead_root = (.+?)  #", source, re.MULTILINE).group(1)
+    assert 'overhead.store_root(overhead_root, repository="..")' in source  # the chapter runs in notebooks/
+    chapter_root = overhead.store_root(ast.literal_eval(parameter), repository=REPO / "notebooks" / "..")
+    assert chapter_root.resolve() == cli_root.resolve() == (REPO / overhead.DEFAULT_ROOT).resolve()
+    assert (cli_root / "overhead" / "cpu-1t" / overhead.MANIFEST).is_file()  # the committed sweep is there
+    assert overhead.store_root("elsewhere", repository="..") == Path("elsewhere")
+
+
+# ----------------------------------------------------------------------------- what the chapter shows
+def _sweep_rows() -> pd.DataFrame:
+    """A hand-made sweep: baseline 10/20/40 ms, det_full +10 %/+50 %/unsupported, det_no_fill +5 % ..."""
+    rows = []
+    for model, base, det, no_fill in [("mediumcnn_k5", 20.0, 30.0, 21.0), ("smallcnn", 10.0, 11.0, 10.5),
+                                      ("mediumcnn_k3", 40.0, None, 42.0)]:
+        det_status = "ok" if det else "unsupported"
+        for configuration, median, status in [("baseline", base, "ok"), ("det_full", det, det_status),
+                                              ("det_no_fill", no_fill, "ok"), ("tf32", None, "not_applicable")]:
+            row = dict.fromkeys(overhead.ROW_COLUMNS)
+            row.update(model=model, configuration=configuration, status=status, device="cpu", hardware="cpu-1t",
+                       median_ms=median, q1_ms=median and median - 1, q3_ms=median and median + 1, n_steps=15,
+                       batch_size=8, image_size=32, num_classes=1000,
+                       overhead_pct=overhead.overhead_pct(median, base) if median else np.nan)
+            if status == "unsupported":
+                row.update(unsupported_op="max_unpool", error="RuntimeError: max_unpool does not have ...")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=overhead.ROW_COLUMNS)
+
+
+def test_overhead_table_and_the_relative_iqr():
+    results = _sweep_rows()
+    timed = overhead.timed_rows(results).set_index(["model", "configuration"])
+    assert set(timed.index) == {("mediumcnn_k5", "det_full"), ("smallcnn", "det_full"),
+                                ("mediumcnn_k5", "det_no_fill"), ("smallcnn", "det_no_fill"),
+                                ("mediumcnn_k3", "det_no_fill")}
+    # The configuration's quartiles relative to the baseline's median: 29/20 and 31/20 ms.
+    assert timed.loc[("mediumcnn_k5", "det_full"), ["overhead_lo", "overhead_pct", "overhead_hi"]].tolist() == \
+        pytest.approx([45.0, 50.0, 55.0])
+    assert timed.loc[("smallcnn", "det_full"), "baseline_ms"] == 10.0
+    table = overhead.overhead_table(results)
+    assert table.index.tolist() == ["smallcnn", "mediumcnn_k5", "mediumcnn_k3"]  # fastest baseline first
+    assert table.columns.tolist() == ["baseline median (ms)", "det_full", "det_no_fill"]
+    assert table.loc["smallcnn"].tolist() == [10.0, 10.0, 5.0] and np.isnan(table.loc["mediumcnn_k3", "det_full"])
+    assert overhead.model_order(results) == ["smallcnn", "mediumcnn_k5", "mediumcnn_k3"]
+
+
+def test_cost_numbers_as_the_prose_glues_them():
+    numbers = overhead.cost_numbers(_sweep_rows())
+    assert numbers == {
+        "n_models": "3", "n_steps": "15",
+        "det_full_median": "+30.0 %", "det_full_min": "+10.0 %", "det_full_max": "+50.0 %",
+        "det_no_fill_median": "+5.0 %",
+        "baseline_iqr_median": "10 %", "baseline_iqr_max": "20 %",  # (q3 - q1) / median: 2/20, 2/10, 2/40
+        "bf16_min": "n/a", "bf16_max": "n/a",  # not in this sweep
+        "not_applicable": "tf32", "n_unsupported": "1",
+    }
+
+
+def test_kernel_size_numbers_and_captions():
+    results = _sweep_rows()
+    assert overhead.kernel_size_rows(results)["k"].tolist() == [5, 5, 3]
+    assert overhead.kernel_size_numbers(results) == {
+        "first": "3", "first_det_full": "n/a", "first_det_no_fill": "+5.0 %",
+        "last": "5", "last_det_full": "+50.0 %", "last_det_no_fill": "+5.0 %",
+    }
+    manifest = {"environment": {"cpu_model": "Test CPU", "torch": "2.14.1"}}
+    text = overhead.overhead_caption(results, manifest, "cpu-1t")
+    assert text.endswith("n = 15 timed steps per configuration; cpu-1t (Test CPU, torch 2.14.1); batch 8 at 32x32 "
+                         "pixels, 1000 classes.")
+    assert overhead.kernel_size_caption(results, "cpu-1t").endswith("n = 15 timed steps per configuration; cpu-1t.")
+
+
+def test_across_hardware_reads_every_complete_sweep(tmp_path):
+    results = _sweep_rows()
+    overhead.write_results(results, tmp_path, env={})
+    overhead.write_results(results.assign(hardware="cuda-x", overhead_pct=results["overhead_pct"] * 2), tmp_path,
+                           env={})
+    (tmp_path / "overhead" / "cuda-y").mkdir()  # an interrupted sweep: no manifest, not read
+    sweeps = overhead.read_all(tmp_path)
+    assert list(sweeps) == overhead.hardware_labels(tmp_path) == ["cpu-1t", "cuda-x"]
+    table = overhead.across_hardware(sweeps)
+    assert table.columns.tolist() == [("det_full", "cpu-1t"), ("det_full", "cuda-x"), ("det_no_fill", "cpu-1t"),
+                                      ("det_no_fill", "cuda-x")]
+    assert table.loc["mediumcnn_k5"].tolist() == [50.0, 100.0, 5.0, 10.0]
+    assert overhead.hardware_note(sweeps) == "the store holds 2 label(s): cpu-1t, cuda-x."
+    assert overhead.hardware_note(["cpu-1t"]).endswith("Only one so far: the comparison fills in as GPU sweeps are "
+                                                       "added.")
+
+
+def test_unsupported_ops_join_the_sweep_and_torchs_list():
+    doc = """Sets whether ...
+    The following normally-nondeterministic operations will throw a
+    :class:`RuntimeError` when ``mode=True``:
+
+        * :class:`torch.nn.AdaptiveAvgPool2d` when attempting to differentiate a CUDA tensor
+        * :func:`torch.Tensor.put_` when ``accumulate=True``
+        * :func:`torch.histc`
+        * :class:`torch.nn.EmbeddingBag` when attempting to differentiate a CUDA tensor when
+          ``mode='max'``
+        * :class:`torch.nn.CTCLoss` when:
+            - a CUDA tensor
+            - ``reduction='none'``
+
+    In addition, several operations fill uninitialized memory ...
+    """
+    documented = overhead.documented_ops(doc, "2.14.1+cpu")
+    assert documented["op"].tolist() == ["torch.nn.AdaptiveAvgPool2d", "torch.Tensor.put_", "torch.histc",
+                                         "torch.nn.EmbeddingBag", "torch.nn.CTCLoss"]
+    assert documented["condition"].tolist() == [
+        "when attempting to differentiate a CUDA tensor", "when accumulate=True", "always",
+        "when attempting to differentiate a CUDA tensor when mode='max'", "when: a CUDA tensor, reduction='none'"]
+    assert documented["device"].tolist() == ["CUDA", "any", "any", "CUDA", "CUDA"]
+    assert set(documented["source"]) == {"torch 2.14.1 docs"}
+    assert documented["in this study"].iloc[0] == "vgg16, vgg19 (7x7 pooling, GPU)"
+    table = overhead.unsupported_ops(_sweep_rows(), "cpu-1t", documented)
+    assert table.index.tolist()[:2] == ["max_unpool", "torch.nn.AdaptiveAvgPool2d"]
+    assert table.loc["max_unpool"].tolist() == ["RuntimeError: max_unpool does not have ...", "sweep (cpu-1t)", "cpu",
+                                                "mediumcnn_k3"]
+
+
+def _report(l2_final, *, first_step=1, diverged=True, groups=True, flipped=(0, 1)):
+    """A stand-in for locate.DivergenceReport with what the chapter reads from it."""
+    from types import SimpleNamespace
+
+    history = pd.DataFrame({"epoch": [0, 1, 2], "weight_l2": [0.0, 1.23e-7, l2_final], "n_disagree": [0, 0, 3],
+                            "disagreement": [0.0, 0.0, 3 / 359]})
+    flips = pd.DataFrame({"label": [0, 1], "n_test": [180, 179], "n_flipped": list(flipped),
+                          "accuracy_a": [0.9, 0.8], "accuracy_b": [0.9, 0.81234]})
+    return SimpleNamespace(
+        history=history, flips=flips, subgroups=flips.assign(group=[1, 0]) if groups else None,
+        steps_per_epoch=12, replicas={"A": {"threads": 1}, "B": {"threads": 2}}, first_step=first_step,
+        describe_first_op=lambda: "aten.mm.default in head.5 (backward)", first_op={"index": 54}, traced_ops=137,
+        differing_ops=9, first_step_parts={"loss": False, "gradients": True, "weights": True},
+        initial_difference=["features.0.weight[3]"], diverged=diverged, steps_run=240)
+
+
+def test_divergence_numbers_and_caption():
+    reports = {"threads": _report(2.1e-5), "ulp": _report(4.4e-4, first_step=0),
+               "impl": _report(0.0, diverged=False)}
+    numbers = overhead.divergence_numbers(reports)
+    assert numbers == {
+        "steps_per_epoch": "12", "threads_a": "1", "threads_b": "2", "threads_step": "1",
+        "threads_op": "aten.mm.default in head.5 (backward)", "threads_op_index": "54 of 137",
+        "threads_ops_differ": "9", "threads_parts": "gradients, weights",
+        "threads_l2_epoch1": "1.2e-07", "threads_l2_final": "2.1e-05", "threads_flips": "3 of 359",
+        "threads_flips_pct": "0.84%",
+        "ulp_l2_epoch1": "1.2e-07", "ulp_l2_final": "4.4e-04", "ulp_flips": "3 of 359", "ulp_flips_pct": "0.84%",
+        "ulp_weight": "features.0.weight[3]", "impl_result": "no divergence", "impl_steps": "240",
+    }
+    reports["impl"] = _report(1e-9, first_step=7)
+    assert overhead.divergence_numbers(reports)["impl_result"] == "diverged at step 7"
+    assert overhead.divergence_caption(reports, 20, "digits_groups", "smallcnn").endswith(
+        "n = 2 replicas per factor, 240 steps; cpu, threads 1 (and 2 for replica B under threads); "
+        "digits_groups/smallcnn.")
+
+
+def test_flipped_table_keeps_the_rows_with_a_flip():
+    table = overhead.flipped_table({"threads": _report(1e-5), "ulp": _report(1e-5, flipped=(2, 0))})
+    assert table.index.names == ["factor", "label", "group"]
+    assert table.index.tolist() == [("threads", 1, 0), ("ulp", 0, 1)]
+    assert table.loc[("threads", 1, 0)].tolist() == [179, 1, 0.8, 0.812]  # rounded to 3 decimals
+    no_groups = overhead.flipped_table({"threads": _report(1e-5, groups=False)})
+    assert no_groups.index.names == ["factor", "label"]
+    assert overhead.flipped_table({"impl": _report(0.0, flipped=(0, 0))}) == \
+        "no test prediction differs at the end for any factor"
+
+
+def test_the_package_exports_what_it_defines():
+    """`from nnrandomness import overhead; overhead.X` keeps working for every public name of its modules."""
+    modules = {"report", "results", "run", "sweeps", "timing"}
+    public = {n for n in dir(overhead) if not n.startswith("_")} - modules
+    assert set(overhead.__all__) == public
+    assert callable(overhead.sweep) and callable(overhead.main)  # functions, not the submodules of similar names

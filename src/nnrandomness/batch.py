@@ -26,7 +26,6 @@ too, with papermill's timings removed so that the same run gives the same file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -38,6 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from .executed import keep as keep_executed
+from .executed import read as read_notebook
 
 KERNEL_START_RETRIES = 3  # extra tries of a job whose kernel did not start
 RETRY_PAUSE = 1.0  # seconds between tries: lets a port race between parallel kernel starts pass
@@ -197,8 +199,7 @@ def run_job(job, *, retries: int = KERNEL_START_RETRIES, gpu: str | None = None)
             if kind != "kernel-start" or attempt > retries or time.monotonic() + RETRY_PAUSE >= deadline:
                 break
             time.sleep(RETRY_PAUSE)
-        if (nb := _read_notebook(executed)) is not None:
-            write_executed(nb, job.executed)
+        keep_executed(executed, job.executed)
     if kind == "ok":
         from . import store
 
@@ -227,20 +228,12 @@ def _papermill(job, executed: Path, params: Path, env: dict, deadline: float) ->
     if proc.returncode == 0:
         return "ok", ""
     last_line = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "no output")
-    nb = _read_notebook(executed)
+    nb = read_notebook(executed)
     if nb is None and executed.exists():
         return "error", f"{last_line} (and the executed notebook is unreadable)"
     if nb is None or not any(c.get("metadata", {}).get("papermill", {}).get("start_time") for c in nb["cells"]):
         return "kernel-start", last_line  # no cell began: the kernel never came up (or papermill could not start)
     return "error", _cell_error(nb) or last_line
-
-
-def _read_notebook(path: Path) -> dict | None:
-    """The notebook papermill wrote, or None (absent; or cut short by a kill while it was saving)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _cell_error(nb: dict) -> str | None:
@@ -251,42 +244,6 @@ def _cell_error(nb: dict) -> str | None:
                 evalue = " / ".join(line.strip() for line in str(out.get("evalue")).splitlines() if line.strip())
                 return f"In [{cell.get('execution_count')}]: {out.get('ename')}: {evalue}"
     return None
-
-
-# ----------------------------------------------------------------------------- executed notebooks
-# What papermill and nbclient record that changes from run to run (and says nothing about results).
-_RUN_DEPENDENT_NOTEBOOK_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path")
-_RUN_DEPENDENT_CELL_KEYS = ("start_time", "end_time", "duration")
-
-
-def strip_notebook(nb: dict) -> dict:
-    """Remove papermill's and nbclient's timings and paths; give papermill's own cells stable ids.
-
-    Kept: parameters, papermill's version and exception flags, each cell's status; everything the
-    cells printed.
-    """
-    meta = nb.get("metadata", {}).get("papermill", {})
-    for key in _RUN_DEPENDENT_NOTEBOOK_KEYS:
-        meta.pop(key, None)
-    for cell in nb["cells"]:
-        cell.get("metadata", {}).pop("execution", None)  # nbclient's iopub timestamps
-        for key in _RUN_DEPENDENT_CELL_KEYS:
-            cell.get("metadata", {}).get("papermill", {}).pop(key, None)
-    # papermill inserts the injected-parameters cell and error cells with random ids.
-    for tag in ("injected-parameters", "papermill-error-cell-tag"):
-        tagged = [c for c in nb["cells"] if tag in c.get("metadata", {}).get("tags", [])]
-        for i, cell in enumerate(tagged):
-            cell["id"] = tag if i == 0 else f"{tag}-{i}"
-    return nb
-
-
-def write_executed(nb: dict, target: Path) -> None:
-    """Strip `nb` and write it to `target` atomically (a killed runner never leaves half a file)."""
-    nb = strip_notebook(nb)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")  # as nbformat writes
-    os.replace(tmp, target)
 
 
 # ----------------------------------------------------------------------------- backends

@@ -40,6 +40,8 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from . import executed
+
 # ----------------------------------------------------------------------------- settings
 STATIC = "_static"
 MATHJAX_DIR = "mathjax"  # vendored MathJax under _static/ (see its README)
@@ -53,9 +55,6 @@ KERNEL_ENV = {
 }
 CELL_TIMEOUT_S = 600  # per cell; the whole `make book` must fit in 10 minutes on 2 cores
 JOBS = 2  # notebooks executed at once: one single-threaded kernel per core of the 2-core target
-# Notebook metadata that records when or how long a run took, never what it computed.
-RUN_METADATA = ("papermill", "widgets")  # notebook level
-CELL_RUN_METADATA = ("execution", "papermill", "ExecuteTime")  # cell level
 
 
 # ----------------------------------------------------------------------------- the toc
@@ -108,15 +107,6 @@ def select(notebooks: list[Path], root: Path, only: list[str]) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- execution
-def strip_run_metadata(nb) -> None:
-    """Remove metadata that records the run (timestamps, durations), not its results."""
-    for key in RUN_METADATA:
-        nb.metadata.pop(key, None)
-    for cell in nb.cells:
-        for key in CELL_RUN_METADATA:
-            cell.metadata.pop(key, None)
-
-
 class KernelStartError(RuntimeError):
     """The kernel did not start (no cell ran): worth one retry, unlike an error in a cell."""
 
@@ -132,8 +122,7 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT_S, failed_dir: Path
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    before = path.read_text(encoding="utf-8")
-    nb = nbformat.reads(before, as_version=4)
+    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
     started = []  # cells that began to run: none means the kernel never came up
     client = NotebookClient(
         nb,
@@ -148,23 +137,14 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT_S, failed_dir: Path
             client.execute(env={**os.environ, **KERNEL_ENV}, **({"stderr": log} if log else {}))
         except CellExecutionError:
             if failed_dir is not None:
-                failed_dir.mkdir(parents=True, exist_ok=True)
-                strip_run_metadata(nb)
-                nbformat.write(nb, str(failed_dir / path.name))
+                executed.write(executed.strip(nb, parameters=False), failed_dir / path.name)
             raise
         except Exception as e:
             if not started:
                 raise KernelStartError(f"the kernel did not start: {e!r}") from e
             raise
-    strip_run_metadata(nb)
-    after = nbformat.writes(nb)
-    after += "" if after.endswith("\n") else "\n"  # as nbformat.write and Jupyter save it
-    if after == before:
-        return False
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(after, encoding="utf-8")
-    tmp.replace(path)
-    return True
+    # Only a changed file is written: a second build on the same machine leaves git status clean.
+    return executed.write(executed.strip(nb, parameters=False), path)
 
 
 def execute_all(root: Path, notebooks: list[Path], jobs: int = JOBS) -> None:

@@ -42,6 +42,10 @@ import pandas as pd
 
 __all__ = [
     "BUNDLE_NAME",
+    "COST_COLORS",
+    "COST_CONFIGURATIONS",
+    "COST_REFERENCES",
+    "DIVERGENCE_COLORS",
     "MAX_ROWS",
     "RENDERER",
     "SETTING_COLORS",
@@ -49,8 +53,13 @@ __all__ = [
     "bundle_header",
     "caption",
     "chart_id",
+    "cost_color",
+    "cost_configurations",
+    "divergence_chart",
     "enable",
     "figure_name",
+    "kernel_size_chart",
+    "overhead_chart",
     "render",
     "setting_color",
     "setting_scale",
@@ -331,3 +340,115 @@ def glue_figure(chapter: str, slug: str, chart, text: str, *, n: int, hardware: 
     name = figure_name(chapter, slug)
     glue(name, chart, display=False)
     glue(f"{name}-caption", caption(text, n=n, hardware=hardware, cell=cell), display=False)
+
+
+# ---- cost of determinism
+# Builders of the cost chapter (30_determinism_cost): the overhead sweep per model and per
+# MediumCNN kernel size, and how far two replicas drift apart.
+COST_CONFIGURATIONS = ("det_full", "det_no_fill", "bf16")  # shown, in this order, when the sweep has them
+COST_COLORS = ("#D55E00", "#009E73", "#0072B2")  # Okabe-Ito, given to the configurations present in order
+# Where the paper's maximum GPU overheads and the memory fill's reported share sit on the axis.
+COST_REFERENCES = {
+    "paper max, P100: 746 %": 746,
+    "paper max, V100: 241 %": 241,
+    "paper max, T4: 196 %": 196,
+    "memory fill, Megatron-LM: ~15 %": 15,
+}
+# symlog: the CPU's noise around 0 % (negative too) and the paper's 746 % on one axis.
+_COST_SCALE = {"type": "symlog", "constant": 10, "domain": [-100, 1000]}
+DIVERGENCE_COLORS = ("#CC79A7", "#000000", "#E69F00")  # factors of the divergence search, in their order
+
+
+def cost_configurations(configurations: Iterable[str]) -> list[str]:
+    """The configurations of `COST_CONFIGURATIONS` among `configurations`, in that order."""
+    present = set(configurations)
+    return [c for c in COST_CONFIGURATIONS if c in present]
+
+
+def cost_color(configurations: list[str]) -> alt.Color:
+    """``color=`` of the configurations shown (from :func:`cost_configurations`)."""
+    scale = alt.Scale(domain=configurations, range=list(COST_COLORS)[: len(configurations)])
+    return alt.Color("configuration:N", sort=configurations, title="configuration", scale=scale)
+
+
+def _step_tooltips(*extra: alt.Tooltip) -> list:
+    """Tooltips of one timed configuration: overhead, median and quartiles of its step times."""
+    return ["model:N", "configuration:N", alt.Tooltip("overhead_pct:Q", title="overhead %", format="+.1f"),
+            alt.Tooltip("median_ms:Q", title="median step (ms)", format=".1f"),
+            alt.Tooltip("q1_ms:Q", title="IQR low (ms)", format=".1f"),
+            alt.Tooltip("q3_ms:Q", title="IQR high (ms)", format=".1f"), *extra,
+            alt.Tooltip("n_steps:Q", title="timed steps")]
+
+
+def overhead_chart(timed: pd.DataFrame, model_order: list[str], hardware: str) -> alt.LayerChart:
+    """Overhead % of each configuration per model (dot) with its step times' IQR relative to the
+    baseline's median (bar), on a symmetric log axis with the reference overheads dashed.
+
+    ``timed``: one row per model x configuration with ``overhead_pct``, ``overhead_lo``,
+    ``overhead_hi``, ``median_ms``, ``q1_ms``, ``q3_ms``, ``n_steps``, ``baseline_ms``.
+    """
+    configurations = cost_configurations(timed["configuration"])
+    plot = tidy_limit(timed[["model", "configuration", "overhead_pct", "overhead_lo", "overhead_hi", "median_ms",
+                             "q1_ms", "q3_ms", "n_steps", "baseline_ms"]])
+    tips = _step_tooltips(alt.Tooltip("baseline_ms:Q", title="baseline median (ms)", format=".1f"))
+    x_scale = alt.Scale(**_COST_SCALE)
+    base_layer = alt.Chart(plot).encode(y=alt.Y("model:N", sort=model_order, title=None),
+                                        yOffset=alt.YOffset("configuration:N", sort=configurations),
+                                        color=cost_color(configurations), tooltip=tips)
+    iqr = base_layer.mark_rule(strokeWidth=2).encode(x=alt.X("overhead_lo:Q", scale=x_scale), x2="overhead_hi:Q")
+    points = base_layer.mark_point(filled=True, size=60).encode(
+        x=alt.X("overhead_pct:Q", scale=x_scale, title="overhead over the baseline (%, symmetric log scale)",
+                axis=alt.Axis(values=[-100, -50, -10, 0, 10, 50, 100, 200, 500, 1000])))
+    refs = pd.DataFrame({"overhead_pct": list(COST_REFERENCES.values()), "label": list(COST_REFERENCES)})
+    ref_x, ref_tips = alt.X("overhead_pct:Q", scale=x_scale), [alt.Tooltip("label:N", title="reference")]
+    rules = alt.Chart(refs).mark_rule(strokeDash=[4, 3], color="#555555").encode(x=ref_x, tooltip=ref_tips)
+    labels = alt.Chart(refs).mark_text(angle=270, align="right", baseline="bottom", dx=-4, dy=-2, fontSize=10,
+                                       color="#555555").encode(x=ref_x, y=alt.value(0), text="label:N",
+                                                               tooltip=ref_tips)
+    zero = alt.Chart(pd.DataFrame({"overhead_pct": [0]})).mark_rule(color="black").encode(x=ref_x)
+    return alt.layer(zero, rules, labels, iqr, points).properties(
+        width=520, height=alt.Step(12), title=f"Step-time overhead per model and configuration ({hardware})")
+
+
+def kernel_size_chart(medium: pd.DataFrame, configurations: Iterable[str], hardware: str) -> alt.Chart:
+    """MediumCNN(k): overhead % against kernel size ``k`` per configuration (line and dots) with
+    the IQR bars; a :func:`missing_chart` when the sweep has no MediumCNN. ``configurations``:
+    those of the whole sweep, so that colours match :func:`overhead_chart`."""
+    if not len(medium):
+        return missing_chart(f"no MediumCNN models in the {hardware} sweep")
+    shown = cost_configurations(configurations)
+    offset = alt.XOffset("configuration:N", sort=shown)
+    k_base = alt.Chart(tidy_limit(medium)).encode(
+        x=alt.X("k:O", title="kernel size k", axis=alt.Axis(labelAngle=0)), color=cost_color(shown),
+        tooltip=_step_tooltips())
+    return alt.layer(
+        alt.Chart(pd.DataFrame({"y": [0]})).mark_rule(color="black").encode(y="y:Q"),
+        k_base.mark_line(point=True).encode(y=alt.Y("overhead_pct:Q", title="overhead over the baseline (%)"),
+                                            xOffset=offset),
+        k_base.mark_rule(strokeWidth=2).encode(y="overhead_lo:Q", y2="overhead_hi:Q", xOffset=offset),
+    ).properties(width=360, height=220, title=f"MediumCNN(k): overhead against kernel size ({hardware})")
+
+
+def divergence_chart(histories: dict[str, pd.DataFrame], title: str) -> alt.HConcatChart:
+    """Two replica pairs' drift per epoch, one line per factor (the keys of ``histories``, each a
+    divergence history with ``epoch``, ``step``, ``weight_l2``, ``n_disagree``, ``disagreement``,
+    ``accuracy_a``, ``accuracy_b``): weight distance on a log axis (zero distances have no point),
+    and the share of test predictions that differ."""
+    factors = list(histories)
+    history = pd.concat([h.assign(factor=name) for name, h in histories.items()], ignore_index=True)
+    color = alt.Color("factor:N", sort=factors, title="factor",
+                      scale=alt.Scale(domain=factors, range=list(DIVERGENCE_COLORS)))
+    tips = ["factor:N", "epoch:Q", "step:Q", alt.Tooltip("weight_l2:Q", title="weight L2", format=".3g"),
+            alt.Tooltip("n_disagree:Q", title="predictions that differ"),
+            alt.Tooltip("disagreement:Q", title="disagreement", format=".2%"),
+            alt.Tooltip("accuracy_a:Q", title="accuracy A", format=".2%"),
+            alt.Tooltip("accuracy_b:Q", title="accuracy B", format=".2%")]
+    x = alt.X("epoch:Q", title="epoch")
+    l2 = alt.Chart(tidy_limit(history[history.weight_l2 > 0])).mark_line(point=True).encode(
+        x=x, y=alt.Y("weight_l2:Q", scale=alt.Scale(type="log"), title="L2 distance between the weights (log)",
+                     axis=alt.Axis(format=".0e")),
+        color=color, tooltip=tips).properties(width=300, height=220, title="Weight distance")
+    disagree = alt.Chart(tidy_limit(history)).mark_line(point=True).encode(
+        x=x, y=alt.Y("disagreement:Q", title="test predictions that differ", axis=alt.Axis(format=".2%")),
+        color=color, tooltip=tips).properties(width=300, height=220, title="Prediction disagreement")
+    return alt.hconcat(l2, disagree).properties(title=title)

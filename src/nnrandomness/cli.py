@@ -13,7 +13,7 @@ import sys
 SUBCOMMANDS = {
     "run": ("nnrandomness.batch", "run a plan of papermill jobs (local pool, GPUs or Ray)"),
     "locate": ("nnrandomness.locate", "find when and where two replicas that should agree diverge"),
-    "overhead": ("nnrandomness.overhead", "time deterministic against non-deterministic training steps"),
+    "overhead": ("nnrandomness.overhead.run", "time deterministic against non-deterministic training steps"),
 }
 
 
