@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from nnrandomness import PAPER_SETTINGS, batch, cli, plan
-from nnrandomness.plan import PARAMETERS, PlanError, check_parameters, load_plan
+from nnrandomness.params import PARAMETERS, check_parameters
+from nnrandomness.plan import PlanError, load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "10_training.ipynb"
@@ -128,8 +129,8 @@ def test_notebook_defaults_are_valid_and_tiny():
         ({"lr_milestones": [0]}, (), "lr_milestones must be a list of positive epoch numbers"),
         ({"lr": "4e-3"}, (), "lr must be a number, got '4e-3' (YAML reads 2e-3 as a string: write 0.002)"),
         ({"augment": "yes"}, (), "augment must be true/false, got 'yes'"),
-        ({"settings": ["AUG"], "augment": False}, (), "setting AUG: setting 'AUG' varies only augmentation"),
-        ({"dataset": "cifar10"}, (), "setting CONTROL: dataset 'cifar10' not found"),
+        ({"settings": ["AUG"], "augment": False}, (), "setting 'AUG' varies only augmentation"),
+        ({"dataset": "cifar10"}, (), "dataset 'cifar10' not found"),
     ],
 )
 def test_check_parameters_refuses(changes, unknown, message):
