@@ -190,15 +190,15 @@ def test_ray_backend_gives_the_same_bits(reference, tmp_path):
 # ----------------------------------------------------------------------------- failures
 FAILING_BODY = '''
 import time
-from nnrandomness import plan, run_cell
+from nnrandomness import ReplicaSpec, params, run_cell
 
 if settings == ["ALGO"]:
     raise RuntimeError("boom")
 if settings == ["IMPL"]:
     time.sleep(600)
 if settings == ["CONTROL"]:  # trains for real; any other setting does nothing
-    values = {name: globals()[name] for name in plan.PARAMETERS}
-    run_cell(plan.replica_spec(values, "CONTROL", 0), replicas, output_root, hardware)
+    values = params.from_namespace(globals())
+    run_cell(ReplicaSpec.from_parameters(values, "CONTROL"), replicas, output_root, hardware)
 '''
 
 
