@@ -253,7 +253,8 @@ class TestFailures:
         (tmp_path / "site").mkdir()
         (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
         counter = tmp_path / "failures"
-        monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+        # In front of the caller's path, which may hold the sources under test (a worktree's src/).
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
         monkeypatch.setenv("NNR_TEST_KERNEL_FAILURES", str(counter))
         one = [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL"]}]
         path = variant(tmp_path, cells=one, replicas=1, epochs=1)
