@@ -123,7 +123,8 @@ def test_rerunning_a_finished_plan_does_no_work(reference):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     code, out = run(SMOKE, "--workers", 2, *roots(base))
     assert code == 0 and "0 done, 2 skipped, 0 failed" in out, out
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(p for p in base.rglob("*") if p.is_file())} == before
+    files = sorted(p for p in base.rglob("*") if p.is_file())
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
     code, out = run(SMOKE, "--dry-run", *roots(base))
     assert code == 0 and "2 jobs, 2 complete, 0 to run" in out
 
@@ -132,7 +133,8 @@ def test_another_recipe_on_the_same_store_is_refused(reference, tmp_path, capsys
     _, _, base = reference
     code, _ = run(variant(tmp_path, epochs=4), *roots(base))
     assert code == 2
-    assert "replica-0 in the store was trained with another recipe (epochs: stored 3, planned 4)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "replica-0 in the store was trained with another recipe (epochs: stored 3, planned 4)" in err
 
 
 def test_killed_plan_resumes_to_the_same_bits(reference, tmp_path):
@@ -244,7 +246,8 @@ class TestFailures:
         assert "replicas [0] are not complete in the store" in " ".join(jobs["cpu-1t/digits/smallcnn/ORDER"])
         assert "1 done, 0 skipped, 3 failed" in out
         executed = tmp_path / "executed" / "cpu-1t/digits/smallcnn"
-        assert sorted(p.name for p in executed.iterdir()) == ["ALGO.ipynb", "CONTROL.ipynb", "IMPL.ipynb", "ORDER.ipynb"]
+        kept = sorted(p.name for p in executed.iterdir())
+        assert kept == ["ALGO.ipynb", "CONTROL.ipynb", "IMPL.ipynb", "ORDER.ipynb"]
         errors = [o for c in nbformat.read(str(executed / "ALGO.ipynb"), as_version=4).cells
                   for o in c.get("outputs", []) if o.output_type == "error"]
         assert [(e.ename, e.evalue) for e in errors] == [("RuntimeError", "boom")]
@@ -285,7 +288,8 @@ class TestFailures:
         errors = [o for c in nbformat.read(str(out), as_version=4).cells for o in c.get("outputs", [])
                   if o.output_type == "error"]
         assert len(errors) == 1 and errors[0].ename == "ValueError"
-        assert "unknown parameter 'epoch'" in errors[0].evalue and "settings must be a list, got 'CONTROL'" in errors[0].evalue
+        assert "unknown parameter 'epoch'" in errors[0].evalue
+        assert "settings must be a list, got 'CONTROL'" in errors[0].evalue
         assert not (tmp_path / "runs").exists()
 
 

@@ -76,7 +76,8 @@ def test_nondeterministic_mode_turns_benchmark_on_and_tf32_sets_new_api():
         eff = record["effective"]
         assert not eff["deterministic_algorithms"] and eff["cudnn_benchmark"]
         assert eff["cuda_matmul_fp32_precision"] == "tf32" and eff["cudnn_conv_fp32_precision"] == "tf32"
-    assert torch.backends.cuda.matmul.fp32_precision != "tf32" or noise._read_flags()["cuda_matmul_fp32_precision"] == "tf32"
+    matmul = noise._read_flags()["cuda_matmul_fp32_precision"]
+    assert torch.backends.cuda.matmul.fp32_precision != "tf32" or matmul == "tf32"
 
 
 def test_flags_restored_after_an_exception():

@@ -144,7 +144,7 @@ def test_the_check_runs_again_after_run_all(tmp_path):
     kernel: the later cells' names (cells, curves, final, ...) are not taken for unknown parameters."""
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source += '\nsettings = ["CONTROL"]\nreplicas = 1\nepochs = 1\nlr_milestones = []\noutput_root = "%s"' % tmp_path
+    cell.source += f'\nsettings = ["CONTROL"]\nreplicas = 1\nepochs = 1\nlr_milestones = []\noutput_root = "{tmp_path}"'
     index = next(i for i, c in enumerate(nb.cells) if c.source == check_cell_source())
     client = NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(ROOT / "notebooks")}})
     with client.setup_kernel():

@@ -4,15 +4,20 @@
 each with `help` as its comment (a test compares them, and papermill's `--help-notebook` prints
 them). Everything that handles the notebook's parameters reads this module:
 
-* the plan expander (`plan`) takes the recipe's defaults (`RECIPE_DEFAULTS`) and judges every value
-  a plan writes with `value_error` / `name_error`, naming the key where it was written;
-* the notebook checks the values it was given with `from_namespace` (`check_parameters`), which
-  also refuses names that are no parameter (papermill only warns when it injects one);
-* `train.ReplicaSpec` takes its recipe defaults from here and `train.validate_spec` judges the
-  spec's fields with the same checks, so that a value is refused by one rule wherever it enters.
+* the plan expander (`plan`) takes the recipe's defaults (`RECIPE_DEFAULTS`), judges every value a
+  plan writes with `value_error` / `name_error` (naming the key where it was written), each job's
+  setting against its recipe with `setting_error`, and derives the hardware label with `hardware`;
+* the notebook reads and checks its values with `from_namespace` (`check_parameters`), which also
+  refuses names that are no parameter (papermill only warns when it injects one) and reports what
+  this machine lacks; it derives its hardware label with `hardware` too;
+* `train.ReplicaSpec` takes its recipe defaults from here, is built from the parameters by
+  `ReplicaSpec.from_parameters` (the notebook's and the runner's one mapping), and
+  `train.validate_spec` judges the spec's fields with these same rules.
 
-Each value is checked by one function here; only the backend's precision check lives with the
-backend (`noise.precision_error`), because `noise.configure_determinism` needs it too.
+The spec is built in `train`, not here: this module stands below `train` and knows nothing of the
+spec class; the fields are named like the parameters, so the mapping holds no list of its own.
+Each rule is written once, here, except the precision's: it lives with the backend
+(`noise.precision_error`), which must refuse an unknown precision too.
 """
 
 from __future__ import annotations
@@ -210,7 +215,8 @@ def check_parameters(values: Mapping, *, unknown=(), check_machine: bool = True)
     errors = []
     if unknown:
         errors.append(f"unknown parameter {', '.join(map(repr, sorted(unknown)))}: papermill injected it or a "
-                      f"parameter is misspelt; valid parameters: {', '.join(PARAMETERS)}")
+                      "parameter is misspelt (a name of your own that holds plain data: start it with _); "
+                      f"valid parameters: {', '.join(PARAMETERS)}")
     errors += [f"missing parameter {n!r} ({p.help})" for n, p in PARAMETERS.items() if n not in values]
     errors += [f"unknown parameter {n!r}; valid parameters: {', '.join(PARAMETERS)}" for n in values
                if n not in PARAMETERS]
