@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 import torch
@@ -189,3 +191,10 @@ def test_from_namespace_returns_the_checked_values_read_only():
     assert dict(values) == valid()
     with pytest.raises(TypeError):
         values["epochs"] = 1  # type: ignore[index]
+
+
+def test_unknown_names_are_the_plain_data_that_is_no_parameter():
+    """What papermill or a parameter line can bind is suspect; objects later cells bind are not."""
+    namespace = {"epochs": 3, "epoch": 3, "lrs": [1, 2.5], "opts": {"a": None}, "_mine": 1, "In": ["x"], "Out": {},
+                 "frame": pd.DataFrame(), "math": math, "specs": {"CONTROL": train.ReplicaSpec()}, "fn": len}
+    assert params.unknown_names(namespace, PARAMETERS) == {"epoch", "lrs", "opts"}

@@ -255,16 +255,24 @@ def _machine_errors(values: Mapping) -> list[str]:
 def from_namespace(namespace: Mapping, *, check_machine: bool = True) -> Mapping:
     """The parameters' values read from the notebook's namespace (`globals()`), checked; read-only.
 
-    Every other public name bound to plain data (what a parameter line or papermill can assign:
-    text, numbers, true/false, None, lists and dicts of them) is refused as an unknown parameter:
-    papermill only warns when it injects `-p epoch 5`. The notebook's later cells bind only other
-    objects (frames, specs), so that re-running this check after "Run all" passes.
+    Other names are refused as unknown parameters by `unknown_names`'s rule: papermill only warns
+    when it injects `-p epoch 5`.
     """
-    unknown = {name for name, value in namespace.items() if not name.startswith("_") and name not in PARAMETERS
-               and name not in _IPYTHON_NAMES and _plain(value)}
     values = {n: namespace[n] for n in PARAMETERS if n in namespace}
-    check_parameters(values, unknown=unknown, check_machine=check_machine)
+    check_parameters(values, unknown=unknown_names(namespace, PARAMETERS), check_machine=check_machine)
     return MappingProxyType(values)
+
+
+def unknown_names(namespace: Mapping, parameters) -> set[str]:
+    """The public names of a notebook's `namespace` that hold plain data and are not `parameters`.
+
+    Plain data is what a parameter line or papermill can assign: text, numbers, true/false, None,
+    lists and dicts of them. A notebook's later cells bind other objects (frames, specs, modules),
+    so that its check passes again when re-run after "Run all"; IPython's history (In, Out) is no
+    parameter either.
+    """
+    return {name for name, value in namespace.items() if not name.startswith("_") and name not in parameters
+            and name not in _IPYTHON_NAMES and _plain(value)}
 
 
 # IPython's own names in a kernel's namespace: its input and output history.
