@@ -34,13 +34,9 @@ import altair as alt
 import pandas as pd
 
 import nnrandomness as nr
-from nnrandomness import charts, plan
+from nnrandomness import charts, params
 
 charts.enable()  # offline charts with stable ids (the book serves Vega itself)
-
-# Names defined so far; any other name that appears before the validation cell and is not a
-# parameter was injected by papermill (which only warns about it) or mistyped in the parameters.
-_names_before_parameters = set(globals())
 
 # %% [markdown]
 # ## Parameters
@@ -63,39 +59,15 @@ device = "cpu"  # torch device: cpu, cuda, cuda:1, ...
 threads = 1  # torch intra-op CPU threads (a tooling factor: it changes CPU bits)
 precision = "fp32"  # fp32, tf32 or bf16
 eval_batch_size = 500  # test examples per evaluation batch (fixed: batch composition changes float results)
-data_root = ""  # root of the real datasets; "" = $NNRANDOMNESS_DATA
-output_root = ""  # the run store; "" = a fresh temporary directory
-hardware = ""  # hardware label, a path component of the store; "" = derived from device and threads
+data_root = ""  # root of the real datasets; empty: $NNRANDOMNESS_DATA
+output_root = ""  # the run store; empty: a fresh temporary directory
+hardware = ""  # hardware label, a path component of the store; empty: derived from device and threads
 
 # %%
-# Refuse unknown names, wrong types and invalid values before any training (this cell assumes the
-# notebook runs top to bottom: a name defined by a later cell also counts as unknown here).
-parameters = dict(
-    dataset=dataset,
-    model=model,
-    settings=settings,
-    replicas=replicas,
-    epochs=epochs,
-    batch_size=batch_size,
-    lr=lr,
-    lr_milestones=lr_milestones,
-    dropout=dropout,
-    augment=augment,
-    base_seed=base_seed,
-    device=device,
-    threads=threads,
-    precision=precision,
-    eval_batch_size=eval_batch_size,
-    data_root=data_root,
-    output_root=output_root,
-    hardware=hardware,
-)
-plan.check_parameters(
-    parameters,
-    unknown={name for name in globals() if not name.startswith("_")} - _names_before_parameters
-    - set(plan.PARAMETERS) - {"parameters"},
-)
-hardware = hardware or nr.hardware_label(device, threads)
+# Refuse unknown or misspelt names (papermill only warns), wrong types, invalid values and a device this
+# machine lacks before any training; the rules are the plans' (nnrandomness.params).
+parameters = params.from_namespace(globals())
+hardware = params.hardware(parameters)
 # A temporary store by default: re-executing this chapter (nbval, the book) never touches data/runs.
 output_root = output_root or tempfile.mkdtemp(prefix="nnrandomness-runs-")
 print(f"hardware label: {hardware}")
@@ -143,8 +115,8 @@ pd.DataFrame(
 # `<hardware>/<dataset>/<model>/<setting>/replica-<k>/`.
 
 # %%
-# plan.replica_spec is the one mapping from these parameters to a ReplicaSpec (the runner's too).
-specs = {s: plan.replica_spec(parameters, s, 0) for s in settings}
+# The one mapping from these parameters to a ReplicaSpec (the runner's too).
+specs = {s: nr.ReplicaSpec.from_parameters(parameters, s) for s in settings}
 # As text: a column of mixed types would print adam_eps=1e-7 as 0.0.
 pd.Series(specs[settings[0]].to_dict(), name="value").drop(["setting", "replica", "data_root"]).map(str).to_frame()
 

@@ -123,7 +123,8 @@ def test_rerunning_a_finished_plan_does_no_work(reference):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     code, out = run(SMOKE, "--workers", 2, *roots(base))
     assert code == 0 and "0 done, 2 skipped, 0 failed" in out, out
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(p for p in base.rglob("*") if p.is_file())} == before
+    files = sorted(p for p in base.rglob("*") if p.is_file())
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
     code, out = run(SMOKE, "--dry-run", *roots(base))
     assert code == 0 and "2 jobs, 2 complete, 0 to run" in out
 
@@ -132,7 +133,8 @@ def test_another_recipe_on_the_same_store_is_refused(reference, tmp_path, capsys
     _, _, base = reference
     code, _ = run(variant(tmp_path, epochs=4), *roots(base))
     assert code == 2
-    assert "replica-0 in the store was trained with another recipe (epochs: stored 3, planned 4)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "replica-0 in the store was trained with another recipe (epochs: stored 3, planned 4)" in err
 
 
 def test_killed_plan_resumes_to_the_same_bits(reference, tmp_path):
@@ -190,15 +192,15 @@ def test_ray_backend_gives_the_same_bits(reference, tmp_path):
 # ----------------------------------------------------------------------------- failures
 FAILING_BODY = '''
 import time
-from nnrandomness import plan, run_cell
+from nnrandomness import ReplicaSpec, params, run_cell
 
 if settings == ["ALGO"]:
     raise RuntimeError("boom")
 if settings == ["IMPL"]:
     time.sleep(600)
 if settings == ["CONTROL"]:  # trains for real; any other setting does nothing
-    values = {name: globals()[name] for name in plan.PARAMETERS}
-    run_cell(plan.replica_spec(values, "CONTROL", 0), replicas, output_root, hardware)
+    values = params.from_namespace(globals())
+    run_cell(ReplicaSpec.from_parameters(values, "CONTROL"), replicas, output_root, hardware)
 '''
 
 
@@ -244,7 +246,8 @@ class TestFailures:
         assert "replicas [0] are not complete in the store" in " ".join(jobs["cpu-1t/digits/smallcnn/ORDER"])
         assert "1 done, 0 skipped, 3 failed" in out
         executed = tmp_path / "executed" / "cpu-1t/digits/smallcnn"
-        assert sorted(p.name for p in executed.iterdir()) == ["ALGO.ipynb", "CONTROL.ipynb", "IMPL.ipynb", "ORDER.ipynb"]
+        kept = sorted(p.name for p in executed.iterdir())
+        assert kept == ["ALGO.ipynb", "CONTROL.ipynb", "IMPL.ipynb", "ORDER.ipynb"]
         errors = [o for c in nbformat.read(str(executed / "ALGO.ipynb"), as_version=4).cells
                   for o in c.get("outputs", []) if o.output_type == "error"]
         assert [(e.ename, e.evalue) for e in errors] == [("RuntimeError", "boom")]
@@ -253,7 +256,8 @@ class TestFailures:
         (tmp_path / "site").mkdir()
         (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
         counter = tmp_path / "failures"
-        monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+        # In front of the caller's path, which may hold the sources under test (a worktree's src/).
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
         monkeypatch.setenv("NNR_TEST_KERNEL_FAILURES", str(counter))
         one = [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL"]}]
         path = variant(tmp_path, cells=one, replicas=1, epochs=1)
@@ -284,7 +288,8 @@ class TestFailures:
         errors = [o for c in nbformat.read(str(out), as_version=4).cells for o in c.get("outputs", [])
                   if o.output_type == "error"]
         assert len(errors) == 1 and errors[0].ename == "ValueError"
-        assert "unknown parameter 'epoch'" in errors[0].evalue and "settings must be a list, got 'CONTROL'" in errors[0].evalue
+        assert "unknown parameter 'epoch'" in errors[0].evalue
+        assert "settings must be a list, got 'CONTROL'" in errors[0].evalue
         assert not (tmp_path / "runs").exists()
 
 

@@ -26,6 +26,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The torch device types the project trains on ("cuda:1" is of type "cuda").
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def device_type(device) -> str | None:
+    """The type of a torch device string ("cuda" for "cuda:1"); None when torch cannot parse it."""
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        return None
+
+
 def gpu_name(device: str | torch.device) -> str | None:
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
@@ -60,7 +72,8 @@ def git_commit(path: str | Path | None = None) -> str | None:
         if sha.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10,
         )
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

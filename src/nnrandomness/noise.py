@@ -179,11 +179,25 @@ def _set_fp32_precision(tf32: bool) -> None:
         backend.fp32_precision = "tf32" if tf32 else "ieee"
 
 
+def precision_error(precision) -> str | None:
+    """Why `precision` is not one of `PRECISIONS` (None when it is): the one check of a precision.
+
+    Here, not with the notebook's parameters, because `configure_determinism` would otherwise treat
+    an unknown precision as fp32 without a word.
+    """
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}"
+    return None
+
+
 def validate_backend(cfg: BackendConfig) -> None:
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {cfg.precision!r}; valid precisions: {', '.join(PRECISIONS)}")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {cfg.threads!r}")
+    """Refuse a precision or cuBLAS workspace this module does not know before touching any flag.
+
+    The thread count is judged where it enters (`params`, the plan, the CLIs); torch itself refuses
+    one that is not a positive integer.
+    """
+    if e := precision_error(cfg.precision):
+        raise ValueError(e)
     if cfg.cublas_workspace_config not in (None, ":4096:8", ":16:8"):
         raise ValueError(
             f"unknown CUBLAS_WORKSPACE_CONFIG {cfg.cublas_workspace_config!r}; valid: None, ':4096:8', ':16:8'"

@@ -24,12 +24,14 @@ so executed notebooks do not depend on where the repository is checked out; Ray 
 hosts need the same directory (shared storage), as they need the same store.
 
 A plan expands into one `Job` per hardware x dataset x model x setting: one papermill execution
-of the notebook that trains that setting's replicas. The hardware label is derived per job from
-device and threads (`environment.hardware_label`) unless the recipe gives `hardware`.
+of the notebook that trains that setting's replicas. The recipe keys are the notebook's parameters
+(`params`: their types, defaults and rules); the hardware label is derived per job from device and
+threads (`params.hardware`) unless the recipe gives `hardware`.
 
 `load_plan` validates the whole plan before returning it: unknown keys, wrong types, unknown
-names, non-positive counts, every job's `ReplicaSpec` (`train.validate_spec`), missing datasets
-(`data.check_dataset`), duplicated jobs and the notebook's parameters cell. Every problem is
+names, non-positive counts (each value by its parameter's rule, `params.value_error`), every
+job's setting against its recipe (`params.setting_error`), missing datasets (`data.check_dataset`),
+duplicated jobs and the notebook's parameters cell. Every problem is
 collected and raised together as a `PlanError`, each message naming its place in the plan
 (e.g. ``cells[1].settings[2]``) and the valid choices. This module reads files only; running
 jobs is `batch`'s concern.
@@ -40,41 +42,12 @@ from __future__ import annotations
 import ast
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
-from . import data, environment, models, noise, store, train
-
-# ----------------------------------------------------------------------------- notebook parameters
-# The training notebook's parameters: its cell tagged `parameters` defines exactly these names (a
-# test checks it), and every job passes all of them. name -> (accepted types, meaning and units).
-PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
-    "dataset": ((str,), "a name in data.LOADERS"),
-    "model": ((str,), "a name in models.MODELS"),
-    "settings": ((list,), "names in noise.SETTINGS; one cell of the study each"),
-    "replicas": ((int,), "replicas per setting, indices 0 .. replicas-1"),
-    "epochs": ((int,), "training epochs"),
-    "batch_size": ((int,), "training examples per step"),
-    "lr": ((float, int), "Adam learning rate"),
-    "lr_milestones": ((list,), "epochs at which the learning rate is multiplied by 0.1"),
-    "dropout": ((float, int), "dropout probability before the last layer, in [0, 1)"),
-    "augment": ((bool,), "pad-and-crop (+ flip where the dataset allows) augmentation"),
-    "base_seed": ((int,), "root of every per-source seed"),
-    "device": ((str,), "cpu, cuda, cuda:1, ..."),
-    "threads": ((int,), "torch intra-op CPU threads (changes CPU bits: part of the hardware label)"),
-    "precision": ((str,), f"one of {', '.join(noise.PRECISIONS)}"),
-    "eval_batch_size": ((int,), "test examples per evaluation batch (fixed: it changes float results)"),
-    "data_root": ((str,), 'root of the real datasets; "" = $NNRANDOMNESS_DATA'),
-    "output_root": ((str,), 'the run store; "" = a fresh temporary directory'),
-    "hardware": ((str,), 'hardware label (a path component of the store); "" = from device and threads'),
-}
-# Lower bounds of the numeric parameters (what validate_spec also enforces, checked here first so
-# that a plan's message can name the key where the value was written).
-MINIMUM = {"replicas": 1, "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "threads": 1, "base_seed": 0}
+from . import data, environment, params, store, train
 
 # ----------------------------------------------------------------------------- plan schema
 PLAN_KEYS = {
@@ -91,7 +64,7 @@ REQUIRED_PLAN_KEYS = ("name", "notebook", "output_root", "executed_root", "cells
 # A cell's axes name its jobs (one per dataset x model x setting); the notebook's other parameters
 # form the recipe, except output_root, which is the plan's.
 AXES = ("datasets", "models", "settings")
-RECIPE_KEYS = [k for k in PARAMETERS if k not in ("dataset", "model", "settings", "output_root")]
+RECIPE_KEYS = [k for k in params.PARAMETERS if k not in ("dataset", "model", "settings", "output_root")]
 CELL_KEYS = [*AXES, *RECIPE_KEYS, "timeout"]
 DEFAULT_TIMEOUT = 3600.0  # seconds per job when the plan gives none
 
@@ -137,10 +110,10 @@ class Job:
 
     @property
     def uses_gpu(self) -> bool:
-        return _device_type(self.parameters["device"]) == "cuda"
+        return environment.device_type(self.parameters["device"]) == "cuda"
 
     def spec(self, replica: int) -> train.ReplicaSpec:
-        return replica_spec(self.parameters, self.setting, replica)
+        return train.ReplicaSpec.from_parameters(self.parameters, self.setting, replica)
 
     def replica_dir(self, replica: int) -> Path:
         """Where the job's replica lives in the run store."""
@@ -155,117 +128,7 @@ class Plan:
     jobs: list[Job]
 
 
-# ----------------------------------------------------------------------------- shared checks
-def _device_type(device: str) -> str | None:
-    try:
-        return torch.device(device).type
-    except (RuntimeError, TypeError):
-        return None
-
-
-def replica_spec(parameters: dict, setting: str, replica: int) -> train.ReplicaSpec:
-    """The `ReplicaSpec` the training notebook builds from its parameters for one replica."""
-    return train.ReplicaSpec(
-        dataset=parameters["dataset"],
-        model=parameters["model"],
-        setting=setting,
-        replica=replica,
-        epochs=parameters["epochs"],
-        batch_size=parameters["batch_size"],
-        lr=parameters["lr"],
-        lr_milestones=tuple(parameters["lr_milestones"]),
-        dropout=parameters["dropout"],
-        augment=parameters["augment"],
-        base_seed=parameters["base_seed"],
-        device=parameters["device"],
-        threads=parameters["threads"],
-        precision=parameters["precision"],
-        eval_batch_size=parameters["eval_batch_size"],
-        data_root=parameters["data_root"] or None,
-    )
-
-
-def _type_name(types: tuple[type, ...]) -> str:
-    if float in types:  # integers are numbers too
-        return "a number"
-    return {bool: "true/false", int: "an integer", str: "a string", list: "a list"}[types[0]]
-
-
-def value_error(name: str, value) -> str | None:
-    """Why `value` is not a valid value of notebook parameter `name` (None when it is).
-
-    Checks type (bool is not an integer here), list elements, lower bounds and names that must be
-    registered; the recipe as a whole is `train.validate_spec`'s to judge.
-    """
-    types, _ = PARAMETERS[name]
-    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        hint = " (YAML reads 2e-3 as a string: write 0.002)" if isinstance(value, str) and float in types else ""
-        return f"must be {_type_name(types)}, got {value!r}{hint}"
-    if float in types and not math.isfinite(value):
-        return f"must be a finite number, got {value!r}"
-    if name in MINIMUM and value < MINIMUM[name]:
-        return f"must be an integer >= {MINIMUM[name]}, got {value!r}"
-    if name == "lr" and value <= 0:
-        return f"must be a positive number, got {value!r}"
-    if name == "dropout" and not 0 <= value < 1:
-        return f"must be in [0, 1), got {value!r}"
-    if name == "lr_milestones":
-        bad = [m for m in value if isinstance(m, bool) or not isinstance(m, int) or m < 1]
-        if bad:
-            return f"must be a list of positive epoch numbers, got {value!r}"
-    if name == "settings":
-        if not value:
-            return "must name at least one setting"
-        return next((e for s in value if (e := name_error("settings", s))), None)
-    if name == "precision" and value not in noise.PRECISIONS:
-        return f"unknown precision {value!r}; valid precisions: {', '.join(noise.PRECISIONS)}"
-    if name == "device" and _device_type(value) not in train.DEVICE_TYPES:
-        return f"unknown device {value!r}; valid devices: {', '.join(train.DEVICE_TYPES)} (optionally ':index')"
-    if name in ("dataset", "model"):
-        return name_error(name + "s", value)
-    if name == "hardware" and not re.fullmatch(r"[A-Za-z0-9._+-]*", value):
-        return f"must be a path-safe label (letters, digits, . _ + -), got {value!r}"
-    return None
-
-
-def name_error(axis: str, value) -> str | None:
-    """Why `value` is not a registered dataset / model / setting name (None when it is)."""
-    registry = {"datasets": data.LOADERS, "models": models.MODELS, "settings": noise.SETTINGS}[axis]
-    what = axis[:-1]
-    if not isinstance(value, str):
-        return f"must be a {what} name (a string), got {value!r}"
-    if value not in registry:
-        return f"unknown {what} {value!r}; valid {axis}: {', '.join(registry)}"
-    return None
-
-
-def check_parameters(values: dict, *, unknown=(), check_data: bool = True) -> None:
-    """Raise ValueError naming every problem with the training notebook's parameters.
-
-    values: parameter name -> value, all of `PARAMETERS`. unknown: other names the caller found
-    (papermill only warns when it injects a name the notebook does not define). Each setting's
-    replica 0 goes through `train.validate_spec`; with check_data, so do the dataset's files.
-    """
-    if unknown:
-        errors = [f"unknown parameter {', '.join(map(repr, sorted(unknown)))}: papermill injected it, a parameter "
-                  "is misspelt, or a later cell ran before this check (restart the kernel and run all); "
-                  f"valid parameters: {', '.join(PARAMETERS)}"]
-    else:
-        errors = []
-    errors += [f"missing parameter {n!r} ({PARAMETERS[n][1]})" for n in PARAMETERS if n not in values]
-    errors += [f"unknown parameter {n!r}; valid parameters: {', '.join(PARAMETERS)}" for n in values
-               if n not in PARAMETERS]
-    errors += [f"{n} {e}" for n in PARAMETERS if n in values and (e := value_error(n, values[n]))]
-    if not errors:
-        for setting in values["settings"]:
-            try:
-                train.validate_spec(replica_spec(values, setting, 0), check_data=check_data)
-            except (ValueError, FileNotFoundError) as e:
-                errors.append(f"setting {setting}: {e}")
-    if errors:
-        raise ValueError("invalid notebook parameters:\n  " + "\n  ".join(errors))
-
-
+# ----------------------------------------------------------------------------- the notebook
 def notebook_parameter_names(path: Path) -> list[str]:
     """The names the notebook's cell tagged `parameters` assigns (read from the .ipynb, not run)."""
     nb = json.loads(Path(path).read_text())
@@ -309,7 +172,7 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
 
     Three passes, each run only when the one before found nothing (a bad default would
     otherwise be reported again by every job): the plan's own keys and values; each job's
-    recipe (`train.validate_spec`) and hardware label; the datasets' files.
+    setting against its recipe (`params.setting_error`) and hardware label; the datasets' files.
     """
     if not isinstance(raw, dict):
         raise PlanError(str(path), [f"the plan must be a mapping of keys ({', '.join(PLAN_KEYS)}), got {raw!r}"])
@@ -351,23 +214,20 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
     problems: dict[tuple[str, str], list[str]] = {}  # (cell, message) -> job names
     for i, cell in enumerate(cells):
         where = f"cells[{i}]"
-        recipe = {**_RECIPE_DEFAULTS, **defaults, **{k: v for k, v in cell.items() if k in RECIPE_KEYS}}
+        recipe = {**params.RECIPE_DEFAULTS, **defaults, **{k: v for k, v in cell.items() if k in RECIPE_KEYS}}
         for dataset in cell["datasets"]:
             for model in cell["models"]:
                 for setting in cell["settings"]:
-                    params = {**recipe, "dataset": dataset, "model": model, "settings": [setting],
+                    values = {**recipe, "dataset": dataset, "model": model, "settings": [setting],
                               "output_root": str(raw["output_root"])}
-                    params["hardware"], problem = _hardware(params, check_data)
+                    values["hardware"], problem = _hardware(values, check_data)
                     job = Job(
-                        params["hardware"], dataset, model, setting, params, notebook,
-                        executed_root / params["hardware"] / dataset / model / f"{setting}.ipynb",
+                        values["hardware"], dataset, model, setting, values, notebook,
+                        executed_root / values["hardware"] / dataset / model / f"{setting}.ipynb",
                         float(overrides.get("timeout") or cell.get("timeout", timeout)), where, cwd,
                     )
-                    found = [problem] if problem else []
-                    try:
-                        train.validate_spec(job.spec(0), check_data=False)
-                    except ValueError as e:
-                        found.append(str(e))
+                    # Each value was judged in the first pass; what is left is the setting against the recipe.
+                    found = [e for e in (problem, params.setting_error(setting, values)) if e]
                     if job.name in jobs:
                         found.append(f"the same job as {jobs[job.name].origin}; a store cell can be planned once "
                                      "(remove one, or give one of them another hardware label)")
@@ -392,26 +252,6 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
     return Plan(str(raw["name"]), path, str(raw.get("description", "")), list(jobs.values()))
 
 
-# What a plan that leaves a recipe key out gets: `ReplicaSpec`'s default (the paper's SmallCNN
-# recipe), never the notebook's tiny preset; threads is pinned to 1 rather than left to torch.
-_SPEC = train.ReplicaSpec()
-_RECIPE_DEFAULTS = {
-    "epochs": _SPEC.epochs,
-    "batch_size": _SPEC.batch_size,
-    "lr": _SPEC.lr,
-    "lr_milestones": list(_SPEC.lr_milestones),
-    "dropout": _SPEC.dropout,
-    "augment": _SPEC.augment,
-    "base_seed": _SPEC.base_seed,
-    "device": _SPEC.device,
-    "threads": 1,  # explicit: the thread count is a tooling factor, never "whatever torch picks"
-    "precision": _SPEC.precision,
-    "eval_batch_size": _SPEC.eval_batch_size,
-    "data_root": "",
-    "hardware": "",
-}
-
-
 def _timeout_error(value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         return f"must be a positive number of seconds, got {value!r}"
@@ -423,7 +263,7 @@ def _recipe_errors(recipe: dict, where: str, allowed) -> list[str]:
     for key, value in recipe.items():
         if key not in allowed:
             errors.append(f"{where}: unknown key {key!r}; valid keys: {', '.join(allowed)}")
-        elif key in RECIPE_KEYS and (e := value_error(key, value)):  # the axes: see _cell_errors
+        elif key in RECIPE_KEYS and (e := params.value_error(key, value)):  # the axes: see _cell_errors
             errors.append(f"{where}.{key} {e}")
     return errors
 
@@ -439,7 +279,8 @@ def _cell_errors(cell: dict, where: str) -> list[str]:
         elif not isinstance(values, list) or not values:
             errors.append(f"{where}.{axis} must be a non-empty list, got {values!r}")
         else:
-            errors += [f"{where}.{axis}[{j}] {e}" for j, v in enumerate(values) if (e := name_error(axis, v))]
+            errors += [f"{where}.{axis}[{j}] {e}" for j, v in enumerate(values)
+                       if (e := params.name_error(axis[:-1], v))]  # datasets[j] names a dataset
             if len(set(map(str, values))) < len(values):
                 errors.append(f"{where}.{axis} lists a name twice: {values!r}")
     return errors
@@ -452,19 +293,16 @@ def _notebook_errors(notebook: Path) -> list[str]:
         names = notebook_parameter_names(notebook)
     except (ValueError, SyntaxError, KeyError, json.JSONDecodeError) as e:
         return [f"notebook {str(notebook)!r}: cannot read its parameters cell: {e}"]
-    if sorted(names) != sorted(PARAMETERS):
+    if sorted(names) != sorted(params.PARAMETERS):
         return [f"notebook {str(notebook)!r}: its parameters cell defines {sorted(names)}, the runner passes "
-                f"{sorted(PARAMETERS)}"]
+                f"{sorted(params.PARAMETERS)}"]
     return []
 
 
-def _hardware(params: dict, check_data: bool) -> tuple[str, str | None]:
-    """The job's hardware label and a problem, if any: given, else derived from device and threads."""
-    if params["hardware"]:
-        return params["hardware"], None
-    if _device_type(params["device"]) == "cuda" and not torch.cuda.is_available():
-        # The label names the GPU model, which only a machine with the GPU can read.
-        problem = (f"cannot derive the hardware label of device {params['device']!r} on a machine without CUDA; "
-                   "run the plan on the GPU host or give hardware: in the plan") if check_data else None
-        return "cuda", problem
-    return environment.hardware_label(params["device"], params["threads"]), None
+def _hardware(values: dict, check_data: bool) -> tuple[str, str | None]:
+    """The job's hardware label (`params.hardware`) and a problem, if any."""
+    try:
+        return params.hardware(values), None
+    except ValueError as e:  # a CUDA device on a machine without CUDA
+        # With check_data off (a GPU plan inspected on a laptop) the jobs get a placeholder label.
+        return "cuda", (f"{e} (hardware: in the plan)" if check_data else None)

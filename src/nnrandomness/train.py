@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -24,34 +25,38 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from . import environment, models, noise
+from . import environment, models, noise, params
 
 # ----------------------------------------------------------------------------- the recipe
-DEVICE_TYPES = ("cpu", "cuda", "mps")
+_RECIPE = params.RECIPE_DEFAULTS  # the defaults of the fields that are notebook parameters: one definition
 
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    """Everything that defines one replica. Defaults: the paper's SmallCNN recipe on digits."""
+    """Everything that defines one replica. Defaults: the paper's SmallCNN recipe on digits.
+
+    The fields named like the training notebook's parameters mean what `params` says they mean,
+    take their defaults from it and are judged by its rules (`validate_spec`).
+    """
 
     dataset: str = "digits"  # a name in data.LOADERS
     model: str = "smallcnn"  # a name in models.MODELS
     setting: str = "CONTROL"  # a name in noise.SETTINGS
     replica: int = 0  # replica index k >= 0 (seeds of varied sources derive from it)
-    epochs: int = 20  # training epochs
-    batch_size: int = 128  # training examples per step
-    lr: float = 4e-4  # Adam learning rate (paper: 4e-4)
-    lr_milestones: tuple[int, ...] = (50, 100)  # epochs at which lr is multiplied by lr_decay
+    epochs: int = _RECIPE["epochs"]
+    batch_size: int = _RECIPE["batch_size"]
+    lr: float = _RECIPE["lr"]  # paper: 4e-4
+    lr_milestones: tuple[int, ...] = tuple(_RECIPE["lr_milestones"])  # epochs: lr *= lr_decay
     lr_decay: float = 0.1  # paper: 4e-4 for epochs 0-49, 4e-5 for 50-99, 4e-6 after
     adam_eps: float = 1e-7  # Keras' Adam epsilon, as in the paper's code
     weight_decay: float = 0.0  # L2 coefficient added to the loss as wd * ||w||^2 (Keras l2)
-    dropout: float = 0.0  # dropout before the last layer (the paper uses none)
-    augment: bool = False  # pad-and-crop (+ flip where the dataset allows) on the device
-    base_seed: int = 0  # root of every per-source seed
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
-    threads: int | None = 1  # torch intra-op threads (a tooling factor: it changes CPU bits)
-    precision: str = "fp32"  # fp32, tf32 or bf16 (autocast)
-    eval_batch_size: int = 500  # fixed: batch composition changes float results
+    dropout: float = _RECIPE["dropout"]  # the paper uses none
+    augment: bool = _RECIPE["augment"]
+    base_seed: int = _RECIPE["base_seed"]
+    device: str = _RECIPE["device"]
+    threads: int | None = _RECIPE["threads"]  # None leaves torch's thread count alone
+    precision: str = _RECIPE["precision"]
+    eval_batch_size: int = _RECIPE["eval_batch_size"]
     data_root: str | None = None  # real datasets' root (else $NNRANDOMNESS_DATA)
     fill_uninitialized_memory: bool | None = None  # None: torch's default with the flag
     cublas_workspace_config: str | None = None  # recorded factor; None leaves it unset
@@ -62,15 +67,24 @@ class ReplicaSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ReplicaSpec":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            valid = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise ValueError(f"unknown spec field(s) {sorted(unknown)}; valid fields: {valid}")
-        d = dict(d)
-        if "lr_milestones" in d:
-            d["lr_milestones"] = tuple(d["lr_milestones"])
-        return cls(**d)
+    def from_parameters(cls, values: Mapping, setting: str, replica: int = 0) -> "ReplicaSpec":
+        """The spec of one replica of `setting` under the training notebook's parameters `values`.
+
+        The one mapping from parameters to a spec: the notebook and the runner (`plan.Job.spec`) use it.
+        """
+        fields = {n: values[n] for n in _PARAMETER_FIELDS}
+        fields.update(lr_milestones=tuple(values["lr_milestones"]), data_root=values["data_root"] or None)
+        return cls(**fields, setting=setting, replica=replica)
+
+    def parameters(self) -> dict:
+        """The notebook parameters this spec's fields hold, written as the notebook writes them."""
+        values = {n: getattr(self, n) for n in _PARAMETER_FIELDS}
+        milestones = self.lr_milestones
+        values.update(settings=[self.setting], data_root=self.data_root or "",
+                      lr_milestones=list(milestones) if isinstance(milestones, (tuple, list)) else milestones)
+        if self.threads is None:  # a spec may leave torch's thread count alone; a notebook may not
+            del values["threads"]
+        return values
 
     @property
     def noise(self) -> noise.NoiseSetting:
@@ -86,46 +100,29 @@ class ReplicaSpec:
         )
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+# The notebook parameters that are fields of the spec under the same name.
+_PARAMETER_FIELDS = [n for n in params.PARAMETERS if n in {f.name for f in dataclasses.fields(ReplicaSpec)}]
 
 
 def validate_spec(spec: ReplicaSpec, check_data: bool = True) -> None:
-    """Raise a clear ValueError (or FileNotFoundError for missing data) before any work."""
-    setting = noise.get_setting(spec.setting)
-    models.check_model(spec.model)
-    _check_int("epochs", spec.epochs, 1)
-    _check_int("batch_size", spec.batch_size, 1)
-    _check_int("eval_batch_size", spec.eval_batch_size, 1)
-    _check_int("replica", spec.replica, 0)
-    _check_int("base_seed", spec.base_seed, 0)
-    for name in ("lr", "lr_decay"):
-        if not isinstance(getattr(spec, name), (int, float)) or getattr(spec, name) <= 0:
-            raise ValueError(f"{name} must be a positive number, got {getattr(spec, name)!r}")
-    if not isinstance(spec.weight_decay, (int, float)) or spec.weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {spec.weight_decay!r}")
-    if not all(isinstance(m, int) and m > 0 for m in spec.lr_milestones):
-        raise ValueError(f"lr_milestones must be positive epoch numbers, got {spec.lr_milestones!r}")
-    if not isinstance(spec.dropout, (int, float)) or not 0.0 <= spec.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {spec.dropout!r}")
-    if not isinstance(spec.augment, bool):
-        raise ValueError(f"augment must be true or false, got {spec.augment!r}")
-    noise.validate_backend(spec.backend())
-    try:
-        device_type = torch.device(spec.device).type
-    except (RuntimeError, TypeError):
-        device_type = None
-    if device_type not in DEVICE_TYPES:
-        raise ValueError(f"unknown device {spec.device!r}; valid devices: {', '.join(DEVICE_TYPES)} (optionally ':index')")
-    # A single-source preset whose source is switched off in the recipe would silently equal
-    # CONTROL: refuse it.
-    if "dropout" in setting.varied and setting.varied == {"dropout"} and spec.dropout == 0:
-        raise ValueError(f"setting {spec.setting!r} varies only dropout, but the recipe has dropout=0")
-    if setting.varied == {"aug"} and not spec.augment:
-        raise ValueError(f"setting {spec.setting!r} varies only augmentation, but the recipe has augment=False")
-    if spec.dataset not in data_mod.LOADERS:
-        raise ValueError(f"unknown dataset {spec.dataset!r}; valid datasets: {', '.join(data_mod.LOADERS)}")
+    """Raise a clear ValueError (or FileNotFoundError for missing data) before any work.
+
+    The fields that are notebook parameters are judged by the parameters' own rules (`params`), so
+    that a value is refused by one rule wherever it enters; the spec's other fields here.
+    """
+    values = spec.parameters()
+    errors = params.value_errors(values)
+    if e := params.integer_error(spec.replica, 0):
+        errors.append(f"replica {e}")
+    if isinstance(spec.lr_decay, bool) or not isinstance(spec.lr_decay, (int, float)) or not spec.lr_decay > 0:
+        errors.append(f"lr_decay must be a positive number, got {spec.lr_decay!r}")
+    if isinstance(spec.weight_decay, bool) or not isinstance(spec.weight_decay, (int, float)) or spec.weight_decay < 0:
+        errors.append(f"weight_decay must be >= 0, got {spec.weight_decay!r}")
+    if not errors and (e := params.setting_error(spec.setting, values)):
+        errors.append(e)
+    if errors:
+        raise ValueError("; ".join(errors))
+    noise.validate_backend(spec.backend())  # the cuBLAS workspace setting
     if check_data:  # files on disk (skipped when the caller passes the loaded data)
         data_mod.check_dataset(spec.dataset, spec.data_root)
 

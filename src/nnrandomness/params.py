@@ -1,0 +1,301 @@
+"""The training notebook's parameters: the one definition of their names, types, defaults and checks.
+
+`notebooks/10_training` assigns exactly these names in its cell tagged `parameters`, one per line,
+each with `help` as its comment (a test compares them, and papermill's `--help-notebook` prints
+them). Everything that handles the notebook's parameters reads this module:
+
+* the plan expander (`plan`) takes the recipe's defaults (`RECIPE_DEFAULTS`), judges every value a
+  plan writes with `value_error` / `name_error` (naming the key where it was written), each job's
+  setting against its recipe with `setting_error`, and derives the hardware label with `hardware`;
+* the notebook reads and checks its values with `from_namespace` (`check_parameters`), which also
+  refuses names that are no parameter (papermill only warns when it injects one) and reports what
+  this machine lacks; it derives its hardware label with `hardware` too;
+* `train.ReplicaSpec` takes its recipe defaults from here, is built from the parameters by
+  `ReplicaSpec.from_parameters` (the notebook's and the runner's one mapping), and
+  `train.validate_spec` judges the spec's fields with these same rules.
+
+The spec is built in `train`, not here: this module stands below `train` and knows nothing of the
+spec class; the fields are named like the parameters, so the mapping holds no list of its own.
+Each rule is written once, here, except the precision's: it lives with the backend
+(`noise.precision_error`), which must refuse an unknown precision too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+
+from . import data, environment, models, noise
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of the training notebook."""
+
+    name: str
+    types: tuple[type, ...]  # accepted types (bool is never an integer here)
+    help: str  # meaning and units: the parameters cell's comment on this name's line, word for word
+    # What a plan that leaves the key out gets: the paper's SmallCNN recipe, never the notebook's
+    # tiny preset. None: every plan gives it (the axes, replicas, output_root).
+    default: object = None
+    check: Callable[[object], str | None] | None = None  # the value's own rule, once its type is right
+
+
+# ----------------------------------------------------------------------------- the rules of one value
+def integer_error(value, minimum: int) -> str | None:
+    """Why `value` is not an integer >= minimum (None when it is); bool is no integer here."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        return f"must be an integer >= {minimum}, got {value!r}"
+    return None
+
+
+def _integer(minimum: int) -> Callable[[object], str | None]:
+    # A float such as 2.5 is judged by this rule, not by the type check: the message names the range.
+    return lambda value: integer_error(value, minimum)
+
+
+# What the name parameters name, by kind: dataset, model, setting.
+REGISTRIES: dict[str, Mapping] = {"dataset": data.LOADERS, "model": models.MODELS, "setting": noise.SETTINGS}
+
+
+def name_error(what: str, value) -> str | None:
+    """Why `value` is not the name of a registered `what` (dataset, model, setting); None when it is."""
+    if not isinstance(value, str):
+        return f"must be a {what} name (a string), got {value!r}"
+    if value not in REGISTRIES[what]:
+        return f"unknown {what} {value!r}; valid {what}s: {', '.join(REGISTRIES[what])}"
+    return None
+
+
+def _registered(what: str) -> Callable[[object], str | None]:
+    return lambda value: name_error(what, value)
+
+
+def _positive(value) -> str | None:
+    return None if value > 0 else f"must be a positive number, got {value!r}"
+
+
+def _probability(value) -> str | None:
+    return None if 0 <= value < 1 else f"must be in [0, 1), got {value!r}"
+
+
+def _milestones(value) -> str | None:
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in value):
+        return f"must be a list of positive epoch numbers, got {value!r}"
+    return None
+
+
+def _settings(value) -> str | None:
+    if not value:
+        return "must name at least one setting"
+    return next((e for s in value if (e := name_error("setting", s))), None)
+
+
+def _device(value) -> str | None:
+    if environment.device_type(value) not in environment.DEVICE_TYPES:
+        return f"unknown device {value!r}; valid devices: {', '.join(environment.DEVICE_TYPES)} (optionally ':index')"
+    return None
+
+
+def _path_safe(value) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9._+-]*", value):
+        return f"must be a path-safe label (letters, digits, . _ + -), got {value!r}"
+    return None
+
+
+# ----------------------------------------------------------------------------- the parameters
+# In the order of the parameters cell. The help texts hold no "=": papermill's inspector cannot
+# parse a line with two of them (it warns "Unable to parse line N" and leaves the name out).
+PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
+    Parameter("dataset", (str,), "a name in data.LOADERS: digits (embedded), digits_groups, cifar10, ...",
+              check=_registered("dataset")),
+    Parameter("model", (str,), "a name in models.MODELS: smallcnn, smallcnn_bn, resnet18, ...",
+              check=_registered("model")),
+    Parameter("settings", (list,), "noise settings to train, one cell of the study each", check=_settings),
+    Parameter("replicas", (int,), "replicas per setting, indices 0 .. replicas-1", check=_integer(1)),
+    Parameter("epochs", (int,), "training epochs", 20, _integer(1)),
+    Parameter("batch_size", (int,), "training examples per step", 128, _integer(1)),
+    Parameter("lr", (float, int), "Adam learning rate", 4e-4, _positive),  # the paper's
+    Parameter("lr_milestones", (list,), "epochs at which the learning rate is multiplied by 0.1", [50, 100],
+              _milestones),
+    Parameter("dropout", (float, int), "dropout probability before the last layer, in [0, 1)", 0.0, _probability),
+    Parameter("augment", (bool,), "pad-and-crop augmentation on the device (+ flips for photos)", False),
+    Parameter("base_seed", (int,), "root of every per-source seed", 0, _integer(0)),
+    Parameter("device", (str,), "torch device: cpu, cuda, cuda:1, ...", "cpu", _device),
+    # Pinned to 1 rather than left to torch: the thread count is a tooling factor that changes bits.
+    Parameter("threads", (int,), "torch intra-op CPU threads (a tooling factor: it changes CPU bits)", 1,
+              _integer(1)),
+    Parameter("precision", (str,), "fp32, tf32 or bf16", "fp32", noise.precision_error),
+    Parameter("eval_batch_size", (int,),
+              "test examples per evaluation batch (fixed: batch composition changes float results)", 500,
+              _integer(1)),
+    Parameter("data_root", (str,), "root of the real datasets; empty: $NNRANDOMNESS_DATA", ""),
+    Parameter("output_root", (str,), "the run store; empty: a fresh temporary directory"),
+    Parameter("hardware", (str,), "hardware label, a path component of the store; empty: derived from device and "
+              "threads", "", _path_safe),
+)}
+# A plan's recipe where it leaves keys out (read-only: every job shares it).
+RECIPE_DEFAULTS = MappingProxyType({n: p.default for n, p in PARAMETERS.items() if p.default is not None})
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    if float in types:  # integers are numbers too
+        return "a number"
+    return {bool: "true/false", int: "an integer", str: "a string", list: "a list"}[types[0]]
+
+
+def _type_hint(name: str, types: tuple[type, ...], value) -> str:
+    """What to write instead, for the text a YAML file or papermill's -p gives where a number or list is due."""
+    if not isinstance(value, str):
+        return ""
+    if float in types:
+        return " (YAML reads 2e-3 as a string: write 0.002)"
+    if list in types:
+        try:
+            written = value if isinstance(json.loads(value), list) else "[...]"
+        except ValueError:
+            written = "[...]"
+        return f" (papermill's -p passes text: give a list with -y '{name}: {written}')"
+    return ""
+
+
+def value_error(name: str, value) -> str | None:
+    """Why `value` is not a valid value of parameter `name` (None when it is): its type, then its rule.
+
+    A value is judged alone; the recipe as a whole (a setting against the recipe) is `setting_error`'s.
+    """
+    p = PARAMETERS[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if (isinstance(value, bool) and bool not in p.types) or not isinstance(value, p.types):
+        if not (number and p.types == (int,)):  # a float for an integer: the rule names the range
+            return f"must be {_type_name(p.types)}, got {value!r}{_type_hint(name, p.types, value)}"
+    if float in p.types and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    return p.check(value) if p.check else None
+
+
+def value_errors(values: Mapping) -> list[str]:
+    """A message for every parameter in `values` whose value is invalid (other names are ignored).
+
+    "epochs must be ...": the name leads, except where the message names the value itself ("unknown model ...").
+    """
+    return [e if e.startswith("unknown ") else f"{n} {e}" for n in PARAMETERS
+            if n in values and (e := value_error(n, values[n]))]
+
+
+def setting_error(setting: str, values: Mapping) -> str | None:
+    """Why `setting` cannot run with the recipe `values` (None when it can).
+
+    A single-source preset whose source is switched off in the recipe would silently equal CONTROL.
+    """
+    varied = noise.SETTINGS[setting].varied
+    if varied == {"dropout"} and values["dropout"] == 0:
+        return f"setting {setting!r} varies only dropout, but the recipe has dropout=0"
+    if varied == {"aug"} and not values["augment"]:
+        return f"setting {setting!r} varies only augmentation, but the recipe has augment=False"
+    return None
+
+
+# ----------------------------------------------------------------------------- a whole set of values
+def check_parameters(values: Mapping, *, unknown=(), check_machine: bool = True) -> None:
+    """Raise ValueError naming every problem with a whole set of the notebook's parameters.
+
+    values: parameter name -> value, all of `PARAMETERS`. unknown: other names the caller found.
+    check_machine: also check what this machine must have (the dataset's files, the device) and warn
+    when threads exceed its CPU cores; off to judge values meant for another machine.
+    """
+    errors = []
+    if unknown:
+        errors.append(f"unknown parameter {', '.join(map(repr, sorted(unknown)))}: papermill injected it or a "
+                      "parameter is misspelt (a name of your own that holds plain data: start it with _); "
+                      f"valid parameters: {', '.join(PARAMETERS)}")
+    errors += [f"missing parameter {n!r} ({p.help})" for n, p in PARAMETERS.items() if n not in values]
+    errors += [f"unknown parameter {n!r}; valid parameters: {', '.join(PARAMETERS)}" for n in values
+               if n not in PARAMETERS]
+    errors += value_errors(values)
+    if not errors:
+        errors += [e for s in values["settings"] if (e := setting_error(s, values))]
+    if not errors and check_machine:
+        errors += _machine_errors(values)
+    if errors:
+        raise ValueError("invalid notebook parameters:\n  " + "\n  ".join(errors))
+
+
+def _machine_errors(values: Mapping) -> list[str]:
+    """What this machine lacks for `values` (valid ones); a warning where threads exceed its cores."""
+    errors = []
+    try:
+        data.check_dataset(values["dataset"], values["data_root"] or None)
+    except (FileNotFoundError, ValueError) as e:
+        errors.append(str(e))
+    device = torch.device(values["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        errors.append(f"device {values['device']!r}: this machine has no CUDA device (torch.cuda.is_available() is "
+                      'False); use device "cpu" or run on a GPU host')
+    elif device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        errors.append(f"device {values['device']!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        errors.append(f"device {values['device']!r}: this machine has no MPS device")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if values["threads"] > cores:
+        # A warning, not an error: legal and reproducible, only slow (2 busy cores at 4 threads ran 3.4x slower).
+        warnings.warn(f"threads={values['threads']} is more than the {cores} CPU cores this process may use: "
+                      "training will be much slower (the results stay valid for the hardware label)", stacklevel=3)
+    return errors
+
+
+def from_namespace(namespace: Mapping, *, check_machine: bool = True) -> Mapping:
+    """The parameters' values read from the notebook's namespace (`globals()`), checked; read-only.
+
+    Other names are refused as unknown parameters by `unknown_names`'s rule: papermill only warns
+    when it injects `-p epoch 5`.
+    """
+    values = {n: namespace[n] for n in PARAMETERS if n in namespace}
+    check_parameters(values, unknown=unknown_names(namespace, PARAMETERS), check_machine=check_machine)
+    return MappingProxyType(values)
+
+
+def unknown_names(namespace: Mapping, parameters) -> set[str]:
+    """The public names of a notebook's `namespace` that hold plain data and are not `parameters`.
+
+    Plain data is what a parameter line or papermill can assign: text, numbers, true/false, None,
+    lists and dicts of them. A notebook's later cells bind other objects (frames, specs, modules),
+    so that its check passes again when re-run after "Run all"; IPython's history (In, Out) is no
+    parameter either.
+    """
+    return {name for name, value in namespace.items() if not name.startswith("_") and name not in parameters
+            and name not in _IPYTHON_NAMES and _plain(value)}
+
+
+# IPython's own names in a kernel's namespace: its input and output history.
+_IPYTHON_NAMES = {"In", "Out"}
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(map(_plain, value))
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def hardware(values: Mapping) -> str:
+    """The run's hardware label: the one given, else derived from device and threads.
+
+    Raises ValueError for a CUDA device on a machine without CUDA: the label names the GPU model,
+    which only a machine with the GPU can read.
+    """
+    if values["hardware"]:
+        return values["hardware"]
+    if environment.device_type(values["device"]) == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"cannot derive the hardware label of device {values['device']!r} on a machine without "
+                         "CUDA; run on the GPU host or give the hardware label")
+    return environment.hardware_label(values["device"], values["threads"])
