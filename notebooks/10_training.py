@@ -137,7 +137,7 @@ cells = {s: nr.run_cell(spec, replicas, output_root, hardware) for s, spec in sp
 # Test accuracy and training loss after every epoch, one line per replica. Under CONTROL the lines
 # lie exactly on top of each other.
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "nbval-same-cpu"]
 runs = nr.load_runs(output_root, hardware=hardware, dataset=dataset, model=model)
 curves = runs.history[runs.history["setting"].isin(settings)].melt(
     id_vars=["setting", "replica", "epoch"],
@@ -160,14 +160,14 @@ alt.Chart(curves).mark_line(opacity=0.7).encode(
 # hashes mean bit-identical replicas. Replica 0 of a setting with deterministic kernels draws every
 # source from replica 0's seeds, the seeds every CONTROL replica uses: it is bit-identical to them.
 
-# %%
+# %% tags=["nbval-same-cpu"]
 final = pd.concat(cells.values())
 final.assign(
     weights_hash=final["weights_hash"].str[:12],
     predictions_hash=final["predictions_hash"].str[:12],
 )[["setting", "replica", "test_accuracy", "weights_hash", "predictions_hash"]].set_index(["setting", "replica"])
 
-# %%
+# %% tags=["nbval-same-cpu"]
 final.groupby("setting", sort=False).agg(
     replicas=("replica", "size"),
     mean_accuracy=("test_accuracy", "mean"),

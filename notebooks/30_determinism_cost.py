@@ -211,7 +211,7 @@ overhead.unsupported_ops(results, overhead_hardware, documented)
 # names the first op whose output bits differ and the module it ran in. These pairs run when
 # the chapter is executed; everything else in the chapter runs at one thread.
 
-# %%
+# %% tags=["nbval-same-cpu"]
 spec = train.ReplicaSpec(dataset=dataset, model=model, epochs=epochs, threads=threads, base_seed=base_seed)
 reports = {
     "threads": locate.locate_divergence(spec, "threads", threads_b=threads_b),
@@ -223,7 +223,7 @@ reports = {
 for r in reports.values():
     print(r.summary(), end="\n\n")
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "nbval-same-cpu"]
 div = overhead.divergence_numbers(reports)
 glue("div_model", model, display=False)
 glue("div_dataset", dataset, display=False)
@@ -276,7 +276,7 @@ glue("div_impl_steps", div["impl_steps"], display=False)
 # {glue:text}`fig-determinism-cost-divergence-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "nbval-same-cpu"]
 histories = {name: r.history for name, r in reports.items()}
 glue("fig-determinism-cost-divergence",
      charts.divergence_chart(histories, f"How far two replicas drift apart ({model} on {dataset})"), display=False)

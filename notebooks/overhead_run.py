@@ -40,10 +40,6 @@ from nnrandomness import charts, environment, overhead
 
 charts.enable()  # offline charts with stable ids
 
-# Names defined so far; any other name that appears before the validation cell and is not a
-# parameter was injected by papermill (which only warns about it) or mistyped in the parameters.
-_names_before_parameters = set(globals())
-
 # %% [markdown]
 # ## Parameters
 #
@@ -67,29 +63,8 @@ seed = 0  # init and synthetic-batch seed
 output_root = ""  # the overhead store's root; empty: a fresh temporary directory
 
 # %%
-# Refuse unknown names, wrong types and invalid values before any timing (this cell assumes the
-# notebook runs top to bottom: a name defined by a later cell also counts as unknown here).
-sweep_plan = overhead.notebook_plan(
-    dict(
-        device=device,
-        hardware=hardware,
-        models=models,
-        configurations=configurations,
-        image_size=image_size,
-        image_size_per_model=image_size_per_model,
-        batch_size=batch_size,
-        num_classes=num_classes,
-        steps=steps,
-        warmup=warmup,
-        repeats=repeats,
-        threads=threads,
-        precision=precision,
-        seed=seed,
-        output_root=output_root,
-    ),
-    unknown={n for n in globals() if not n.startswith("_")} - _names_before_parameters
-    - set(overhead.NOTEBOOK_PARAMETERS),
-)
+# Refuse unknown names, wrong types and invalid values before any timing.
+sweep_plan = overhead.notebook_plan_from(globals())
 hardware = hardware or environment.hardware_label(device, threads)
 # A temporary store by default: re-executing this notebook (nbval) never touches data/.
 output_root = output_root or tempfile.mkdtemp(prefix="nnrandomness-overhead-")

@@ -318,6 +318,15 @@ def test_an_unknown_model_fails_in_the_notebooks_validation_cell(tmp_path):
     assert not (tmp_path / "overhead").exists()  # nothing was timed or written
 
 
+def test_the_notebook_check_reads_its_namespace_and_tolerates_a_rerun(tmp_path):
+    values = overhead.notebook_parameters(overhead.Plan(models=("smallcnn",)), "cpu", 1, "fp32", tmp_path)
+    # After "Run all" the namespace also holds what later cells bound: frames, plans, modules.
+    after_run_all = {**values, "rows": pd.DataFrame({"a": [1]}), "sweep_plan": overhead.Plan(), "overhead": overhead}
+    assert overhead.notebook_plan_from(after_run_all).models == ("smallcnn",)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) 'step': papermill injected it"):
+        overhead.notebook_plan_from({**values, "step": 3})  # `-p step 3` for steps
+
+
 def test_cli_refuses_a_missing_notebook(tmp_path, capsys):
     code = cli.main(["overhead", "--notebook", "--notebook-path", str(tmp_path / "none.ipynb"), *NOTEBOOK_TINY,
                      "--root", str(tmp_path)])

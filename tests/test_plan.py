@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnrandomness import PAPER_SETTINGS, batch, cli, plan
+from nnrandomness import PAPER_SETTINGS, cli, plan
 from nnrandomness.params import PARAMETERS, check_parameters
 from nnrandomness.plan import PlanError, load_plan
 
@@ -272,22 +272,3 @@ def test_dry_run_lists_jobs(tmp_path, capsys):
     assert "2 jobs, 0 complete, 2 to run" in out
     assert "cpu-1t/digits/smallcnn/ALGO" in out and "to run (0/2 replicas done)" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]
-
-
-def test_strip_notebook_keeps_results_only():
-    nb = {
-        "metadata": {"papermill": {"start_time": "t", "end_time": "t", "duration": 1.0, "input_path": "/a",
-                                   "output_path": "/b", "parameters": {"epochs": 3}, "version": "2.7.0"}},
-        "cells": [
-            {"id": "random-1", "cell_type": "code", "metadata": {
-                "tags": ["injected-parameters"], "execution": {"iopub.status.busy": "t"},
-                "papermill": {"start_time": "t", "end_time": "t", "duration": 0.1, "status": "completed"}},
-             "outputs": [{"output_type": "stream", "text": "hi"}]},
-        ],
-    }
-    out = batch.strip_notebook(nb)
-    assert out["metadata"]["papermill"] == {"parameters": {"epochs": 3}, "version": "2.7.0"}
-    cell = out["cells"][0]
-    assert cell["id"] == "injected-parameters" and "execution" not in cell["metadata"]
-    assert cell["metadata"]["papermill"] == {"status": "completed"}
-    assert cell["outputs"] == [{"output_type": "stream", "text": "hi"}]

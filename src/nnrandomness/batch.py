@@ -3,7 +3,7 @@
 ``nnrandomness run PLAN`` validates the whole plan first (`plan.load_plan`) and reads the run
 store: a job whose replicas are all complete there (manifest and checksums) is skipped, so
 re-running a finished plan does no work and an interrupted one resumes (inside a job,
-`train.run_cell` skips complete replicas and resumes a killed one from its checkpoint). The
+`cell.run_cell` skips complete replicas and resumes a killed one from its checkpoint). The
 other jobs run
 
 * on a local pool (``--workers N``) that never oversubscribes the CPU: a job holds `threads`
@@ -38,12 +38,12 @@ from pathlib import Path
 
 import yaml
 
+from .executed import START_TIMEOUT
 from .executed import keep as keep_executed
 from .executed import read as read_notebook
 
 KERNEL_START_RETRIES = 3  # extra tries of a job whose kernel did not start
 RETRY_PAUSE = 1.0  # seconds between tries: lets a port race between parallel kernel starts pass
-START_TIMEOUT = 120  # seconds papermill waits for a kernel to answer (a loaded machine is slow)
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from . import executed
+from . import environment, executed
 
 # ----------------------------------------------------------------------------- settings
 STATIC = "_static"
@@ -143,6 +143,9 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT_S, failed_dir: Path
             if not started:
                 raise KernelStartError(f"the kernel did not start: {e!r}") from e
             raise
+    # Where the live-training cells' outputs were recorded (see conftest.py: nbval compares cells
+    # tagged nbval-same-cpu only on a machine with the same label).
+    nb.metadata["nnrandomness"] = {"executed_on": environment.float_machine()}
     # Only a changed file is written: a second build on the same machine leaves git status clean.
     return executed.write(executed.strip(nb, parameters=False), path)
 

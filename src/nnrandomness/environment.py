@@ -102,3 +102,12 @@ def fingerprint(device: str | torch.device = "cpu") -> dict:
         "env": {k: os.environ.get(k) for k in CPU_ENV_VARS + ("CUBLAS_WORKSPACE_CONFIG", "CUDA_VISIBLE_DEVICES")},
         "git_commit": git_commit(),
     }
+
+
+def float_machine() -> str:
+    """What decides the bits of a CPU float result besides seeds and thread count: the CPU model,
+    the instruction set torch dispatches to, and torch's version. Two machines with the same label
+    give bit-identical CPU training; machines of one kind can differ (an AMD EPYC and an Intel
+    Xeon, both AVX512, train the same seeds to different weights). Recorded in every executed
+    chapter, so a test knows whether outputs of live training are comparable on this machine."""
+    return f"{cpu_model()} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__}"

@@ -54,6 +54,7 @@ from .run import (
     main,
     notebook_parameters,
     notebook_plan,
+    notebook_plan_from,
     plan_from_args,
     run_notebook,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "model_order",
     "notebook_parameters",
     "notebook_plan",
+    "notebook_plan_from",
     "overhead_caption",
     "overhead_pct",
     "overhead_table",

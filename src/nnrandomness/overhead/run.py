@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import environment, executed, models, noise
+from .. import environment, executed, models, noise, params
 from .results import DEFAULT_ROOT, results_dir, write_results
 from .sweeps import Plan, load_plan, sweep
 from .timing import CONFIGURATIONS, run_child_job
@@ -35,6 +35,17 @@ NOTEBOOK = Path("notebooks") / "overhead_run.ipynb"
 NOTEBOOK_PARAMETERS = ("device", "hardware", "models", "configurations", "image_size", "image_size_per_model",
                        "batch_size", "num_classes", "steps", "warmup", "repeats", "threads", "precision", "seed",
                        "output_root")
+
+
+def notebook_plan_from(namespace) -> Plan:
+    """The Plan of the overhead notebook's parameters read from its namespace (`globals()`).
+
+    Names holding plain data that are no parameter were injected by papermill (which only warns)
+    or misspelt: refused with the values' problems (the rule of `params.unknown_names`, which also
+    lets the check re-run after "Run all").
+    """
+    values = {n: namespace[n] for n in NOTEBOOK_PARAMETERS if n in namespace}
+    return notebook_plan(values, unknown=params.unknown_names(namespace, NOTEBOOK_PARAMETERS))
 
 
 def notebook_plan(values: dict, *, unknown=()) -> Plan:

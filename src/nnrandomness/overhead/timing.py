@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import environment, models, noise, train
+from .. import environment, models, noise, params, train
 from ..models import ModelFactory
 
 # ----------------------------------------------------------------------------- configurations
@@ -162,9 +162,11 @@ class Workload:
         models.check_input_size(self.model, self.image_size)
         for name, minimum in (("image_size", 1), ("batch_size", 1), ("num_classes", 2), ("steps", 1),
                               ("warmup", 0), ("repeats", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            if e := params.integer_error(getattr(self, name), minimum):
+                raise ValueError(f"{name} {e}")
+        # noise.validate_backend leaves threads to params' rule (one check, see params).
+        if self.threads is not None and (e := params.integer_error(self.threads, 1)):
+            raise ValueError(f"threads {e}")
         if torch.device(self.device).type not in TIMED_DEVICE_TYPES:
             raise ValueError(f"unknown device {self.device!r}; valid device types: {', '.join(TIMED_DEVICE_TYPES)}")
         noise.validate_backend(noise.BackendConfig(deterministic=False, threads=self.threads, precision=self.precision))
