@@ -145,3 +145,42 @@ def test_nbval_compares_outputs(tmp_path):
                        "varying.ipynb": "PASSED"}
     # Without the sanitize file the varying outputs do differ: the patterns are what makes it pass.
     assert run_nbval(tmp_path, ["varying.ipynb"], sanitize=False) == {"varying.ipynb": "FAILED"}
+
+
+def test_same_cpu_cells_are_compared_only_on_the_recording_cpu(tmp_path):
+    """conftest.py: a cell tagged nbval-same-cpu is compared where the chapter was executed (its
+    recorded float_machine) and only run elsewhere; untagged cells are compared everywhere."""
+    from nnrandomness.environment import float_machine
+
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+
+    def wrong(machine: str, tagged: bool):
+        nb = stored_notebook("print(1 + 1)", "3\n")
+        nb.metadata["nnrandomness"] = {"executed_on": machine}
+        if tagged:
+            nb.cells[0].metadata["tags"] = ["nbval-same-cpu"]
+        return nb
+
+    notebooks = {
+        "here_tagged.ipynb": wrong(float_machine(), tagged=True),
+        "elsewhere_tagged.ipynb": wrong("Some Other CPU | AVX2 | torch 0.0", tagged=True),
+        "elsewhere_untagged.ipynb": wrong("Some Other CPU | AVX2 | torch 0.0", tagged=False),
+    }
+    for name, nb in notebooks.items():
+        nbformat.write(nb, str(tmp_path / name))
+    assert run_nbval(tmp_path, list(notebooks), sanitize=False) == {
+        "here_tagged.ipynb": "FAILED", "elsewhere_tagged.ipynb": "PASSED", "elsewhere_untagged.ipynb": "FAILED"}
+    # A tagged cell that raises fails everywhere: it is run, only its output goes uncompared.
+    raising = stored_notebook("raise RuntimeError('boom')", "")
+    raising.metadata["nnrandomness"] = {"executed_on": "Some Other CPU"}
+    raising.cells[0].metadata["tags"] = ["nbval-same-cpu"]
+    nbformat.write(raising, str(tmp_path / "raising.ipynb"))
+    assert run_nbval(tmp_path, ["raising.ipynb"], sanitize=False) == {"raising.ipynb": "FAILED"}
+
+
+def test_chapters_with_same_cpu_cells_record_where_they_ran():
+    """Without the record every tagged cell would go uncompared on every machine."""
+    unrecorded = [p.name for p in NOTEBOOKS
+                  if any("nbval-same-cpu" in c.metadata.get("tags", []) for c in nbformat.read(str(p), 4).cells)
+                  and not nbformat.read(str(p), 4).metadata.get("nnrandomness", {}).get("executed_on")]
+    assert unrecorded == []
