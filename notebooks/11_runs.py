@@ -29,7 +29,7 @@ import altair as alt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from nnrandomness import analysis, charts, store
+from nnrandomness import analysis, charts, findings, store
 
 charts.enable()
 
@@ -49,8 +49,8 @@ if table.empty:
 pd.DataFrame({
     "hardware": table["hardware"], "dataset": table["dataset"], "model": table["model"], "setting": table["setting"],
     "replicas": table["replicas"], "epochs": table["epochs"], "threads": table["threads"], "device": table["device"],
-    "precision": table["precision"], "final accuracy (mean)": table["acc_mean"].map(analysis.pct),
-    "min": table["acc_min"].map(analysis.pct), "max": table["acc_max"].map(analysis.pct),
+    "precision": table["precision"], "final accuracy (mean)": table["acc_mean"].map(findings.pct),
+    "min": table["acc_min"].map(findings.pct), "max": table["acc_max"].map(findings.pct),
 }).set_index(["hardware", "dataset", "model", "setting"])
 
 # %% [markdown]
@@ -134,11 +134,11 @@ charts.glue_figure("runs", "curves", chart, "Mean test accuracy over the replica
 # job ran and printed.
 
 # %%
-executed = sorted(Path(executed_root).rglob("*.ipynb")) if Path(executed_root).is_dir() else []
-if executed:
+executed_notebooks = sorted(Path(executed_root).rglob("*.ipynb")) if Path(executed_root).is_dir() else []
+if executed_notebooks:
     out = pd.DataFrame({
-        "notebook": [p.relative_to(executed_root).as_posix() for p in executed],
-        "cells with an error": [p.read_text(encoding="utf-8").count('"output_type": "error"') for p in executed],
+        "notebook": [p.relative_to(executed_root).as_posix() for p in executed_notebooks],
+        "cells with an error": [p.read_text(encoding="utf-8").count('"output_type": "error"') for p in executed_notebooks],
     }).set_index("notebook")
 else:
     out = Markdown(f"No executed job notebooks under `{executed_root}` (they appear there once a plan has run).")

@@ -32,7 +32,7 @@ import pandas as pd
 from IPython.display import Markdown
 from myst_nb import glue
 
-from nnrandomness import PAPER_SETTINGS, analysis, charts, store
+from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
 charts.enable()
 
@@ -63,17 +63,17 @@ Markdown(analysis.missing_note(gaps, runs_root)) if gaps else None
 pd.DataFrame({
     "setting": main["setting"],
     "replicas": main["n_replicas"],
-    "accuracy (mean)": main["acc_mean"].map(analysis.pct),
-    "accuracy std [95% CI]": analysis.ci_text(main, "acc_std"),
-    "churn [95% CI]": analysis.ci_text(main, "churn"),
-    "L2 [95% CI]": analysis.ci_text(main, "l2", percent=False),
+    "accuracy (mean)": main["acc_mean"].map(findings.pct),
+    "accuracy std [95% CI]": findings.ci_text(main, "acc_std"),
+    "churn [95% CI]": findings.ci_text(main, "churn"),
+    "L2 [95% CI]": findings.ci_text(main, "l2", percent=False),
     "bit-identical": main["identical"],
 }).set_index("setting")
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 n_main = int(main["n_replicas"].min()) if len(main) else 0
-for name, text in analysis.prose_values(main).items():  # algo_churn, ulp_l2, ...: the prose's numbers
+for name, text in findings.prose_values(main).items():  # algo_churn, ulp_l2, ...: the prose's numbers
     glue(name, text, display=False)
 
 
@@ -127,12 +127,12 @@ if len(main):
     chart = alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
         title="Accuracy spread and churn")
 else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+    chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
 charts.glue_figure("topline", "accuracy-churn", chart,
        "Left: standard deviation of top-1 test accuracy across replicas, per setting (dot), with its 95 % "
        "bootstrap interval (bar). Right: predictive churn, the mean share of test examples on which two "
        "replicas disagree, split into pairs where one replica is right (dark) and pairs where both are wrong "
-       "(light), with the interval of the total (black)", n=n_main, hardware=hardware, cell=cell)
+       "(light), with the interval of the total (black)", n=n_main, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## The weights end up far apart
@@ -155,10 +155,10 @@ if len(main):
                                   fmt=".1f", title="Distance between the final weights",
                                   tooltip=[alt.Tooltip("n_replicas:Q", title="replicas")]).properties(width=400)
 else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+    chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
 charts.glue_figure("topline", "l2", chart, "Mean L2 distance between the final weights of two replicas "
                    "(BatchNorm running statistics excluded), per setting, with its 95 % bootstrap interval",
-                   n=n_main, hardware=hardware, cell=cell)
+                   n=n_main, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## Do two settings' spreads differ?
@@ -171,7 +171,7 @@ charts.glue_figure("topline", "l2", chart, "Mean L2 distance between the final w
 # %%
 tests = analysis.spread_tests(runs, [("IMPL", "ALGO"), ("ALGO", "ALGO+IMPL"), ("INIT", "ALGO"), ("ULP", "ALGO")])
 tests = tests[(tests.hardware == hardware) & (tests.dataset == dataset) & (tests.model == model)]
-tests.assign(std_a=tests["std_a"].map(analysis.pct), std_b=tests["std_b"].map(analysis.pct),
+tests.assign(std_a=tests["std_a"].map(findings.pct), std_b=tests["std_b"].map(findings.pct),
              statistic=tests["statistic"].round(3), pvalue=tests["pvalue"].round(4)).drop(
     columns=["hardware", "dataset", "model"]).reset_index(drop=True)
 
@@ -199,7 +199,7 @@ tests.assign(std_a=tests["std_a"].map(analysis.pct), std_b=tests["std_b"].map(an
 bn = table[(table.hardware == hardware) & (table.dataset == dataset) & table.model.isin([model, bn_model])
            & table.setting.isin(PAPER_SETTINGS)]
 glue("bn_model", bn_model, display=False)
-for name, text in analysis.prose_values(bn[bn.model == bn_model], prefix="bn_").items():
+for name, text in findings.prose_values(bn[bn.model == bn_model], prefix="bn_").items():
     glue(name, text, display=False)
 if bn.model.nunique() == 2:
     tips = ["model:N", alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
@@ -249,13 +249,13 @@ analysis.twin_identity(runs)
 # ## Findings for the introduction
 #
 # The headline numbers of the study, glued under the names `finding_<name>` so the
-# introduction can quote them (their formats are fixed by `analysis.FINDINGS`).
+# introduction can quote them (their formats are fixed by `findings.FINDINGS`).
 
 # %%
-found = analysis.findings(runs, hardware=hardware, dataset=dataset, model=model, groups_dataset=groups_dataset,
+found = findings.findings(runs, hardware=hardware, dataset=dataset, model=model, groups_dataset=groups_dataset,
                           threads_hardware=threads_hardware, table=table)
-shown = analysis.format_findings(found)
+shown = findings.format_findings(found)
 for name, text in shown.items():
     glue(f"finding_{name}", text, display=False)
 pd.DataFrame({"glue name": [f"finding_{k}" for k in shown], "value": list(shown.values()),
-              "meaning": [analysis.FINDINGS[k][1] for k in shown]}).set_index("glue name")
+              "meaning": [findings.FINDINGS[k][1] for k in shown]}).set_index("glue name")

@@ -29,7 +29,7 @@ import pandas as pd
 from IPython.display import Markdown
 from myst_nb import glue
 
-from nnrandomness import PAPER_SETTINGS, analysis, charts, store
+from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
 charts.enable()
 
@@ -54,18 +54,18 @@ Markdown(analysis.missing_note(gaps, runs_root)) if gaps else None
 pd.DataFrame({
     "setting": spread["setting"],
     "replicas": spread["n_replicas"],
-    "top-1 std": spread["acc_std"].map(analysis.pct),
-    "per-class std (mean)": spread["class_std_mean"].map(analysis.pct),
-    "per-class std (max)": spread["class_std_max"].map(analysis.pct),
-    "class with max": spread["class_max"].map(lambda c: analysis.as_text(c, "int")),
+    "top-1 std": spread["acc_std"].map(findings.pct),
+    "per-class std (mean)": spread["class_std_mean"].map(findings.pct),
+    "per-class std (max)": spread["class_std_max"].map(findings.pct),
+    "class with max": spread["class_max"].map(lambda c: findings.as_text(c, "int")),
     "max / top-1": spread["ratio_max"].round(1),
 }).set_index("setting")
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 n = int(spread["n_replicas"].min()) if len(spread) else 0
 columns = {"acc_std": "pct", "class_std_mean": "pct", "class_std_max": "pct", "class_max": "int", "ratio_max": "ratio"}
-for name, text in analysis.prose_values(spread, columns).items():
+for name, text in findings.prose_values(spread, columns).items():
     glue(name, text, display=False)
 
 # %% [markdown]
@@ -117,11 +117,11 @@ if len(spread):
     chart = alt.hconcat(left, right).resolve_legend(color="independent").properties(
         title="Spread of per-class accuracy against the top line")
 else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+    chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
 charts.glue_figure("per-class", "spread", chart,
                    "Left: standard deviation across replicas of each class's test accuracy (one tick per class) "
                    "and of top-1 accuracy (diamond), per setting. Right: the per-class standard deviations of the "
-                   "settings picked in the legend", n=n, hardware=hardware, cell=cell)
+                   "settings picked in the legend", n=n, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## Which classes move
@@ -133,5 +133,5 @@ charts.glue_figure("per-class", "spread", chart,
 
 # %%
 algo = classes[classes.setting == "ALGO"].sort_values(["std", "class"], ascending=[False, True]).head(5)
-pd.DataFrame({"class": algo["class"], "test examples": algo["n_examples"], "mean accuracy": algo["mean"].map(analysis.pct),
-              "std across replicas": algo["std"].map(analysis.pct)}).set_index("class")
+pd.DataFrame({"class": algo["class"], "test examples": algo["n_examples"], "mean accuracy": algo["mean"].map(findings.pct),
+              "std across replicas": algo["std"].map(findings.pct)}).set_index("class")

@@ -34,7 +34,7 @@ import pandas as pd
 from IPython.display import Markdown
 from myst_nb import glue
 
-from nnrandomness import PAPER_SETTINGS, analysis, charts, store
+from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
 charts.enable()
 
@@ -51,7 +51,7 @@ rare_share = 0.5  # a subgroup is rare if it holds less than this share of its c
 runs = store.load_runs(runs_root, hardware=hardware, dataset=dataset, model=model)
 rates = analysis.subgroup_rates(runs)
 subs = analysis.subgroups(runs, rare_share=rare_share, rates=rates)
-noise = analysis.subgroup_noise(runs)
+by_subgroup = analysis.subgroup_noise(runs)
 summary = analysis.rare_vs_common(subs)
 gaps = analysis.missing(runs, hardware=hardware, dataset=dataset, model=model, settings=PAPER_SETTINGS)
 if len(runs.predictions) and not len(rates):
@@ -70,23 +70,20 @@ sizes.pivot(index="class", columns="group", values="cell").rename(
     columns=lambda g: f"{attribute}={g}") if len(sizes) else None
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 n = int(subs["n_replicas"].min()) if len(subs) else 0
 columns = {"fnr_std": "pct", "fpr_std": "pct", "fnr_mean": "pct", "examples_mean": "2f"}
 for kind in ["rare", "common"]:
     part = summary[summary.subgroups == kind]
-    for name, text in analysis.prose_values(part, columns, prefix=f"{kind}_").items():
+    for name, text in findings.prose_values(part, columns, prefix=f"{kind}_").items():
         glue(name, text, display=False)
-wide = summary.pivot(index="setting", columns="subgroups", values="fnr_std").reset_index() if len(summary) else summary
-if {"rare", "common"} <= set(wide.columns):
-    wide = wide.assign(ratio=(wide["rare"] / wide["common"]).where(wide["common"] > 0))
-for name, text in analysis.prose_values(wide, {"ratio": "ratio"}).items():  # algo_ratio, ...
+for name, text in findings.prose_values(findings.rare_common_ratio(summary), {"ratio": "ratio"}).items():  # algo_ratio
     glue(name, text, display=False)
-rare_noise = noise.merge(subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"])
+rare_noise = by_subgroup.merge(subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"])
 noise_summary = rare_noise.groupby(["setting", "rare"], as_index=False)[["fnr_observed_std", "fnr_predicted_std"]].mean()
 for kind, flag in [("rare", True), ("common", False)]:
     part = noise_summary[noise_summary.rare == flag]
-    for name, text in analysis.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_").items():
+    for name, text in findings.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_").items():
         glue(name, text, display=False)
 
 # %% [markdown]
@@ -135,12 +132,12 @@ if len(subs):
     chart = alt.hconcat(fnr, fpr).resolve_legend(color="independent", shape="independent").properties(
         title="Spread of subgroup error rates against subgroup size")
 else:
-    chart = charts.missing_chart(f"no runs with a group attribute for {hardware}/{cell}")
+    chart = charts.missing_chart(f"no runs with a group attribute for {hardware}/{main_cell}")
 charts.glue_figure("subgroups", "fnr-spread", chart,
                    "Standard deviation across replicas of each (label, attribute) subgroup's false negative rate "
                    "(left) and false positive rate (right, one class against the rest), against the number of test "
                    "examples in the subgroup (log scale); rare subgroups are triangles", n=n, hardware=hardware,
-                   cell=cell)
+                   cell=main_cell)
 
 # %% [markdown]
 # The averages over rare and over common subgroups, for every setting:
@@ -148,8 +145,8 @@ charts.glue_figure("subgroups", "fnr-spread", chart,
 # %%
 pd.DataFrame({
     "setting": summary["setting"], "subgroups": summary["subgroups"], "how many": summary["n_subgroups"],
-    "examples (mean)": summary["examples_mean"].round(1), "FNR mean": summary["fnr_mean"].map(analysis.pct),
-    "FNR std": summary["fnr_std"].map(analysis.pct), "FPR std": summary["fpr_std"].map(analysis.pct),
+    "examples (mean)": summary["examples_mean"].round(1), "FNR mean": summary["fnr_mean"].map(findings.pct),
+    "FNR std": summary["fnr_std"].map(findings.pct), "FPR std": summary["fpr_std"].map(findings.pct),
 }).set_index(["setting", "subgroups"])
 
 # %% [markdown]
@@ -185,8 +182,8 @@ if len(one):
                  alt.Tooltip("n_subgroup:Q", title="test examples")],
     ).properties(width=380, title=f"False negative rate of each subgroup in each {setting} replica")
 else:
-    chart = charts.missing_chart(f"no {setting} runs with a group attribute for {hardware}/{cell}")
+    chart = charts.missing_chart(f"no {setting} runs with a group attribute for {hardware}/{main_cell}")
 charts.glue_figure("subgroups", "replicas", chart,
                    f"False negative rate of each (label, attribute) subgroup, one tick per {setting} replica; rare "
                    "subgroups in orange", n=int(one["replica"].nunique()) if len(one) else 0, hardware=hardware,
-                   cell=cell)
+                   cell=main_cell)

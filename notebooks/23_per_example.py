@@ -29,7 +29,7 @@ import pandas as pd
 from IPython.display import Markdown
 from myst_nb import glue
 
-from nnrandomness import PAPER_SETTINGS, analysis, charts, load_dataset, store
+from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, load_dataset, store
 
 charts.enable()
 
@@ -55,16 +55,16 @@ Markdown(analysis.missing_note(gaps, runs_root)) if gaps else None
 # %%
 pd.DataFrame({
     "setting": summary["setting"], "replicas": summary["n_replicas"], "test examples": summary["n_examples"],
-    "flip": summary["n_flip"], "flip (share)": summary["share_flip"].map(analysis.pct),
+    "flip": summary["n_flip"], "flip (share)": summary["share_flip"].map(findings.pct),
     "always wrong": summary["n_always_wrong"], "sometimes wrong": summary["n_sometimes_wrong"],
 }).set_index("setting")
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 n = int(summary["n_replicas"].min()) if len(summary) else 0
 columns = {"share_flip": "pct", "n_flip": "int", "n_examples": "int", "n_sometimes_wrong": "int",
            "n_always_wrong": "int"}
-for name, text in analysis.prose_values(summary, columns).items():
+for name, text in findings.prose_values(summary, columns).items():
     glue(name, text, display=False)
 
 # %% [markdown]
@@ -100,10 +100,10 @@ if len(examples):
                  alt.Tooltip("n_replicas:Q", title="replicas")],
     ).add_params(pick).properties(width=420, title="How many replicas get each test example right")
 else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+    chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
 charts.glue_figure("per-example", "right-counts", chart,
                    "Number of test examples (symmetric log scale) by how many replicas of a setting classify them "
-                   "correctly; click a setting in the legend to bring it forward", n=n, hardware=hardware, cell=cell)
+                   "correctly; click a setting in the legend to bring it forward", n=n, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## The most unstable examples
@@ -162,7 +162,7 @@ charts.glue_figure("per-example", "unstable", chart,
                    f"Top: the test examples on which the {setting} replicas agree least, as 8x8 images, with their "
                    f"true label. Bottom: how many replicas predict each class (the number in a bar), right in blue, "
                    f"wrong in orange", n=int(chosen["n_replicas"].max()) if len(chosen) else 0, hardware=hardware,
-                   cell=cell)
+                   cell=main_cell)
 
 # %% [markdown]
 # ## Good and bad churn
@@ -176,15 +176,15 @@ charts.glue_figure("per-example", "unstable", chart,
 # %%
 flips = analysis.churn_flips(runs)
 pd.DataFrame({"setting": flips["setting"], "replicas": flips["n_replicas"],
-              "right -> wrong": flips["correct_to_wrong"].map(analysis.pct),
-              "wrong -> right": flips["wrong_to_correct"].map(analysis.pct),
-              "wrong -> other wrong": flips["wrong_to_other_wrong"].map(analysis.pct),
-              "churn vs replica 0": flips["churn"].map(analysis.pct)}).set_index("setting")
+              "right -> wrong": flips["correct_to_wrong"].map(findings.pct),
+              "wrong -> right": flips["wrong_to_correct"].map(findings.pct),
+              "wrong -> other wrong": flips["wrong_to_other_wrong"].map(findings.pct),
+              "churn vs replica 0": flips["churn"].map(findings.pct)}).set_index("setting")
 
 # %% tags=["hide-input"]
 dv = analysis.distribution_variance(runs)
 columns = {"observed_std": "pct", "predicted_std": "pct", "distribution_std": "pct", "ratio": "ratio"}
-for name, text in analysis.prose_values(dv, columns).items():
+for name, text in findings.prose_values(dv, columns).items():
     glue(name, text, display=False)
 
 # %% [markdown]
@@ -224,8 +224,8 @@ if len(dv):
                  alt.Tooltip("n_replicas:Q", title="replicas"), alt.Tooltip("n_examples:Q", title="test examples")],
     ).properties(width=380, title="Observed spread of accuracy against finite-test-set noise")
 else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+    chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
 charts.glue_figure("per-example", "variance", chart,
                    "Standard deviation of test accuracy across replicas (circles) and the standard deviation "
                    "independent per-example errors would give (diamonds, Jordan's estimator), per setting",
-                   n=n, hardware=hardware, cell=cell)
+                   n=n, hardware=hardware, cell=main_cell)
