@@ -25,7 +25,6 @@
 # %%
 from pathlib import Path
 
-import altair as alt
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -101,24 +100,10 @@ ident[ident["expects_identical"].astype(bool)].drop(columns=["expects_identical"
 # :::
 
 # %% tags=["hide-input"]
-h = runs.history
-if len(h) and "test_accuracy" in h.columns:
-    curves = (h.groupby(["hardware", "dataset", "model", "setting", "epoch"], as_index=False)
-              .agg(test_accuracy=("test_accuracy", "mean"), replicas=("replica", "nunique")))
-    curves["panel"] = curves["hardware"] + " " + curves["dataset"] + "/" + curves["model"]
-    present = charts.setting_sort(curves["setting"])
-    pick = charts.setting_selection("pick_setting")
-    chart = alt.Chart(charts.tidy_limit(curves)).mark_line().encode(
-        x=alt.X("epoch:Q", title="epoch"),
-        y=alt.Y("test_accuracy:Q", title="test accuracy (mean over replicas)", axis=alt.Axis(format=".0%")),
-        color=charts.setting_color(settings=present),
-        opacity=alt.when(pick).then(alt.value(1.0)).otherwise(alt.value(0.1)),
-        tooltip=["panel:N", "setting:N", "epoch:Q", alt.Tooltip("test_accuracy:Q", format=".2%"),
-                 alt.Tooltip("replicas:Q")],
-    ).add_params(pick).properties(width=260, height=160).facet(
-        facet=alt.Facet("panel:N", title=None), columns=2).properties(title="Test accuracy during training")
-    n = int(curves["replicas"].min())
-    labels = ", ".join(sorted(curves["hardware"].unique()))
+curves = analysis.training_curves(runs)
+if len(curves):
+    chart = charts.training_curves(curves)
+    n, labels = int(curves["replicas"].min()), ", ".join(sorted(curves["hardware"].unique()))
 else:
     chart = charts.missing_chart(f"no training histories in {runs_root}")
     n, labels = 0, "none"

@@ -100,34 +100,7 @@ for name, text in findings.prose_values(main).items():  # algo_churn, ulp_l2, ..
 # :::
 
 # %% tags=["hide-input"]
-if len(main):
-    acc = charts.setting_points(main, "acc_std", lo="acc_std_lo", hi="acc_std_hi", axis_title="std of top-1 accuracy",
-                                title="Spread of top-1 accuracy",
-                                tooltip=[alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-                                         alt.Tooltip("n_replicas:Q", title="replicas")])
-    parts = main.melt(id_vars=["setting", "n_replicas", "churn"], value_vars=["one_correct", "both_wrong"],
-                      var_name="part", value_name="share")
-    parts["part"] = parts["part"].map({"one_correct": "one right, one wrong", "both_wrong": "both wrong, differently"})
-    order = charts.setting_sort(main["setting"])
-    bars = alt.Chart(charts.tidy_limit(parts)).mark_bar().encode(
-        x=alt.X("share:Q", stack="zero", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
-        y=alt.Y("setting:N", sort=order, title=None),
-        color=charts.setting_color(settings=order, legend=None),
-        opacity=alt.Opacity("part:N", sort=["one right, one wrong", "both wrong, differently"],
-                            scale=alt.Scale(range=[1.0, 0.45]), title="pairs that differ"),
-        tooltip=["setting:N", "part:N", alt.Tooltip("share:Q", format=".2%"),
-                 alt.Tooltip("churn:Q", title="churn (total)", format=".2%"),
-                 alt.Tooltip("n_replicas:Q", title="replicas")],
-    )
-    ci = alt.Chart(main).mark_rule(color="black").encode(
-        x="churn_lo:Q", x2="churn_hi:Q", y=alt.Y("setting:N", sort=order),
-        tooltip=["setting:N", alt.Tooltip("churn:Q", format=".2%"), alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
-                 alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%")])
-    churn = (bars + ci).properties(title="Predictive churn and its two parts")
-    chart = alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
-        title="Accuracy spread and churn")
-else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
+chart = charts.accuracy_churn(main) if len(main) else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
 charts.glue_figure("topline", "accuracy-churn", chart,
        "Left: standard deviation of top-1 test accuracy across replicas, per setting (dot), with its 95 % "
        "bootstrap interval (bar). Right: predictive churn, the mean share of test examples on which two "
@@ -201,18 +174,8 @@ bn = table[(table.hardware == hardware) & (table.dataset == dataset) & table.mod
 glue("bn_model", bn_model, display=False)
 for name, text in findings.prose_values(bn[bn.model == bn_model], prefix="bn_").items():
     glue(name, text, display=False)
-if bn.model.nunique() == 2:
-    tips = ["model:N", alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-            alt.Tooltip("n_replicas:Q", title="replicas")]
-    panels = [
-        charts.setting_points(bn, m, lo=f"{m}_lo", hi=f"{m}_hi", axis_title=label, fmt=".1%", tooltip=tips)
-        .properties(width=230, height=100)
-        .facet(row=alt.Row("model:N", title=None, sort=[model, bn_model]))
-        for m, label in [("acc_std", "std of top-1 accuracy"), ("churn", "churn")]
-    ]
-    chart = alt.hconcat(*panels).properties(title="Without and with BatchNorm")
-else:
-    chart = charts.missing_chart(f"needs {model} and {bn_model} on {hardware}/{dataset}")
+chart = (charts.batchnorm_chart(bn, model, bn_model) if bn.model.nunique() == 2
+         else charts.missing_chart(f"needs {model} and {bn_model} on {hardware}/{dataset}"))
 charts.glue_figure("topline", "batchnorm", chart,
                    f"Spread of top-1 accuracy and churn of {model} (top) and {bn_model} (bottom) under the "
                    "paper's four settings, with 95 % bootstrap intervals",

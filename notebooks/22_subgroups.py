@@ -29,7 +29,6 @@
 # across replicas.
 
 # %%
-import altair as alt
 import pandas as pd
 from IPython.display import Markdown
 from myst_nb import glue
@@ -104,35 +103,8 @@ for kind, flag in [("rare", True), ("common", False)]:
 # :::
 
 # %% tags=["hide-input"]
-if len(subs):
-    present = charts.setting_sort(subs["setting"])
-    pick = charts.setting_selection("pick_setting")
-    shown = subs.assign(subgroup=subs["class"].astype(str) + " / " + attribute + "=" + subs["group"].astype(str),
-                        kind=subs["rare"].map({True: "rare", False: "common"}))
-    tips = ["setting:N", "subgroup:N", "kind:N", alt.Tooltip("n_subgroup:Q", title="test examples"),
-            alt.Tooltip("fnr_mean:Q", title="FNR mean", format=".1%"),
-            alt.Tooltip("fnr_std:Q", title="FNR std", format=".1%"),
-            alt.Tooltip("fpr_mean:Q", title="FPR mean", format=".2%"),
-            alt.Tooltip("fpr_std:Q", title="FPR std", format=".2%"), alt.Tooltip("n_replicas:Q", title="replicas")]
-    shape = alt.Shape("kind:N", sort=["rare", "common"], scale=alt.Scale(range=["triangle-up", "circle"]),
-                      title="subgroup")
-    base = alt.Chart(charts.tidy_limit(shown)).encode(
-        opacity=alt.when(pick).then(alt.value(0.9)).otherwise(alt.value(0.08)), tooltip=tips)
-    # The legends (and the click selection) belong to the left view; the right one follows it.
-    fnr = base.mark_point(filled=True, size=60).add_params(pick).encode(
-        color=charts.setting_color(settings=present), shape=shape,
-        x=alt.X("n_subgroup:Q", title="test examples in the subgroup", scale=alt.Scale(type="log")),
-        y=alt.Y("fnr_std:Q", title="std of FNR across replicas", axis=alt.Axis(format=".0%")),
-    ).properties(width=300, title="False negative rate")
-    fpr = base.mark_point(filled=True, size=60).encode(
-        color=charts.setting_color(settings=present, legend=None), shape=shape.legend(None),
-        x=alt.X("n_subgroup:Q", title="test examples in the subgroup", scale=alt.Scale(type="log")),
-        y=alt.Y("fpr_std:Q", title="std of FPR across replicas", axis=alt.Axis(format=".1%")),
-    ).properties(width=300, title="False positive rate")
-    chart = alt.hconcat(fnr, fpr).resolve_legend(color="independent", shape="independent").properties(
-        title="Spread of subgroup error rates against subgroup size")
-else:
-    chart = charts.missing_chart(f"no runs with a group attribute for {hardware}/{main_cell}")
+chart = (charts.subgroup_spread(subs, attribute) if len(subs)
+         else charts.missing_chart(f"no runs with a group attribute for {hardware}/{main_cell}"))
 charts.glue_figure("subgroups", "fnr-spread", chart,
                    "Standard deviation across replicas of each (label, attribute) subgroup's false negative rate "
                    "(left) and false positive rate (right, one class against the rest), against the number of test "
@@ -168,21 +140,8 @@ pd.DataFrame({
 
 # %% tags=["hide-input"]
 one = rates[rates.setting == setting].merge(subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"])
-if len(one):
-    one = one.assign(subgroup=one["class"].astype(str) + " / " + attribute + "=" + one["group"].astype(str),
-                     kind=one["rare"].map({True: "rare", False: "common"}))
-    order = one.sort_values(["class", "group"])["subgroup"].unique().tolist()
-    chart = alt.Chart(charts.tidy_limit(one[["subgroup", "kind", "replica", "fnr", "n_subgroup", "fn", "tp"]])).mark_tick(
-        thickness=2, size=12).encode(
-        x=alt.X("fnr:Q", title="false negative rate", axis=alt.Axis(format=".0%")),
-        y=alt.Y("subgroup:N", sort=order, title="label / attribute"),
-        color=alt.Color("kind:N", sort=["rare", "common"], scale=alt.Scale(range=["#D55E00", "#999999"]),
-                        title="subgroup"),
-        tooltip=["subgroup:N", "replica:Q", alt.Tooltip("fnr:Q", format=".1%"), alt.Tooltip("fn:Q", title="missed"),
-                 alt.Tooltip("n_subgroup:Q", title="test examples")],
-    ).properties(width=380, title=f"False negative rate of each subgroup in each {setting} replica")
-else:
-    chart = charts.missing_chart(f"no {setting} runs with a group attribute for {hardware}/{main_cell}")
+chart = (charts.subgroup_replicas(one, attribute, setting) if len(one)
+         else charts.missing_chart(f"no {setting} runs with a group attribute for {hardware}/{main_cell}"))
 charts.glue_figure("subgroups", "replicas", chart,
                    f"False negative rate of each (label, attribute) subgroup, one tick per {setting} replica; rare "
                    "subgroups in orange", n=int(one["replica"].nunique()) if len(one) else 0, hardware=hardware,

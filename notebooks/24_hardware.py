@@ -26,7 +26,6 @@
 # the pure effect of the tooling, since nothing else differs.
 
 # %%
-import altair as alt
 import pandas as pd
 from IPython.display import Markdown
 from myst_nb import glue
@@ -110,31 +109,8 @@ for name, text in findings.prose_values(first, columns).items():
 
 # %% tags=["hide-input"]
 if len(compare):
-    long = compare.assign(pair=compare["hardware_a"] + " vs " + compare["hardware_b"]).melt(
-        id_vars=["setting", "pair", "hardware_a", "hardware_b", "n_matched", "n_a", "n_b"],
-        value_vars=["churn_within_a", "churn_within_b", "churn_matched", "churn_cross"], var_name="kind",
-        value_name="churn")
-    rank = {"churn_within_a": 0, "churn_within_b": 1, "churn_matched": 2, "churn_cross": 3}
-    long["rank"] = long["kind"].map(rank)
-    long["kind"] = [{0: f"within {a}", 1: f"within {b}", 2: f"{a} vs {b}, same seeds", 3: f"{a} vs {b}, all pairs"}[r]
-                    for r, a, b in zip(long["rank"], long["hardware_a"], long["hardware_b"])]
-    long = long.dropna(subset=["churn"]).sort_values(["rank", "kind"])
-    present = charts.setting_sort(long["setting"])
-    chart = alt.Chart(charts.tidy_limit(long)).mark_bar().encode(
-        x=alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
-        y=alt.Y("kind:N", sort=long["kind"].unique().tolist(), title=None),
-        color=charts.setting_color(settings=present, legend=None),
-        # the tooling alone (same seeds) in full colour, the rest lighter
-        opacity=alt.when(alt.datum.rank == 2).then(alt.value(1.0)).otherwise(alt.value(0.4)),
-        row=alt.Row("setting:N", sort=present, title=None),
-        column=alt.Column("pair:N", title=None),
-        tooltip=["setting:N", "pair:N", "kind:N", alt.Tooltip("churn:Q", format=".2%"),
-                 alt.Tooltip("n_matched:Q", title="matched replicas"), alt.Tooltip("n_a:Q", title="replicas on a"),
-                 alt.Tooltip("n_b:Q", title="replicas on b")],
-    ).properties(width=320, height=90, title="Churn within one hardware label and across two").resolve_scale(
-        y="independent")
-    n = int(compare["n_matched"].min())
-    where = f"{main_cell} on {', '.join(labels)}"
+    chart = charts.hardware_churn(compare)
+    n, where = int(compare["n_matched"].min()), f"{main_cell} on {', '.join(labels)}"
 else:
     chart = charts.missing_chart(f"no {main_cell} cell stored under two hardware labels")
     n, where = 0, main_cell

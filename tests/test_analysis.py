@@ -302,17 +302,3 @@ def test_subgroup_noise_and_churn_flips(runs):
     # against replica 0 (all right): replica 1 gets 3 of 4 wrong, replica 2 gets 1 of 4 wrong
     assert f["correct_to_wrong"] == pytest.approx(1 / 2) and f["wrong_to_correct"] == 0.0
     assert f["churn"] == pytest.approx(1 / 2)
-
-
-def test_shared_charts_build_valid_specs(top):
-    """The chart builders the chapters share (end of charts.py) give schema-valid Vega-Lite."""
-    from nnrandomness import charts
-
-    main = top[(top.hardware == "cpu-1t") & (top.dataset == "digits")]
-    spec = charts.setting_points(main, "churn", lo="churn_lo", hi="churn_hi", axis_title="churn").to_dict()
-    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["rule", "point"]
-    assert spec["layer"][1]["encoding"]["y"]["sort"] == ["ALGO+IMPL", "ALGO", "IMPL", "CONTROL", "ORDER"]
-    faceted = charts.setting_points(main, "acc_std", axis_title="std").facet(row="model:N").to_dict()
-    assert faceted["spec"]["layer"][0]["mark"]["type"] == "point"  # no interval columns: dots only
-    assert charts.missing_chart("no runs").to_dict()["mark"]["type"] == "text"
-    assert charts.setting_selection("pick").name == "pick"

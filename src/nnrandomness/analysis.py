@@ -56,7 +56,9 @@ __all__ = [
     "subgroup_rates",
     "subgroups",
     "topline",
+    "training_curves",
     "twin_identity",
+    "unstable_examples",
 ]
 
 # ----------------------------------------------------------------------------- conventions
@@ -437,6 +439,15 @@ def per_example(runs: store.Runs) -> pd.DataFrame:
     return _sorted(pd.concat(parts, ignore_index=True)[columns], ["example"])
 
 
+def unstable_examples(examples: pd.DataFrame, setting: str, top_k: int) -> pd.DataFrame:
+    """The at most ``top_k`` examples of :func:`per_example` rows on which the replicas of
+    ``setting`` agree least (the smallest modal agreement, then the most distinct classes, the
+    smallest share right, the smallest id), among those on which they do not all agree."""
+    chosen = examples[examples.setting == setting].sort_values(
+        ["modal_agreement", "n_distinct", "frac_correct", "example"], ascending=[True, False, True, True]).head(top_k)
+    return chosen[chosen["flips"].astype(bool)]
+
+
 def churn_flips(runs: store.Runs, reference: int = 0) -> pd.DataFrame:
     """Good and bad churn: per cell, against the replica with id ``reference``, the mean over
     the other replicas of the share of test examples that go correct -> wrong, wrong -> correct
@@ -637,6 +648,17 @@ def runs_table(runs: store.Runs) -> pd.DataFrame:
         device=("device", values), precision=("precision", values), acc_mean=("test_accuracy", "mean"),
         acc_min=("test_accuracy", "min"), acc_max=("test_accuracy", "max"))
     return _sorted(out[columns])
+
+
+def training_curves(runs: store.Runs) -> pd.DataFrame:
+    """Per cell and epoch: the mean test accuracy over the cell's replicas (``test_accuracy``) and
+    how many replicas reached that epoch (``replicas``). Empty without training histories."""
+    columns = CELL + ["epoch", "test_accuracy", "replicas"]
+    h = runs.history
+    if h.empty or "test_accuracy" not in h.columns:
+        return _frame([], columns)
+    return (h.groupby(CELL + ["epoch"], as_index=False)
+            .agg(test_accuracy=("test_accuracy", "mean"), replicas=("replica", "nunique")))[columns]
 
 
 # ----------------------------------------------------------------------------- missing data
