@@ -73,8 +73,7 @@ pd.DataFrame({
 # %% tags=["hide-input"]
 main_cell = analysis.cell_name(dataset, model)
 n_main = int(main["n_replicas"].min()) if len(main) else 0
-for name, text in findings.prose_values(main).items():  # algo_churn, ulp_l2, ...: the prose's numbers
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(main))  # algo_churn, ulp_l2, ...: the prose's numbers
 
 
 # %% [markdown]
@@ -172,8 +171,7 @@ tests.assign(std_a=tests["std_a"].map(findings.pct), std_b=tests["std_b"].map(fi
 bn = table[(table.hardware == hardware) & (table.dataset == dataset) & table.model.isin([model, bn_model])
            & table.setting.isin(PAPER_SETTINGS)]
 glue("bn_model", bn_model, display=False)
-for name, text in findings.prose_values(bn[bn.model == bn_model], prefix="bn_").items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(bn[bn.model == bn_model], prefix="bn_"))
 chart = (charts.batchnorm_chart(bn, model, bn_model) if bn.model.nunique() == 2
          else charts.missing_chart(f"needs {model} and {bn_model} on {hardware}/{dataset}"))
 charts.glue_figure("topline", "batchnorm", chart,
@@ -218,7 +216,6 @@ analysis.twin_identity(runs)
 found = findings.findings(runs, hardware=hardware, dataset=dataset, model=model, groups_dataset=groups_dataset,
                           threads_hardware=threads_hardware, table=table)
 shown = findings.format_findings(found)
-for name, text in shown.items():
-    glue(f"finding_{name}", text, display=False)
+findings.glue_values(shown, prefix="finding_")
 pd.DataFrame({"glue name": [f"finding_{k}" for k in shown], "value": list(shown.values()),
               "meaning": [findings.FINDINGS[k][1] for k in shown]}).set_index("glue name")

@@ -26,7 +26,6 @@
 # %%
 import pandas as pd
 from IPython.display import Markdown
-from myst_nb import glue
 
 from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
@@ -51,9 +50,7 @@ Markdown(analysis.missing_note(gaps, runs_root)) if gaps else None
 
 # %%
 pd.DataFrame({
-    "setting": spread["setting"],
-    "replicas": spread["n_replicas"],
-    "top-1 std": spread["acc_std"].map(findings.pct),
+    "setting": spread["setting"], "replicas": spread["n_replicas"], "top-1 std": spread["acc_std"].map(findings.pct),
     "per-class std (mean)": spread["class_std_mean"].map(findings.pct),
     "per-class std (max)": spread["class_std_max"].map(findings.pct),
     "class with max": spread["class_max"].map(lambda c: findings.as_text(c, "int")),
@@ -64,8 +61,7 @@ pd.DataFrame({
 main_cell = analysis.cell_name(dataset, model)
 n = int(spread["n_replicas"].min()) if len(spread) else 0
 columns = {"acc_std": "pct", "class_std_mean": "pct", "class_std_max": "pct", "class_max": "int", "ratio_max": "ratio"}
-for name, text in findings.prose_values(spread, columns).items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(spread, columns))
 
 # %% [markdown]
 # ## Classes move more than the top line

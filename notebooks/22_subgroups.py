@@ -31,7 +31,6 @@
 # %%
 import pandas as pd
 from IPython.display import Markdown
-from myst_nb import glue
 
 from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
@@ -74,16 +73,13 @@ n = int(subs["n_replicas"].min()) if len(subs) else 0
 columns = {"fnr_std": "pct", "fpr_std": "pct", "fnr_mean": "pct", "examples_mean": "2f"}
 for kind in ["rare", "common"]:
     part = summary[summary.subgroups == kind]
-    for name, text in findings.prose_values(part, columns, prefix=f"{kind}_").items():
-        glue(name, text, display=False)
-for name, text in findings.prose_values(findings.rare_common_ratio(summary), {"ratio": "ratio"}).items():  # algo_ratio
-    glue(name, text, display=False)
+    findings.glue_values(findings.prose_values(part, columns, prefix=f"{kind}_"))
+findings.glue_values(findings.prose_values(findings.rare_common_ratio(summary), {"ratio": "ratio"}))  # algo_ratio
 rare_noise = by_subgroup.merge(subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"])
 noise_summary = rare_noise.groupby(["setting", "rare"], as_index=False)[["fnr_observed_std", "fnr_predicted_std"]].mean()
 for kind, flag in [("rare", True), ("common", False)]:
     part = noise_summary[noise_summary.rare == flag]
-    for name, text in findings.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_").items():
-        glue(name, text, display=False)
+    findings.glue_values(findings.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_"))
 
 # %% [markdown]
 # ## Rare subgroups move most

@@ -26,7 +26,6 @@
 # %%
 import pandas as pd
 from IPython.display import Markdown
-from myst_nb import glue
 
 from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, load_dataset, store
 
@@ -63,8 +62,7 @@ main_cell = analysis.cell_name(dataset, model)
 n = int(summary["n_replicas"].min()) if len(summary) else 0
 columns = {"share_flip": "pct", "n_flip": "int", "n_examples": "int", "n_sometimes_wrong": "int",
            "n_always_wrong": "int"}
-for name, text in findings.prose_values(summary, columns).items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(summary, columns))
 
 # %% [markdown]
 # ## How many replicas get each example right
@@ -140,8 +138,7 @@ pd.DataFrame({"setting": flips["setting"], "replicas": flips["n_replicas"],
 # %% tags=["hide-input"]
 dv = analysis.distribution_variance(runs)
 columns = {"observed_std": "pct", "predicted_std": "pct", "distribution_std": "pct", "ratio": "ratio"}
-for name, text in findings.prose_values(dv, columns).items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(dv, columns))
 
 # %% [markdown]
 # ## Test-set noise or different models?

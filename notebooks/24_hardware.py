@@ -28,7 +28,6 @@
 # %%
 import pandas as pd
 from IPython.display import Markdown
-from myst_nb import glue
 
 from nnrandomness import analysis, charts, findings, store
 
@@ -81,8 +80,7 @@ main_cell = analysis.cell_name(dataset, model)
 first = compare.drop_duplicates("setting")  # the first pair of labels of each setting
 columns = {"churn_matched": "pct", "churn_within_a": "pct", "churn_within_b": "pct", "churn_cross": "pct",
            "n_matched": "int", "n_identical": "int", "l2_matched": "2f", "hardware_a": "text", "hardware_b": "text"}
-for name, text in findings.prose_values(first, columns).items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(first, columns))
 
 # %% [markdown]
 # ## The same seeds on two machines
@@ -139,8 +137,7 @@ hw_note, hw_table = findings.hardware_table(per_hw, every.replicas["hardware"])
 Markdown(hw_note) if hw_note else hw_table
 
 # %% tags=["hide-input"]
-for name, text in findings.hardware_values(per_hw).items():  # every_cell, every_acc_std_a, ...
-    glue(name, text, display=False)
+findings.glue_values(findings.hardware_values(per_hw))  # every_cell, every_acc_std_a, ...
 
 # %% [markdown]
 # On {glue:text}`every_cell`, accuracy varies by {glue:text}`every_acc_std_a` on

@@ -89,3 +89,12 @@ def test_hardware_table_and_values(runs, root):  # noqa: F811
     assert table is None and "(the store holds `cpu-1t`)" in note
     empty = findings.hardware_values(one)
     assert set(empty.values()) == {"n/a"} and len(empty) == 1 + 2 * (1 + len(findings.HARDWARE_PROSE))
+
+
+def test_glue_values(monkeypatch):
+    import myst_nb
+
+    calls = []
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: calls.append((name, value, display)))
+    findings.glue_values({"algo_churn": "1.00 %", "ulp_churn": "n/a"}, prefix="bn_")
+    assert calls == [("bn_algo_churn", "1.00 %", False), ("bn_ulp_churn", "n/a", False)]  # in order, not displayed

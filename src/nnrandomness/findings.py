@@ -25,6 +25,7 @@ __all__ = [
     "ci_text",
     "findings",
     "format_findings",
+    "glue_values",
     "hardware_table",
     "hardware_values",
     "pct",
@@ -107,6 +108,15 @@ def prose_values(table: pd.DataFrame, columns: dict[str, str] | None = None, pre
             v = rows.at[setting, column] if setting in rows.index else None
             out[f"{prefix}{_slug(setting)}_{column}"] = as_text(v, kind)
     return out
+
+
+def glue_values(values: dict[str, str], prefix: str = "") -> None:
+    """Glue every ``name: text`` of ``values`` as ``<prefix><name>`` for ``{glue:text}`` in the
+    prose (in an executed notebook; nothing is shown in the cell)."""
+    from myst_nb import glue  # the book's dependency, not the package's: imported on use
+
+    for name, text in values.items():
+        glue(f"{prefix}{name}", text, display=False)
 
 
 # ----------------------------------------------------------------------------- subgroups
