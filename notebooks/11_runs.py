@@ -123,7 +123,8 @@ executed_notebooks = sorted(Path(executed_root).rglob("*.ipynb")) if Path(execut
 if executed_notebooks:
     out = pd.DataFrame({
         "notebook": [p.relative_to(executed_root).as_posix() for p in executed_notebooks],
-        "cells with an error": [p.read_text(encoding="utf-8").count('"output_type": "error"') for p in executed_notebooks],
+        "cells with an error": [p.read_text(encoding="utf-8").count('"output_type": "error"')
+                                for p in executed_notebooks],
     }).set_index("notebook")
 else:
     out = Markdown(f"No executed job notebooks under `{executed_root}` (they appear there once a plan has run).")

@@ -99,7 +99,8 @@ findings.glue_values(findings.prose_values(main))  # algo_churn, ulp_l2, ...: th
 # :::
 
 # %% tags=["hide-input"]
-chart = charts.accuracy_churn(main) if len(main) else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
+chart = (charts.accuracy_churn(main) if len(main)
+         else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("topline", "accuracy-churn", chart,
        "Left: standard deviation of top-1 test accuracy across replicas, per setting (dot), with its 95 % "
        "bootstrap interval (bar). Right: predictive churn, the mean share of test examples on which two "

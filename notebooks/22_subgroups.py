@@ -135,7 +135,8 @@ pd.DataFrame({
 # :::
 
 # %% tags=["hide-input"]
-one = rates[rates.setting == setting].merge(subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"])
+one = rates[rates.setting == setting].merge(subs[["setting", "class", "group", "rare"]],
+                                            on=["setting", "class", "group"])
 chart = (charts.subgroup_replicas(one, attribute, setting) if len(one)
          else charts.missing_chart(f"no {setting} runs with a group attribute for {hardware}/{main_cell}"))
 charts.glue_figure("subgroups", "replicas", chart,

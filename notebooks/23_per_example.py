@@ -84,7 +84,8 @@ chart = (charts.right_counts(examples, summary) if len(examples)
          else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-example", "right-counts", chart,
                    "Number of test examples (symmetric log scale) by how many replicas of a setting classify them "
-                   "correctly; click a setting in the legend to bring it forward", n=n, hardware=hardware, cell=main_cell)
+                   "correctly; click a setting in the legend to bring it forward", n=n, hardware=hardware,
+                   cell=main_cell)
 
 # %% [markdown]
 # ## The most unstable examples
@@ -162,7 +163,8 @@ findings.glue_values(findings.prose_values(dv, columns))
 # :::
 
 # %% tags=["hide-input"]
-chart = charts.variance_chart(dv) if len(dv) else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
+chart = (charts.variance_chart(dv) if len(dv)
+         else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-example", "variance", chart,
                    "Standard deviation of test accuracy across replicas (circles) and the standard deviation "
                    "independent per-example errors would give (diamonds, Jordan's estimator), per setting",

@@ -288,7 +288,8 @@ def test_missing_and_empty_store(runs, tmp_path):
                   analysis.per_example(empty), analysis.hardware_compare(empty), analysis.identity(empty),
                   analysis.twin_identity(empty), analysis.runs_table(empty), analysis.distribution_variance(empty)):
         assert frame.empty and len(frame.columns) > 3
-    assert analysis.missing(empty, hardware="h", dataset="d", model="m", settings=["ALGO"])[0].startswith("h/d/m/ALGO: 0")
+    lines = analysis.missing(empty, hardware="h", dataset="d", model="m", settings=["ALGO"])
+    assert lines[0].startswith("h/d/m/ALGO: 0")
 
 
 def test_subgroup_noise_and_churn_flips(runs):

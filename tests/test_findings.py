@@ -60,7 +60,8 @@ def test_prose_values(runs):  # noqa: F811
 
 
 def test_rare_common_ratio():
-    summary = pd.DataFrame({"hardware": "h", "dataset": "d", "model": "m", "setting": ["ALGO", "ALGO", "CONTROL", "CONTROL"],
+    summary = pd.DataFrame({"hardware": "h", "dataset": "d", "model": "m",
+                            "setting": ["ALGO", "ALGO", "CONTROL", "CONTROL"],
                             "subgroups": ["rare", "common"] * 2, "fnr_std": [0.3, 0.1, 0.2, 0.0]})
     r = findings.rare_common_ratio(summary).set_index("setting")
     assert r.at["ALGO", "ratio"] == pytest.approx(3.0) and r.at["ALGO", "rare"] == 0.3

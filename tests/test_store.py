@@ -44,7 +44,8 @@ def root(tmp_path):
 
 def test_layout_and_manifest(root):
     d = root / "cpu-1t/digits_groups/smallcnn/ALGO/replica-1"
-    assert sorted(p.name for p in d.iterdir()) == ["history.parquet", "manifest.json", "predictions.parquet", "weights.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["history.parquet", "manifest.json", "predictions.parquet",
+                                                   "weights.safetensors"]
     m = json.loads((d / "manifest.json").read_text())
     assert m["spec"]["replica"] == 1 and m["hardware"] == "cpu-1t" and m["seeds"]["init"] == 1
     assert m["files"]["weights.safetensors"] == store.sha256_file(d / "weights.safetensors")

@@ -531,7 +531,8 @@ def hardware_compare(runs: store.Runs, weights: bool = False) -> pd.DataFrame:
                "acc_std_a", "acc_std_b", "l2_matched", "l2_within_a", "l2_within_b"]
     by_base: dict[tuple, dict[str, store.Cell]] = {}
     for cell in runs.iter_cells():
-        by_base.setdefault((cell.key["dataset"], cell.key["model"], cell.key["setting"]), {})[cell.key["hardware"]] = cell
+        base = (cell.key["dataset"], cell.key["model"], cell.key["setting"])
+        by_base.setdefault(base, {})[cell.key["hardware"]] = cell
     rows = []
     nan = float("nan")
     for (ds, model, setting), cells in sorted(by_base.items()):

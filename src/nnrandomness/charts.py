@@ -447,7 +447,8 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
     )
     ci = alt.Chart(main).mark_rule(color="black").encode(
         x="churn_lo:Q", x2="churn_hi:Q", y=alt.Y("setting:N", sort=order),
-        tooltip=["setting:N", alt.Tooltip("churn:Q", format=".2%"), alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
+        tooltip=["setting:N", alt.Tooltip("churn:Q", format=".2%"),
+                 alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
                  alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%")])
     churn = (bars + ci).properties(title="Predictive churn and its two parts")
     return alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
@@ -608,8 +609,8 @@ def variance_chart(dv: pd.DataFrame) -> alt.Chart:
     """23_per_example: the observed std of test accuracy across replicas (circles) beside the std
     independent per-example errors would give (diamonds), per setting (analysis.distribution_variance rows)."""
     present = setting_sort(dv["setting"])
-    long = dv.melt(id_vars=["setting", "n_replicas", "n_examples", "ratio"], value_vars=["observed_std", "predicted_std"],
-                   var_name="kind", value_name="std")
+    long = dv.melt(id_vars=["setting", "n_replicas", "n_examples", "ratio"],
+                   value_vars=["observed_std", "predicted_std"], var_name="kind", value_name="std")
     long["kind"] = long["kind"].map({"observed_std": "observed", "predicted_std": "predicted (independent examples)"})
     return alt.Chart(tidy_limit(long)).mark_point(filled=True, size=80).encode(
         x=alt.X("std:Q", title="standard deviation of test accuracy", axis=alt.Axis(format=".1%")),

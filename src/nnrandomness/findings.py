@@ -218,11 +218,13 @@ def findings(runs: store.Runs, *, hardware: str = "cpu-1t", dataset: str = "digi
     groups = runs.select(hardware=hardware, dataset=groups_dataset, model=model, setting="ALGO")
     ratio = rare_common_ratio(analysis.rare_vs_common(analysis.subgroups(groups)))
     if len(ratio) and not (pd.isna(ratio["rare"].iloc[0]) or pd.isna(ratio["common"].iloc[0])):
-        out["rare_fnr_std_algo"], out["common_fnr_std_algo"] = float(ratio["rare"].iloc[0]), float(ratio["common"].iloc[0])
+        out["rare_fnr_std_algo"] = float(ratio["rare"].iloc[0])
+        out["common_fnr_std_algo"] = float(ratio["common"].iloc[0])
         out["rare_common_ratio_algo"] = _value(ratio["ratio"].iloc[0])
 
     hw = analysis.hardware_compare(runs.select(dataset=dataset, model=model, setting="CONTROL"))
-    hw = hw[(hw["hardware_a"].isin([hardware, threads_hardware])) & (hw["hardware_b"].isin([hardware, threads_hardware]))]
+    pair = [hardware, threads_hardware]
+    hw = hw[hw["hardware_a"].isin(pair) & hw["hardware_b"].isin(pair)]
     if not hw.empty and not pd.isna(hw["churn_matched"].iloc[0]):
         out["thread_churn_control"] = float(hw["churn_matched"].iloc[0])
     return out

@@ -215,15 +215,16 @@ class Runs:
         """One row per (hardware, dataset, model, setting) with its number of replicas."""
         return self.replicas.groupby(CELL, as_index=False).size().rename(columns={"size": "replicas"})
 
-    def subset(self, keep: Callable[[pd.DataFrame], np.ndarray]) -> "Runs":
+    def subset(self, keep: Callable[[pd.DataFrame], np.ndarray]) -> Runs:
         """The rows of every frame for which ``keep(frame)`` (a boolean array) holds."""
 
         def sub(df: pd.DataFrame) -> pd.DataFrame:
-            return df.reset_index(drop=True) if df.empty else df[np.asarray(keep(df), dtype=bool)].reset_index(drop=True)
+            rows = df if df.empty else df[np.asarray(keep(df), dtype=bool)]
+            return rows.reset_index(drop=True)
 
         return Runs(sub(self.replicas), sub(self.predictions), sub(self.history), list(self.problems))
 
-    def select(self, **key) -> "Runs":
+    def select(self, **key) -> Runs:
         """The part of the view matching every ``name=value`` (hardware, dataset, model, setting,
         replica); a list, tuple or set of values matches any of them."""
         unknown = set(key) - set(KEYS)
@@ -260,7 +261,8 @@ def _recorded_setting(name: str, replicas: pd.DataFrame) -> NoiseSetting:
     """The one meaning the manifests of a cell's replicas record for its setting."""
     meanings = {(tuple(v), bool(d), bool(u)) for v, d, u in zip(*(replicas[c] for c in MEANING))}
     if len(meanings) != 1:
-        raise ValueError(f"the replicas of setting {name} record {len(meanings)} different meanings: {sorted(meanings)}")
+        raise ValueError(f"the replicas of setting {name} record {len(meanings)} different meanings: "
+                         f"{sorted(meanings)}")
     varied, deterministic, perturb_ulp = meanings.pop()
     return NoiseSetting(name, frozenset(varied), deterministic, perturb_ulp)
 
@@ -287,8 +289,8 @@ def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filte
             problems.append((str(path), str(e)))
             continue
         except (KeyError, TypeError):
-            problems.append((str(path), "the manifest records no meaning of its setting (varied, deterministic, "
-                                        "perturb_ulp)"))
+            problems.append((str(path), ("the manifest records no meaning of its setting (varied, deterministic, "
+                                         "perturb_ulp)")))
             continue
         s = m["spec"]
         key = {"hardware": m["hardware"], "dataset": s["dataset"], "model": s["model"], "setting": s["setting"],
@@ -325,14 +327,17 @@ def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filte
         import warnings
 
         warnings.warn(f"skipped {len(problems)} incomplete or damaged replica(s): {problems[:3]}", stacklevel=2)
-    order = lambda df, extra: df[KEYS + [c for c in df.columns if c not in KEYS]].sort_values(KEYS + extra, ignore_index=True)  # noqa: E731
+    def order(df: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+        return df[KEYS + [c for c in df.columns if c not in KEYS]].sort_values(KEYS + extra, ignore_index=True)
+
     replicas = order(pd.DataFrame(rows), []) if rows else pd.DataFrame(columns=KEYS + MEANING)
     predictions = order(pd.concat(preds, ignore_index=True), ["example"]) if preds else pd.DataFrame(columns=KEYS)
     history = order(pd.concat(hists, ignore_index=True), ["epoch"]) if hists else pd.DataFrame(columns=KEYS)
     return Runs(replicas, predictions, history, problems)
 
 
-def prediction_matrix(predictions: pd.DataFrame, column: str = "prediction") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prediction_matrix(predictions: pd.DataFrame,
+                      column: str = "prediction") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(R, N) matrix of one cell's predictions (rows by ascending replica id, columns by example
     id), with labels (N,) and groups (N,)."""
     wide = predictions.pivot(index="replica", columns="example", values=column)
