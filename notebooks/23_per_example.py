@@ -102,17 +102,13 @@ charts.glue_figure("per-example", "right-counts", chart,
 
 # %% tags=["hide-input"]
 chosen = analysis.unstable_examples(examples, setting, top_k)
-try:
+votes = analysis.examples_votes(runs.select(setting=setting).predictions, chosen["example"])
+try:  # a dataset that is not on this machine: say so
     images = load_dataset(dataset).x_test.numpy() if len(chosen) else None
-except (FileNotFoundError, ValueError) as e:  # a dataset that is not on this machine: say so
+    reason = f"no {setting} replicas disagree on any test example"
+except (FileNotFoundError, ValueError) as e:
     images, reason = None, str(e).splitlines()[0]
-else:
-    reason = f"no {setting} replicas disagree on any test example" if not len(chosen) else ""
-if images is not None:
-    chart = charts.unstable_examples(chosen, images, analysis.examples_votes(
-        runs.select(setting=setting).predictions, chosen["example"]), setting)
-else:
-    chart = charts.missing_chart(reason)
+chart = charts.unstable_examples(chosen, images, votes, setting) if images is not None else charts.missing_chart(reason)
 charts.glue_figure("per-example", "unstable", chart,
                    f"Top: the test examples on which the {setting} replicas agree least, as 8x8 images, with their "
                    f"true label. Bottom: how many replicas predict each class (the number in a bar), right in blue, "
