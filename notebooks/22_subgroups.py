@@ -72,13 +72,11 @@ main_cell = analysis.cell_name(dataset, model)
 n = int(subs["n_replicas"].min()) if len(subs) else 0
 columns = {"fnr_std": "pct", "fpr_std": "pct", "fnr_mean": "pct", "examples_mean": "2f"}
 for kind in ["rare", "common"]:
-    part = summary[summary.subgroups == kind]
-    findings.glue_values(findings.prose_values(part, columns, prefix=f"{kind}_"))
+    findings.glue_values(findings.prose_values(summary[summary.subgroups == kind], columns, prefix=f"{kind}_"))
 findings.glue_values(findings.prose_values(findings.rare_common_ratio(summary), {"ratio": "ratio"}))  # algo_ratio
-rare_noise = by_subgroup.merge(subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"])
-noise_summary = rare_noise.groupby(["setting", "rare"], as_index=False)[["fnr_observed_std", "fnr_predicted_std"]].mean()
-for kind, flag in [("rare", True), ("common", False)]:
-    part = noise_summary[noise_summary.rare == flag]
+noise_summary = analysis.subgroup_noise_summary(by_subgroup, subs)
+for kind in ["rare", "common"]:
+    part = noise_summary[noise_summary.subgroups == kind]
     findings.glue_values(findings.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_"))
 
 # %% [markdown]

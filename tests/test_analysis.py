@@ -303,3 +303,16 @@ def test_subgroup_noise_and_churn_flips(runs):
     # against replica 0 (all right): replica 1 gets 3 of 4 wrong, replica 2 gets 1 of 4 wrong
     assert f["correct_to_wrong"] == pytest.approx(1 / 2) and f["wrong_to_correct"] == 0.0
     assert f["churn"] == pytest.approx(1 / 2)
+
+
+def test_subgroup_noise_summary(runs):
+    s = analysis.subgroup_noise_summary(analysis.subgroup_noise(runs), analysis.subgroups(runs))
+    assert set(s["dataset"]) == {"digits_groups"} and s["subgroups"].tolist() == ["common", "rare"]
+    s = s.set_index("subgroups")
+    # FNR per replica, rare (0, g1) [0, 1, 1] and (1, g0) [0, 0, 1]: std 1/sqrt(3) each;
+    # common (0, g0) [0, 1/2, 0] and (1, g1) [0, 0, 1/2]: std sqrt(1/12) each
+    assert s.at["rare", "fnr_observed_std"] == pytest.approx(1 / ROOT3)
+    assert s.at["common", "fnr_observed_std"] == pytest.approx(math.sqrt(1 / 12))
+    # one example right in 1 of 3 replicas: p(1-p) * R/(R-1) = 2/9 * 3/2 = 1/3 for both rare subgroups
+    assert s.at["rare", "fnr_predicted_std"] == pytest.approx(1 / ROOT3)
+    assert analysis.subgroup_noise_summary(analysis.subgroup_noise(runs).iloc[:0], analysis.subgroups(runs)).empty

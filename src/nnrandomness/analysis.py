@@ -53,6 +53,7 @@ __all__ = [
     "setting_order",
     "spread_tests",
     "subgroup_noise",
+    "subgroup_noise_summary",
     "subgroup_rates",
     "subgroups",
     "topline",
@@ -394,6 +395,20 @@ def subgroup_noise(runs: store.Runs) -> pd.DataFrame:
                              "fnr_observed_std": math.sqrt(d["observed_var"]),
                              "fnr_predicted_std": math.sqrt(d["predicted_var"])})
     return _sorted(_frame(rows, columns), ["class", "group"])
+
+
+def subgroup_noise_summary(noise: pd.DataFrame, subs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the mean over the rare and over the common subgroups (``subgroups``) of
+    :func:`subgroup_noise`'s ``fnr_observed_std`` and ``fnr_predicted_std``; ``subs`` is
+    :func:`subgroups`' output, which says which subgroups are rare."""
+    columns = CELL + ["subgroups", "fnr_observed_std", "fnr_predicted_std"]
+    if noise.empty or subs.empty:
+        return _frame([], columns)
+    keys = CELL + ["class", "group"]
+    merged = noise.merge(subs[keys + ["rare"]], on=keys)
+    merged["subgroups"] = np.where(merged["rare"], "rare", "common")
+    return merged.groupby(CELL + ["subgroups"], as_index=False)[["fnr_observed_std", "fnr_predicted_std"]].mean()[
+        columns]
 
 
 def rare_vs_common(subs: pd.DataFrame) -> pd.DataFrame:
