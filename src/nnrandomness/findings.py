@@ -245,8 +245,16 @@ HARDWARE_METRICS = {
     "fnr_std_rare": ("FNR std, rare subgroups (mean)", "pct"),
     "fnr_std_common": ("FNR std, common subgroups (mean)", "pct"),
 }
-# The numbers the hardware chapter's prose quotes for one cell, per label.
-HARDWARE_PROSE = ("acc_std", "class_std_max", "n_flip", "observed_var", "predicted_var")
+# The numbers the hardware chapter's prose quotes for one cell, in glue order after every_cell:
+# glue name -> (label: 0 for a, 1 for b; the metric, or None for the label itself).
+HARDWARE_PROSE = {
+    "every_hardware_a": (0, None), "every_acc_std_a": (0, "acc_std"), "every_class_std_max_a": (0, "class_std_max"),
+    "every_n_flip_a": (0, "n_flip"), "every_observed_var_a": (0, "observed_var"),
+    "every_predicted_var_a": (0, "predicted_var"),
+    "every_hardware_b": (1, None), "every_acc_std_b": (1, "acc_std"), "every_class_std_max_b": (1, "class_std_max"),
+    "every_n_flip_b": (1, "n_flip"), "every_observed_var_b": (1, "observed_var"),
+    "every_predicted_var_b": (1, "predicted_var"),
+}
 
 
 def hardware_table(per_hw: pd.DataFrame, labels: Iterable[str]) -> tuple[str, pd.DataFrame | None]:
@@ -272,9 +280,8 @@ def hardware_table(per_hw: pd.DataFrame, labels: Iterable[str]) -> tuple[str, pd
 
 def hardware_values(per_hw: pd.DataFrame) -> dict[str, str]:
     """The per-label numbers the hardware chapter quotes, as text, in glue order: ``every_cell``
-    (the ALGO cell when there is one, else the first), then for the first two labels a and b
-    ``every_hardware_<a|b>`` and ``every_<metric>_<a|b>`` for the metrics of HARDWARE_PROSE;
-    'n/a' throughout when no cell is stored under two labels."""
+    (the ALGO cell when there is one, else the first), then the names of HARDWARE_PROSE for its
+    first two labels a and b; 'n/a' throughout when no cell is stored under two labels."""
     if per_hw.empty:
         out = {"every_cell": "n/a"}
         pair, one = [], per_hw
@@ -286,9 +293,11 @@ def hardware_values(per_hw: pd.DataFrame) -> dict[str, str]:
                      & (per_hw["setting"] == pick["setting"])]
         pair = sorted(one["hardware"].unique())[:2]
         out = {"every_cell": f"{analysis.cell_name(pick['dataset'], pick['model'])}, {pick['setting']}"}
-    for side, hw in zip("ab", pair or ["n/a", "n/a"]):
-        out[f"every_hardware_{side}"] = hw
-        for metric in HARDWARE_PROSE:
-            value = one.loc[(one["hardware"] == hw) & (one["metric"] == metric), "value"]
-            out[f"every_{metric}_{side}"] = as_text(value.iloc[0] if len(value) else None, HARDWARE_METRICS[metric][1])
+    labels = pair or ["n/a", "n/a"]
+    for name, (side, metric) in HARDWARE_PROSE.items():
+        if metric is None:
+            out[name] = labels[side]
+            continue
+        value = one.loc[(one["hardware"] == labels[side]) & (one["metric"] == metric), "value"]
+        out[name] = as_text(value.iloc[0] if len(value) else None, HARDWARE_METRICS[metric][1])
     return out

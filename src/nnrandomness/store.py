@@ -203,7 +203,8 @@ class Cell:
 @dataclass
 class Runs:
     """A view of the run store: tidy frames, one row per replica (and example, or epoch), that
-    selects by key (:meth:`select`) and iterates its cells (:meth:`iter_cells`)."""
+    selects by key (:meth:`select`) and iterates its cells (:meth:`iter_cells`). A view is read,
+    not edited: its cells are built from the frames once, on the first iteration."""
 
     replicas: pd.DataFrame  # hardware, dataset, model, setting, replica, path, hashes, final metrics, meaning
     predictions: pd.DataFrame  # ... + example, label, group, prediction, correct
