@@ -1,9 +1,10 @@
 """From the run store to the tables the analysis chapters plot and quote.
 
-Every function takes a :class:`store.Runs` (the store view of ``store.load_runs``), maps over
-its cells (:meth:`store.Runs.iter_cells`: each with its (R, N) prediction matrix and its
-setting's recorded meaning) and returns a tidy pandas frame: one row per *cell* (hardware,
-dataset, model, setting), or per cell and class, subgroup or example. All the maths is in
+The per-cell tables take a :class:`store.Runs` (the store view of ``store.load_runs``), map
+over its cells (:meth:`store.Runs.iter_cells`: each with its (R, N) prediction matrix and its
+setting's *recorded* meaning) and return a tidy pandas frame: one row per *cell* (hardware,
+dataset, model, setting), or per cell and class, subgroup or example; the summaries
+(:func:`rare_vs_common`, :func:`instability_summary`, ...) take another function's table. All the maths is in
 :mod:`metrics` (the exact-zero rule included); this module only calls the metrics and labels
 the results. The findings and the prose's numbers are :mod:`findings`.
 Nothing here plots (that is :mod:`charts`) and nothing reads globals: a chapter re-run out of
