@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nnrandomness import store
+from nnrandomness import analysis, store
 from nnrandomness.train import ReplicaResult, ReplicaSpec
 
 SPEC = ReplicaSpec(dataset="digits_groups", model="smallcnn", setting="ALGO", epochs=2)
@@ -151,8 +151,8 @@ def test_cells_carry_matrix_and_recorded_meaning(root):
     assert cell.preds.tolist() == [[0, 1, 2, 1], [0, 2, 2, 0]] and cell.preds.dtype == np.int64
     assert cell.labels.tolist() == [0, 1, 2, 1] and cell.groups.tolist() == [0, 0, 1, 1] and cell.has_groups
     assert cell.replica_ids == [0, 1] and cell.examples.tolist() == [0, 1, 2, 3] and len(cell.predictions) == 8
-    assert cell.setting.varied == frozenset({"init", "order", "aug", "dropout"}) and cell.setting.deterministic
-    assert not cell.setting.expects_identical
+    assert cell.meaning == {"varied": frozenset({"init", "order", "aug", "dropout"}), "deterministic": True,
+                            "perturb_ulp": False}
     assert next(runs.iter_cells()) is cell  # built once per view
 
 
@@ -162,7 +162,10 @@ def test_meaning_is_read_as_recorded_not_from_todays_settings(root):
         _record(root / f"cpu-1t/digits_groups/smallcnn/ALGO/replica-{k}", varied=[], perturb_ulp=False)
     runs = store.load_runs(root)
     assert runs.replicas["varied"].tolist() == [(), ()]
-    assert next(runs.iter_cells()).setting.expects_identical
+    assert next(runs.iter_cells()).meaning["varied"] == frozenset()
+    # today's ALGO varies every source; the analysis reads the recorded meaning: these replicas must be identical
+    assert analysis.identity(runs)["expects_identical"].tolist() == [True]
+    assert analysis.topline(runs, weights=False)["expects_identical"].tolist() == [True]
     _record(root / "cpu-1t/digits_groups/smallcnn/ALGO/replica-1", deterministic=False)
     with pytest.raises(ValueError, match="setting ALGO record 2 different meanings"):
         list(store.load_runs(root).iter_cells())

@@ -120,6 +120,11 @@ def _acc_std(preds: np.ndarray, labels: np.ndarray) -> float:
     return metrics.accuracy_summary(preds, labels)["std"]
 
 
+def _recorded(cell: store.Cell) -> noise.NoiseSetting:
+    """The cell's setting as its manifests record it (not as today's noise.SETTINGS defines it)."""
+    return noise.NoiseSetting(cell.key["setting"], **cell.meaning)
+
+
 def _cells_by(runs: store.Runs, keys: list[str]) -> dict[tuple, store.Cell]:
     """The view's cells by their values of ``keys`` (a subset of CELL that identifies them)."""
     return {tuple(c.key[k] for k in keys): c for c in runs.iter_cells()}
@@ -195,7 +200,7 @@ def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: 
                 lo, hi = _ci(np.arange(r), _pair_mean(metrics.pairwise_l2(w)), n_boot, seed)
                 row.update(l2=metrics.mean_pairwise_l2(w), l2_lo=lo, l2_hi=hi)
         n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
-        row.update(n_weight_hashes=n_w, n_prediction_hashes=n_p, expects_identical=cell.setting.expects_identical,
+        row.update(n_weight_hashes=n_w, n_prediction_hashes=n_p, expects_identical=_recorded(cell).expects_identical,
                    identical=bool(n_w == 1 and n_p == 1))
         rows.append(row)
     return _sorted(_frame(rows, TOPLINE_COLUMNS))
@@ -244,7 +249,7 @@ def identity(runs: store.Runs) -> pd.DataFrame:
         n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
         rows.append({**cell.key, "n_replicas": len(reps), "n_weight_hashes": n_w, "n_prediction_hashes": n_p,
                      "weights_hash": reps["weights_hash"].iloc[0][:12] if n_w == 1 else "(differ)",
-                     "expects_identical": cell.setting.expects_identical, "identical": bool(n_w == 1 and n_p == 1)})
+                     "expects_identical": _recorded(cell).expects_identical, "identical": bool(n_w == 1 and n_p == 1)})
     return _sorted(_frame(rows, columns))
 
 

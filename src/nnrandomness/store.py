@@ -29,8 +29,6 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from .noise import NoiseSetting
-
 if TYPE_CHECKING:  # store is imported by train; only the type is needed here
     from .train import ReplicaResult
 
@@ -184,7 +182,7 @@ class Cell:
     groups: np.ndarray  # (N,) int64 group attribute; -1 where the dataset has none
     replicas: pd.DataFrame  # the cell's rows of Runs.replicas, by ascending replica id
     predictions: pd.DataFrame  # the cell's rows of Runs.predictions (one per replica and example)
-    setting: NoiseSetting  # the setting's recorded meaning (varied sources, deterministic, ULP)
+    meaning: dict  # the setting's recorded meaning: varied (frozenset of sources), deterministic, perturb_ulp
 
     @property
     def replica_ids(self) -> list[int]:
@@ -255,17 +253,18 @@ class Runs:
             preds, labels, groups = prediction_matrix(frame)
             reps = replicas[key].sort_values("replica", ignore_index=True)
             yield Cell(dict(zip(CELL, key)), preds.astype(np.int64), labels.astype(np.int64),
-                       groups.astype(np.int64), reps, frame, _recorded_setting(key[-1], reps))
+                       groups.astype(np.int64), reps, frame, _recorded_meaning(key[-1], reps))
 
 
-def _recorded_setting(name: str, replicas: pd.DataFrame) -> NoiseSetting:
-    """The one meaning the manifests of a cell's replicas record for its setting."""
+def _recorded_meaning(name: str, replicas: pd.DataFrame) -> dict:
+    """The one meaning the manifests of a cell's replicas record for its setting (the keyword
+    arguments of noise.NoiseSetting besides the name)."""
     meanings = {(tuple(v), bool(d), bool(u)) for v, d, u in zip(*(replicas[c] for c in MEANING))}
     if len(meanings) != 1:
         raise ValueError(f"the replicas of setting {name} record {len(meanings)} different meanings: "
                          f"{sorted(meanings)}")
     varied, deterministic, perturb_ulp = meanings.pop()
-    return NoiseSetting(name, frozenset(varied), deterministic, perturb_ulp)
+    return {"varied": frozenset(varied), "deterministic": deterministic, "perturb_ulp": perturb_ulp}
 
 
 def iter_replica_dirs(root, **filters):
