@@ -45,7 +45,6 @@
 # %%
 import dataclasses
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import torch
@@ -321,28 +320,8 @@ table["L2 distance"] = table["L2 distance"].map("{:.1e}".format).replace("nan", 
 table
 
 # %% tags=["hide-input"]
-comparison_order = list(changes)
-colors = [charts.SETTING_COLORS[s] for s in ("ULP", "IMPL", "ALGO")]  # tooling: IMPL's
-base = alt.Chart(charts.tidy_limit(growth)).encode(
-    x=alt.X("epochs:Q", scale=alt.Scale(type="log", base=2),
-            axis=alt.Axis(values=list(EPOCHS)), title="epochs trained"),
-    color=alt.Color("comparison:N", sort=comparison_order, title=None,
-                    scale=alt.Scale(domain=comparison_order, range=colors),
-                    legend=alt.Legend(orient="bottom")),
-    tooltip=["comparison:N", "epochs:Q", alt.Tooltip("L2 distance:Q", format=".2e"),
-             "differing predictions:Q",
-             alt.Tooltip("reference accuracy:Q", format=".1%")],
-)
-distance = base.mark_line(point=True).encode(
-    y=alt.Y("L2 distance:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e"),
-            title="L2 distance to the reference's weights"),
-).properties(width=300, height=240, title="Weights")
-flips = base.mark_line(point=True).encode(  # symlog: 0, a few and hundreds on one axis
-    y=alt.Y("differing predictions:Q", scale=alt.Scale(type="symlog"),
-            axis=alt.Axis(values=[0, 1, 2, 5, 10, 20, 50, 100, 200, n_test]),
-            title=f"test predictions that differ (of {n_test})"),
-).properties(width=300, height=240, title="Predictions")
-glue(charts.figure_name(CHAPTER, "growth"), alt.hconcat(distance, flips), display=False)
+colours = dict(zip(changes, ("ULP", "IMPL", "ALGO")))  # comparison -> the setting whose colour it takes
+glue(charts.figure_name(CHAPTER, "growth"), charts.divergence_growth(growth, colours, EPOCHS, n_test), display=False)
 
 # %% tags=["hide-input"]
 at = growth.set_index(["comparison", "epochs"])  # one row per comparison and length

@@ -29,7 +29,6 @@
 # its numbers, and what we do instead.
 
 # %%
-import altair as alt
 import numpy as np
 import pandas as pd
 import torch
@@ -74,20 +73,7 @@ grid = pd.DataFrame(
         for r in range(R) for n in range(N)
     ]
 )
-cells = alt.Chart(charts.tidy_limit(grid)).encode(
-    x=alt.X("example:N", title=None, axis=alt.Axis(labelAngle=0, orient="top")),
-    y=alt.Y("replica:N", title=None),
-)
-example_chart = (
-    cells.mark_rect(stroke="white", strokeWidth=2).encode(
-        color=alt.Color("correct:N",
-                        scale=alt.Scale(domain=[True, False], range=["#56B4E9", "#E69F00"]),
-                        legend=alt.Legend(title="correct", orient="bottom")),
-        tooltip=["replica:N", "example:N", "prediction:N", "label:N", "correct:N"],
-    )
-    + cells.mark_text(fontSize=13).encode(text="prediction:N")
-).properties(width=420, height=120)
-glue(charts.figure_name(CHAPTER, "example"), example_chart, display=False)
+glue(charts.figure_name(CHAPTER, "example"), charts.prediction_grid(grid), display=False)
 
 # %% [markdown]
 # :::{glue:figure} fig-metrics-example

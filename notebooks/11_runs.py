@@ -25,11 +25,10 @@
 # %%
 from pathlib import Path
 
-import altair as alt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from nnrandomness import analysis, charts, store
+from nnrandomness import analysis, charts, findings, store
 
 charts.enable()
 
@@ -49,8 +48,8 @@ if table.empty:
 pd.DataFrame({
     "hardware": table["hardware"], "dataset": table["dataset"], "model": table["model"], "setting": table["setting"],
     "replicas": table["replicas"], "epochs": table["epochs"], "threads": table["threads"], "device": table["device"],
-    "precision": table["precision"], "final accuracy (mean)": table["acc_mean"].map(analysis.pct),
-    "min": table["acc_min"].map(analysis.pct), "max": table["acc_max"].map(analysis.pct),
+    "precision": table["precision"], "final accuracy (mean)": table["acc_mean"].map(findings.pct),
+    "min": table["acc_min"].map(findings.pct), "max": table["acc_max"].map(findings.pct),
 }).set_index(["hardware", "dataset", "model", "setting"])
 
 # %% [markdown]
@@ -101,24 +100,10 @@ ident[ident["expects_identical"].astype(bool)].drop(columns=["expects_identical"
 # :::
 
 # %% tags=["hide-input"]
-h = runs.history
-if len(h) and "test_accuracy" in h.columns:
-    curves = (h.groupby(["hardware", "dataset", "model", "setting", "epoch"], as_index=False)
-              .agg(test_accuracy=("test_accuracy", "mean"), replicas=("replica", "nunique")))
-    curves["panel"] = curves["hardware"] + " " + curves["dataset"] + "/" + curves["model"]
-    present = charts.setting_sort(curves["setting"])
-    pick = charts.setting_selection("pick_setting")
-    chart = alt.Chart(charts.tidy_limit(curves)).mark_line().encode(
-        x=alt.X("epoch:Q", title="epoch"),
-        y=alt.Y("test_accuracy:Q", title="test accuracy (mean over replicas)", axis=alt.Axis(format=".0%")),
-        color=charts.setting_color(settings=present),
-        opacity=alt.when(pick).then(alt.value(1.0)).otherwise(alt.value(0.1)),
-        tooltip=["panel:N", "setting:N", "epoch:Q", alt.Tooltip("test_accuracy:Q", format=".2%"),
-                 alt.Tooltip("replicas:Q")],
-    ).add_params(pick).properties(width=260, height=160).facet(
-        facet=alt.Facet("panel:N", title=None), columns=2).properties(title="Test accuracy during training")
-    n = int(curves["replicas"].min())
-    labels = ", ".join(sorted(curves["hardware"].unique()))
+curves = analysis.training_curves(runs)
+if len(curves):
+    chart = charts.training_curves(curves)
+    n, labels = int(curves["replicas"].min()), ", ".join(sorted(curves["hardware"].unique()))
 else:
     chart = charts.missing_chart(f"no training histories in {runs_root}")
     n, labels = 0, "none"
@@ -134,11 +119,12 @@ charts.glue_figure("runs", "curves", chart, "Mean test accuracy over the replica
 # job ran and printed.
 
 # %%
-executed = sorted(Path(executed_root).rglob("*.ipynb")) if Path(executed_root).is_dir() else []
-if executed:
+executed_notebooks = sorted(Path(executed_root).rglob("*.ipynb")) if Path(executed_root).is_dir() else []
+if executed_notebooks:
     out = pd.DataFrame({
-        "notebook": [p.relative_to(executed_root).as_posix() for p in executed],
-        "cells with an error": [p.read_text(encoding="utf-8").count('"output_type": "error"') for p in executed],
+        "notebook": [p.relative_to(executed_root).as_posix() for p in executed_notebooks],
+        "cells with an error": [p.read_text(encoding="utf-8").count('"output_type": "error"')
+                                for p in executed_notebooks],
     }).set_index("notebook")
 else:
     out = Markdown(f"No executed job notebooks under `{executed_root}` (they appear there once a plan has run).")

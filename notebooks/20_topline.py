@@ -32,7 +32,7 @@ import pandas as pd
 from IPython.display import Markdown
 from myst_nb import glue
 
-from nnrandomness import PAPER_SETTINGS, analysis, charts, store
+from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
 charts.enable()
 
@@ -63,18 +63,17 @@ Markdown(analysis.missing_note(gaps, runs_root)) if gaps else None
 pd.DataFrame({
     "setting": main["setting"],
     "replicas": main["n_replicas"],
-    "accuracy (mean)": main["acc_mean"].map(analysis.pct),
-    "accuracy std [95% CI]": analysis.ci_text(main, "acc_std"),
-    "churn [95% CI]": analysis.ci_text(main, "churn"),
-    "L2 [95% CI]": analysis.ci_text(main, "l2", percent=False),
+    "accuracy (mean)": main["acc_mean"].map(findings.pct),
+    "accuracy std [95% CI]": findings.ci_text(main, "acc_std"),
+    "churn [95% CI]": findings.ci_text(main, "churn"),
+    "L2 [95% CI]": findings.ci_text(main, "l2", percent=False),
     "bit-identical": main["identical"],
 }).set_index("setting")
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 n_main = int(main["n_replicas"].min()) if len(main) else 0
-for name, text in analysis.prose_values(main).items():  # algo_churn, ulp_l2, ...: the prose's numbers
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(main))  # algo_churn, ulp_l2, ...: the prose's numbers
 
 
 # %% [markdown]
@@ -100,39 +99,13 @@ for name, text in analysis.prose_values(main).items():  # algo_churn, ulp_l2, ..
 # :::
 
 # %% tags=["hide-input"]
-if len(main):
-    acc = charts.setting_points(main, "acc_std", lo="acc_std_lo", hi="acc_std_hi", axis_title="std of top-1 accuracy",
-                                title="Spread of top-1 accuracy",
-                                tooltip=[alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-                                         alt.Tooltip("n_replicas:Q", title="replicas")])
-    parts = main.melt(id_vars=["setting", "n_replicas", "churn"], value_vars=["one_correct", "both_wrong"],
-                      var_name="part", value_name="share")
-    parts["part"] = parts["part"].map({"one_correct": "one right, one wrong", "both_wrong": "both wrong, differently"})
-    order = charts.setting_sort(main["setting"])
-    bars = alt.Chart(charts.tidy_limit(parts)).mark_bar().encode(
-        x=alt.X("share:Q", stack="zero", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
-        y=alt.Y("setting:N", sort=order, title=None),
-        color=charts.setting_color(settings=order, legend=None),
-        opacity=alt.Opacity("part:N", sort=["one right, one wrong", "both wrong, differently"],
-                            scale=alt.Scale(range=[1.0, 0.45]), title="pairs that differ"),
-        tooltip=["setting:N", "part:N", alt.Tooltip("share:Q", format=".2%"),
-                 alt.Tooltip("churn:Q", title="churn (total)", format=".2%"),
-                 alt.Tooltip("n_replicas:Q", title="replicas")],
-    )
-    ci = alt.Chart(main).mark_rule(color="black").encode(
-        x="churn_lo:Q", x2="churn_hi:Q", y=alt.Y("setting:N", sort=order),
-        tooltip=["setting:N", alt.Tooltip("churn:Q", format=".2%"), alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
-                 alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%")])
-    churn = (bars + ci).properties(title="Predictive churn and its two parts")
-    chart = alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
-        title="Accuracy spread and churn")
-else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+chart = (charts.accuracy_churn(main) if len(main)
+         else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("topline", "accuracy-churn", chart,
        "Left: standard deviation of top-1 test accuracy across replicas, per setting (dot), with its 95 % "
        "bootstrap interval (bar). Right: predictive churn, the mean share of test examples on which two "
        "replicas disagree, split into pairs where one replica is right (dark) and pairs where both are wrong "
-       "(light), with the interval of the total (black)", n=n_main, hardware=hardware, cell=cell)
+       "(light), with the interval of the total (black)", n=n_main, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## The weights end up far apart
@@ -155,10 +128,10 @@ if len(main):
                                   fmt=".1f", title="Distance between the final weights",
                                   tooltip=[alt.Tooltip("n_replicas:Q", title="replicas")]).properties(width=400)
 else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+    chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
 charts.glue_figure("topline", "l2", chart, "Mean L2 distance between the final weights of two replicas "
                    "(BatchNorm running statistics excluded), per setting, with its 95 % bootstrap interval",
-                   n=n_main, hardware=hardware, cell=cell)
+                   n=n_main, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## Do two settings' spreads differ?
@@ -171,7 +144,7 @@ charts.glue_figure("topline", "l2", chart, "Mean L2 distance between the final w
 # %%
 tests = analysis.spread_tests(runs, [("IMPL", "ALGO"), ("ALGO", "ALGO+IMPL"), ("INIT", "ALGO"), ("ULP", "ALGO")])
 tests = tests[(tests.hardware == hardware) & (tests.dataset == dataset) & (tests.model == model)]
-tests.assign(std_a=tests["std_a"].map(analysis.pct), std_b=tests["std_b"].map(analysis.pct),
+tests.assign(std_a=tests["std_a"].map(findings.pct), std_b=tests["std_b"].map(findings.pct),
              statistic=tests["statistic"].round(3), pvalue=tests["pvalue"].round(4)).drop(
     columns=["hardware", "dataset", "model"]).reset_index(drop=True)
 
@@ -199,20 +172,9 @@ tests.assign(std_a=tests["std_a"].map(analysis.pct), std_b=tests["std_b"].map(an
 bn = table[(table.hardware == hardware) & (table.dataset == dataset) & table.model.isin([model, bn_model])
            & table.setting.isin(PAPER_SETTINGS)]
 glue("bn_model", bn_model, display=False)
-for name, text in analysis.prose_values(bn[bn.model == bn_model], prefix="bn_").items():
-    glue(name, text, display=False)
-if bn.model.nunique() == 2:
-    tips = ["model:N", alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-            alt.Tooltip("n_replicas:Q", title="replicas")]
-    panels = [
-        charts.setting_points(bn, m, lo=f"{m}_lo", hi=f"{m}_hi", axis_title=label, fmt=".1%", tooltip=tips)
-        .properties(width=230, height=100)
-        .facet(row=alt.Row("model:N", title=None, sort=[model, bn_model]))
-        for m, label in [("acc_std", "std of top-1 accuracy"), ("churn", "churn")]
-    ]
-    chart = alt.hconcat(*panels).properties(title="Without and with BatchNorm")
-else:
-    chart = charts.missing_chart(f"needs {model} and {bn_model} on {hardware}/{dataset}")
+findings.glue_values(findings.prose_values(bn[bn.model == bn_model], prefix="bn_"))
+chart = (charts.batchnorm_chart(bn, model, bn_model) if bn.model.nunique() == 2
+         else charts.missing_chart(f"needs {model} and {bn_model} on {hardware}/{dataset}"))
 charts.glue_figure("topline", "batchnorm", chart,
                    f"Spread of top-1 accuracy and churn of {model} (top) and {bn_model} (bottom) under the "
                    "paper's four settings, with 95 % bootstrap intervals",
@@ -249,13 +211,12 @@ analysis.twin_identity(runs)
 # ## Findings for the introduction
 #
 # The headline numbers of the study, glued under the names `finding_<name>` so the
-# introduction can quote them (their formats are fixed by `analysis.FINDINGS`).
+# introduction can quote them (their formats are fixed by `findings.FINDINGS`).
 
 # %%
-found = analysis.findings(runs, hardware=hardware, dataset=dataset, model=model, groups_dataset=groups_dataset,
+found = findings.findings(runs, hardware=hardware, dataset=dataset, model=model, groups_dataset=groups_dataset,
                           threads_hardware=threads_hardware, table=table)
-shown = analysis.format_findings(found)
-for name, text in shown.items():
-    glue(f"finding_{name}", text, display=False)
+shown = findings.format_findings(found)
+findings.glue_values(shown, prefix="finding_")
 pd.DataFrame({"glue name": [f"finding_{k}" for k in shown], "value": list(shown.values()),
-              "meaning": [analysis.FINDINGS[k][1] for k in shown]}).set_index("glue name")
+              "meaning": [findings.FINDINGS[k][1] for k in shown]}).set_index("glue name")

@@ -24,12 +24,10 @@
 # deviation of top-1 accuracy.
 
 # %%
-import altair as alt
 import pandas as pd
 from IPython.display import Markdown
-from myst_nb import glue
 
-from nnrandomness import PAPER_SETTINGS, analysis, charts, store
+from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
 charts.enable()
 
@@ -52,21 +50,18 @@ Markdown(analysis.missing_note(gaps, runs_root)) if gaps else None
 
 # %%
 pd.DataFrame({
-    "setting": spread["setting"],
-    "replicas": spread["n_replicas"],
-    "top-1 std": spread["acc_std"].map(analysis.pct),
-    "per-class std (mean)": spread["class_std_mean"].map(analysis.pct),
-    "per-class std (max)": spread["class_std_max"].map(analysis.pct),
-    "class with max": spread["class_max"].map(lambda c: analysis.as_text(c, "int")),
+    "setting": spread["setting"], "replicas": spread["n_replicas"], "top-1 std": spread["acc_std"].map(findings.pct),
+    "per-class std (mean)": spread["class_std_mean"].map(findings.pct),
+    "per-class std (max)": spread["class_std_max"].map(findings.pct),
+    "class with max": spread["class_max"].map(lambda c: findings.as_text(c, "int")),
     "max / top-1": spread["ratio_max"].round(1),
 }).set_index("setting")
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 n = int(spread["n_replicas"].min()) if len(spread) else 0
 columns = {"acc_std": "pct", "class_std_mean": "pct", "class_std_max": "pct", "class_max": "int", "ratio_max": "ratio"}
-for name, text in analysis.prose_values(spread, columns).items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(spread, columns))
 
 # %% [markdown]
 # ## Classes move more than the top line
@@ -90,38 +85,12 @@ for name, text in analysis.prose_values(spread, columns).items():
 # :::
 
 # %% tags=["hide-input"]
-if len(spread):
-    present = charts.setting_sort(spread["setting"])
-    pick = charts.setting_selection("pick_setting")
-    faded = alt.when(pick).then(alt.value(1.0)).otherwise(alt.value(0.15))
-    y = alt.Y("setting:N", sort=present, title=None)
-    tips = ["setting:N", alt.Tooltip("class:O", title="class"), alt.Tooltip("n_examples:Q", title="test examples"),
-            alt.Tooltip("mean:Q", title="mean accuracy", format=".2%"),
-            alt.Tooltip("std:Q", title="std across replicas", format=".2%"),
-            alt.Tooltip("n_replicas:Q", title="replicas")]
-    ticks = alt.Chart(charts.tidy_limit(classes)).mark_tick(thickness=2, size=14).encode(
-        x=alt.X("std:Q", title="standard deviation across replicas", axis=alt.Axis(format=".0%")), y=y,
-        color=charts.setting_color(settings=present), opacity=faded, tooltip=tips,
-    ).add_params(pick)
-    top1 = alt.Chart(spread).mark_point(shape="diamond", size=120, filled=True, color="black").encode(
-        x="acc_std:Q", y=y, opacity=faded,
-        tooltip=["setting:N", alt.Tooltip("acc_std:Q", title="std of top-1 accuracy", format=".2%"),
-                 alt.Tooltip("n_replicas:Q", title="replicas")])
-    left = (ticks + top1).properties(width=280, title="Top-1 (diamond) and each class (ticks)")
-    right = alt.Chart(classes).mark_line(point=True).encode(
-        x=alt.X("class:O", title="class", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("std:Q", title="std of the class's accuracy", axis=alt.Axis(format=".0%")),
-        color=charts.setting_color(settings=present, legend=None), tooltip=tips,
-    ).transform_filter(pick).properties(width=320, title="Per class, for the settings picked in the legend")
-    # The legend (and its click selection) belongs to the left view; the right one only filters.
-    chart = alt.hconcat(left, right).resolve_legend(color="independent").properties(
-        title="Spread of per-class accuracy against the top line")
-else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+chart = (charts.per_class_chart(classes, spread) if len(spread)
+         else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-class", "spread", chart,
                    "Left: standard deviation across replicas of each class's test accuracy (one tick per class) "
                    "and of top-1 accuracy (diamond), per setting. Right: the per-class standard deviations of the "
-                   "settings picked in the legend", n=n, hardware=hardware, cell=cell)
+                   "settings picked in the legend", n=n, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## Which classes move
@@ -133,5 +102,5 @@ charts.glue_figure("per-class", "spread", chart,
 
 # %%
 algo = classes[classes.setting == "ALGO"].sort_values(["std", "class"], ascending=[False, True]).head(5)
-pd.DataFrame({"class": algo["class"], "test examples": algo["n_examples"], "mean accuracy": algo["mean"].map(analysis.pct),
-              "std across replicas": algo["std"].map(analysis.pct)}).set_index("class")
+pd.DataFrame({"class": algo["class"], "test examples": algo["n_examples"], "mean accuracy": algo["mean"].map(findings.pct),
+              "std across replicas": algo["std"].map(findings.pct)}).set_index("class")

@@ -29,12 +29,10 @@
 # across replicas.
 
 # %%
-import altair as alt
 import pandas as pd
 from IPython.display import Markdown
-from myst_nb import glue
 
-from nnrandomness import PAPER_SETTINGS, analysis, charts, store
+from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
 charts.enable()
 
@@ -51,7 +49,7 @@ rare_share = 0.5  # a subgroup is rare if it holds less than this share of its c
 runs = store.load_runs(runs_root, hardware=hardware, dataset=dataset, model=model)
 rates = analysis.subgroup_rates(runs)
 subs = analysis.subgroups(runs, rare_share=rare_share, rates=rates)
-noise = analysis.subgroup_noise(runs)
+by_subgroup = analysis.subgroup_noise(runs)
 summary = analysis.rare_vs_common(subs)
 gaps = analysis.missing(runs, hardware=hardware, dataset=dataset, model=model, settings=PAPER_SETTINGS)
 if len(runs.predictions) and not len(rates):
@@ -70,24 +68,16 @@ sizes.pivot(index="class", columns="group", values="cell").rename(
     columns=lambda g: f"{attribute}={g}") if len(sizes) else None
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 n = int(subs["n_replicas"].min()) if len(subs) else 0
 columns = {"fnr_std": "pct", "fpr_std": "pct", "fnr_mean": "pct", "examples_mean": "2f"}
 for kind in ["rare", "common"]:
-    part = summary[summary.subgroups == kind]
-    for name, text in analysis.prose_values(part, columns, prefix=f"{kind}_").items():
-        glue(name, text, display=False)
-wide = summary.pivot(index="setting", columns="subgroups", values="fnr_std").reset_index() if len(summary) else summary
-if {"rare", "common"} <= set(wide.columns):
-    wide = wide.assign(ratio=(wide["rare"] / wide["common"]).where(wide["common"] > 0))
-for name, text in analysis.prose_values(wide, {"ratio": "ratio"}).items():  # algo_ratio, ...
-    glue(name, text, display=False)
-rare_noise = noise.merge(subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"])
-noise_summary = rare_noise.groupby(["setting", "rare"], as_index=False)[["fnr_observed_std", "fnr_predicted_std"]].mean()
-for kind, flag in [("rare", True), ("common", False)]:
-    part = noise_summary[noise_summary.rare == flag]
-    for name, text in analysis.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_").items():
-        glue(name, text, display=False)
+    findings.glue_values(findings.prose_values(summary[summary.subgroups == kind], columns, prefix=f"{kind}_"))
+findings.glue_values(findings.prose_values(findings.rare_common_ratio(summary), {"ratio": "ratio"}))  # algo_ratio
+noise_summary = analysis.subgroup_noise_summary(by_subgroup, subs)
+for kind in ["rare", "common"]:
+    part = noise_summary[noise_summary.subgroups == kind]
+    findings.glue_values(findings.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_"))
 
 # %% [markdown]
 # ## Rare subgroups move most
@@ -107,40 +97,13 @@ for kind, flag in [("rare", True), ("common", False)]:
 # :::
 
 # %% tags=["hide-input"]
-if len(subs):
-    present = charts.setting_sort(subs["setting"])
-    pick = charts.setting_selection("pick_setting")
-    shown = subs.assign(subgroup=subs["class"].astype(str) + " / " + attribute + "=" + subs["group"].astype(str),
-                        kind=subs["rare"].map({True: "rare", False: "common"}))
-    tips = ["setting:N", "subgroup:N", "kind:N", alt.Tooltip("n_subgroup:Q", title="test examples"),
-            alt.Tooltip("fnr_mean:Q", title="FNR mean", format=".1%"),
-            alt.Tooltip("fnr_std:Q", title="FNR std", format=".1%"),
-            alt.Tooltip("fpr_mean:Q", title="FPR mean", format=".2%"),
-            alt.Tooltip("fpr_std:Q", title="FPR std", format=".2%"), alt.Tooltip("n_replicas:Q", title="replicas")]
-    shape = alt.Shape("kind:N", sort=["rare", "common"], scale=alt.Scale(range=["triangle-up", "circle"]),
-                      title="subgroup")
-    base = alt.Chart(charts.tidy_limit(shown)).encode(
-        opacity=alt.when(pick).then(alt.value(0.9)).otherwise(alt.value(0.08)), tooltip=tips)
-    # The legends (and the click selection) belong to the left view; the right one follows it.
-    fnr = base.mark_point(filled=True, size=60).add_params(pick).encode(
-        color=charts.setting_color(settings=present), shape=shape,
-        x=alt.X("n_subgroup:Q", title="test examples in the subgroup", scale=alt.Scale(type="log")),
-        y=alt.Y("fnr_std:Q", title="std of FNR across replicas", axis=alt.Axis(format=".0%")),
-    ).properties(width=300, title="False negative rate")
-    fpr = base.mark_point(filled=True, size=60).encode(
-        color=charts.setting_color(settings=present, legend=None), shape=shape.legend(None),
-        x=alt.X("n_subgroup:Q", title="test examples in the subgroup", scale=alt.Scale(type="log")),
-        y=alt.Y("fpr_std:Q", title="std of FPR across replicas", axis=alt.Axis(format=".1%")),
-    ).properties(width=300, title="False positive rate")
-    chart = alt.hconcat(fnr, fpr).resolve_legend(color="independent", shape="independent").properties(
-        title="Spread of subgroup error rates against subgroup size")
-else:
-    chart = charts.missing_chart(f"no runs with a group attribute for {hardware}/{cell}")
+chart = (charts.subgroup_spread(subs, attribute) if len(subs)
+         else charts.missing_chart(f"no runs with a group attribute for {hardware}/{main_cell}"))
 charts.glue_figure("subgroups", "fnr-spread", chart,
                    "Standard deviation across replicas of each (label, attribute) subgroup's false negative rate "
                    "(left) and false positive rate (right, one class against the rest), against the number of test "
                    "examples in the subgroup (log scale); rare subgroups are triangles", n=n, hardware=hardware,
-                   cell=cell)
+                   cell=main_cell)
 
 # %% [markdown]
 # The averages over rare and over common subgroups, for every setting:
@@ -148,8 +111,8 @@ charts.glue_figure("subgroups", "fnr-spread", chart,
 # %%
 pd.DataFrame({
     "setting": summary["setting"], "subgroups": summary["subgroups"], "how many": summary["n_subgroups"],
-    "examples (mean)": summary["examples_mean"].round(1), "FNR mean": summary["fnr_mean"].map(analysis.pct),
-    "FNR std": summary["fnr_std"].map(analysis.pct), "FPR std": summary["fpr_std"].map(analysis.pct),
+    "examples (mean)": summary["examples_mean"].round(1), "FNR mean": summary["fnr_mean"].map(findings.pct),
+    "FNR std": summary["fnr_std"].map(findings.pct), "FPR std": summary["fpr_std"].map(findings.pct),
 }).set_index(["setting", "subgroups"])
 
 # %% [markdown]
@@ -170,23 +133,11 @@ pd.DataFrame({
 # :::
 
 # %% tags=["hide-input"]
-one = rates[rates.setting == setting].merge(subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"])
-if len(one):
-    one = one.assign(subgroup=one["class"].astype(str) + " / " + attribute + "=" + one["group"].astype(str),
-                     kind=one["rare"].map({True: "rare", False: "common"}))
-    order = one.sort_values(["class", "group"])["subgroup"].unique().tolist()
-    chart = alt.Chart(charts.tidy_limit(one[["subgroup", "kind", "replica", "fnr", "n_subgroup", "fn", "tp"]])).mark_tick(
-        thickness=2, size=12).encode(
-        x=alt.X("fnr:Q", title="false negative rate", axis=alt.Axis(format=".0%")),
-        y=alt.Y("subgroup:N", sort=order, title="label / attribute"),
-        color=alt.Color("kind:N", sort=["rare", "common"], scale=alt.Scale(range=["#D55E00", "#999999"]),
-                        title="subgroup"),
-        tooltip=["subgroup:N", "replica:Q", alt.Tooltip("fnr:Q", format=".1%"), alt.Tooltip("fn:Q", title="missed"),
-                 alt.Tooltip("n_subgroup:Q", title="test examples")],
-    ).properties(width=380, title=f"False negative rate of each subgroup in each {setting} replica")
-else:
-    chart = charts.missing_chart(f"no {setting} runs with a group attribute for {hardware}/{cell}")
+one = rates[rates.setting == setting].merge(subs[["setting", "class", "group", "rare"]],
+                                            on=["setting", "class", "group"])
+chart = (charts.subgroup_replicas(one, attribute, setting) if len(one)
+         else charts.missing_chart(f"no {setting} runs with a group attribute for {hardware}/{main_cell}"))
 charts.glue_figure("subgroups", "replicas", chart,
                    f"False negative rate of each (label, attribute) subgroup, one tick per {setting} replica; rare "
                    "subgroups in orange", n=int(one["replica"].nunique()) if len(one) else 0, hardware=hardware,
-                   cell=cell)
+                   cell=main_cell)

@@ -24,12 +24,10 @@
 # is the noise of a finite test set, after {cite:t}`jordan2024variance`.
 
 # %%
-import altair as alt
 import pandas as pd
 from IPython.display import Markdown
-from myst_nb import glue
 
-from nnrandomness import PAPER_SETTINGS, analysis, charts, load_dataset, store
+from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, load_dataset, store
 
 charts.enable()
 
@@ -55,17 +53,16 @@ Markdown(analysis.missing_note(gaps, runs_root)) if gaps else None
 # %%
 pd.DataFrame({
     "setting": summary["setting"], "replicas": summary["n_replicas"], "test examples": summary["n_examples"],
-    "flip": summary["n_flip"], "flip (share)": summary["share_flip"].map(analysis.pct),
+    "flip": summary["n_flip"], "flip (share)": summary["share_flip"].map(findings.pct),
     "always wrong": summary["n_always_wrong"], "sometimes wrong": summary["n_sometimes_wrong"],
 }).set_index("setting")
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 n = int(summary["n_replicas"].min()) if len(summary) else 0
 columns = {"share_flip": "pct", "n_flip": "int", "n_examples": "int", "n_sometimes_wrong": "int",
            "n_always_wrong": "int"}
-for name, text in analysis.prose_values(summary, columns).items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(summary, columns))
 
 # %% [markdown]
 # ## How many replicas get each example right
@@ -83,27 +80,12 @@ for name, text in analysis.prose_values(summary, columns).items():
 # :::
 
 # %% tags=["hide-input"]
-if len(examples):
-    present = charts.setting_sort(examples["setting"])
-    right = (examples["frac_correct"] * examples["n_replicas"]).round().astype(int).rename("right")
-    grid = pd.crosstab(examples["setting"], right).reindex(  # every (setting, count) pair, zeros included
-        columns=range(int(examples["n_replicas"].max()) + 1), fill_value=0)
-    counts = grid.stack().reset_index(name="examples").merge(summary[["setting", "n_replicas"]], on="setting")
-    counts = counts[counts["right"] <= counts["n_replicas"]]
-    pick = charts.setting_selection("pick_setting")
-    chart = alt.Chart(charts.tidy_limit(counts)).mark_line(point=True).encode(
-        x=alt.X("right:O", title="replicas that get the example right", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("examples:Q", title="test examples", scale=alt.Scale(type="symlog")),
-        color=charts.setting_color(settings=present),
-        opacity=alt.when(pick).then(alt.value(1.0)).otherwise(alt.value(0.1)),
-        tooltip=["setting:N", alt.Tooltip("right:O", title="replicas right"), alt.Tooltip("examples:Q"),
-                 alt.Tooltip("n_replicas:Q", title="replicas")],
-    ).add_params(pick).properties(width=420, title="How many replicas get each test example right")
-else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+chart = (charts.right_counts(examples, summary) if len(examples)
+         else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-example", "right-counts", chart,
                    "Number of test examples (symmetric log scale) by how many replicas of a setting classify them "
-                   "correctly; click a setting in the legend to bring it forward", n=n, hardware=hardware, cell=cell)
+                   "correctly; click a setting in the legend to bring it forward", n=n, hardware=hardware,
+                   cell=main_cell)
 
 # %% [markdown]
 # ## The most unstable examples
@@ -119,50 +101,19 @@ charts.glue_figure("per-example", "right-counts", chart,
 # :::
 
 # %% tags=["hide-input"]
-chosen = examples[examples.setting == setting].sort_values(
-    ["modal_agreement", "n_distinct", "frac_correct", "example"], ascending=[True, False, True, True]).head(top_k)
-chosen = chosen[chosen["flips"].astype(bool)]
-try:
+chosen = analysis.unstable_examples(examples, setting, top_k)
+votes = analysis.examples_votes(runs.select(setting=setting).predictions, chosen["example"])
+try:  # a dataset that is not on this machine: say so
     images = load_dataset(dataset).x_test.numpy() if len(chosen) else None
-except (FileNotFoundError, ValueError) as e:  # a dataset that is not on this machine: say so
+    reason = f"no {setting} replicas disagree on any test example"
+except (FileNotFoundError, ValueError) as e:
     images, reason = None, str(e).splitlines()[0]
-else:
-    reason = f"no {setting} replicas disagree on any test example" if not len(chosen) else ""
-if images is not None:
-    order = [f"#{e} (label {y})" for e, y in zip(chosen["example"], chosen["label"])]
-    title = dict(zip(chosen["example"], order))
-    pixels = pd.DataFrame([
-        {"example": title[e], "row": r, "col": c, "value": int(images[e, :, r, c].mean())}
-        for e in chosen["example"] for r in range(images.shape[2]) for c in range(images.shape[3])
-    ])
-    picture = alt.Chart(charts.tidy_limit(pixels)).mark_rect().encode(
-        x=alt.X("col:O", axis=None), y=alt.Y("row:O", axis=None),
-        color=alt.Color("value:Q", scale=alt.Scale(scheme="greys", domain=[0, 255]), legend=None),
-        tooltip=["example:N", "row:O", "col:O", alt.Tooltip("value:Q", title="pixel")],
-    ).properties(width=56, height=56).facet(
-        facet=alt.Facet("example:N", sort=order, title=None, header=alt.Header(labelFontSize=10)), columns=6)
-    votes = analysis.examples_votes(runs.predictions[runs.predictions.setting == setting], chosen["example"])
-    votes = votes.assign(example=votes["example"].map(title),
-                         outcome=votes["correct"].map({True: "right", False: "wrong"}))
-    bars = alt.Chart(charts.tidy_limit(votes)).encode(
-        y=alt.Y("example:N", sort=order, title=None),
-        x=alt.X("votes:Q", stack="zero", title=f"{setting} replicas predicting each class"),
-        order=alt.Order("prediction:O"),
-        tooltip=["example:N", alt.Tooltip("prediction:O", title="predicted class"), "votes:Q", "outcome:N"])
-    bar = bars.mark_bar(stroke="white").encode(
-        color=alt.Color("outcome:N", sort=["right", "wrong"], scale=alt.Scale(range=["#0072B2", "#D55E00"]),
-                        title="prediction"))
-    text = bars.mark_text(dx=-7, color="white", fontWeight="bold").encode(
-        x=alt.X("votes:Q", stack="zero"), text="prediction:O")
-    chart = alt.vconcat(picture, (bar + text).properties(width=380)).properties(
-        title=f"The {len(chosen)} test examples the {setting} replicas agree on least")
-else:
-    chart = charts.missing_chart(reason)
+chart = charts.unstable_examples(chosen, images, votes, setting) if images is not None else charts.missing_chart(reason)
 charts.glue_figure("per-example", "unstable", chart,
                    f"Top: the test examples on which the {setting} replicas agree least, as 8x8 images, with their "
                    f"true label. Bottom: how many replicas predict each class (the number in a bar), right in blue, "
                    f"wrong in orange", n=int(chosen["n_replicas"].max()) if len(chosen) else 0, hardware=hardware,
-                   cell=cell)
+                   cell=main_cell)
 
 # %% [markdown]
 # ## Good and bad churn
@@ -176,16 +127,15 @@ charts.glue_figure("per-example", "unstable", chart,
 # %%
 flips = analysis.churn_flips(runs)
 pd.DataFrame({"setting": flips["setting"], "replicas": flips["n_replicas"],
-              "right -> wrong": flips["correct_to_wrong"].map(analysis.pct),
-              "wrong -> right": flips["wrong_to_correct"].map(analysis.pct),
-              "wrong -> other wrong": flips["wrong_to_other_wrong"].map(analysis.pct),
-              "churn vs replica 0": flips["churn"].map(analysis.pct)}).set_index("setting")
+              "right -> wrong": flips["correct_to_wrong"].map(findings.pct),
+              "wrong -> right": flips["wrong_to_correct"].map(findings.pct),
+              "wrong -> other wrong": flips["wrong_to_other_wrong"].map(findings.pct),
+              "churn vs replica 0": flips["churn"].map(findings.pct)}).set_index("setting")
 
 # %% tags=["hide-input"]
 dv = analysis.distribution_variance(runs)
 columns = {"observed_std": "pct", "predicted_std": "pct", "distribution_std": "pct", "ratio": "ratio"}
-for name, text in analysis.prose_values(dv, columns).items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(dv, columns))
 
 # %% [markdown]
 # ## Test-set noise or different models?
@@ -209,23 +159,9 @@ for name, text in analysis.prose_values(dv, columns).items():
 # :::
 
 # %% tags=["hide-input"]
-if len(dv):
-    present = charts.setting_sort(dv["setting"])
-    long = dv.melt(id_vars=["setting", "n_replicas", "n_examples", "ratio"], value_vars=["observed_std", "predicted_std"],
-                   var_name="kind", value_name="std")
-    long["kind"] = long["kind"].map({"observed_std": "observed", "predicted_std": "predicted (independent examples)"})
-    chart = alt.Chart(charts.tidy_limit(long)).mark_point(filled=True, size=80).encode(
-        x=alt.X("std:Q", title="standard deviation of test accuracy", axis=alt.Axis(format=".1%")),
-        y=alt.Y("setting:N", sort=present, title=None),
-        color=charts.setting_color(settings=present, legend=None),
-        shape=alt.Shape("kind:N", scale=alt.Scale(range=["circle", "diamond"]), title=None),
-        tooltip=["setting:N", "kind:N", alt.Tooltip("std:Q", format=".2%"),
-                 alt.Tooltip("ratio:Q", title="variance ratio", format=".2f"),
-                 alt.Tooltip("n_replicas:Q", title="replicas"), alt.Tooltip("n_examples:Q", title="test examples")],
-    ).properties(width=380, title="Observed spread of accuracy against finite-test-set noise")
-else:
-    chart = charts.missing_chart(f"no runs of {hardware}/{cell} in the store")
+chart = (charts.variance_chart(dv) if len(dv)
+         else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-example", "variance", chart,
                    "Standard deviation of test accuracy across replicas (circles) and the standard deviation "
                    "independent per-example errors would give (diamonds, Jordan's estimator), per setting",
-                   n=n, hardware=hardware, cell=cell)
+                   n=n, hardware=hardware, cell=main_cell)

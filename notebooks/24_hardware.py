@@ -26,12 +26,10 @@
 # the pure effect of the tooling, since nothing else differs.
 
 # %%
-import altair as alt
 import pandas as pd
 from IPython.display import Markdown
-from myst_nb import glue
 
-from nnrandomness import analysis, charts, store
+from nnrandomness import analysis, charts, findings, store
 
 charts.enable()
 
@@ -69,21 +67,20 @@ Markdown(note) if note else None
 None if compare.empty else pd.DataFrame({
     "setting": compare["setting"], "a": compare["hardware_a"], "b": compare["hardware_b"],
     "matched replicas": compare["n_matched"], "bit-identical pairs": compare["n_identical"],
-    "churn a vs b (same seeds)": compare["churn_matched"].map(analysis.pct),
-    "churn a vs b (all pairs)": compare["churn_cross"].map(analysis.pct),
-    "churn within a": compare["churn_within_a"].map(analysis.pct),
-    "churn within b": compare["churn_within_b"].map(analysis.pct),
+    "churn a vs b (same seeds)": compare["churn_matched"].map(findings.pct),
+    "churn a vs b (all pairs)": compare["churn_cross"].map(findings.pct),
+    "churn within a": compare["churn_within_a"].map(findings.pct),
+    "churn within b": compare["churn_within_b"].map(findings.pct),
     "L2 a vs b (same seeds)": compare["l2_matched"].round(3),
-    "accuracy a": compare["acc_mean_a"].map(analysis.pct), "accuracy b": compare["acc_mean_b"].map(analysis.pct),
+    "accuracy a": compare["acc_mean_a"].map(findings.pct), "accuracy b": compare["acc_mean_b"].map(findings.pct),
 }).set_index(["setting", "a", "b"])
 
 # %% tags=["hide-input"]
-cell = analysis.cell_name(dataset, model)
+main_cell = analysis.cell_name(dataset, model)
 first = compare.drop_duplicates("setting")  # the first pair of labels of each setting
 columns = {"churn_matched": "pct", "churn_within_a": "pct", "churn_within_b": "pct", "churn_cross": "pct",
            "n_matched": "int", "n_identical": "int", "l2_matched": "2f", "hardware_a": "text", "hardware_b": "text"}
-for name, text in analysis.prose_values(first, columns).items():
-    glue(name, text, display=False)
+findings.glue_values(findings.prose_values(first, columns))
 
 # %% [markdown]
 # ## The same seeds on two machines
@@ -110,34 +107,11 @@ for name, text in analysis.prose_values(first, columns).items():
 
 # %% tags=["hide-input"]
 if len(compare):
-    long = compare.assign(pair=compare["hardware_a"] + " vs " + compare["hardware_b"]).melt(
-        id_vars=["setting", "pair", "hardware_a", "hardware_b", "n_matched", "n_a", "n_b"],
-        value_vars=["churn_within_a", "churn_within_b", "churn_matched", "churn_cross"], var_name="kind",
-        value_name="churn")
-    rank = {"churn_within_a": 0, "churn_within_b": 1, "churn_matched": 2, "churn_cross": 3}
-    long["rank"] = long["kind"].map(rank)
-    long["kind"] = [{0: f"within {a}", 1: f"within {b}", 2: f"{a} vs {b}, same seeds", 3: f"{a} vs {b}, all pairs"}[r]
-                    for r, a, b in zip(long["rank"], long["hardware_a"], long["hardware_b"])]
-    long = long.dropna(subset=["churn"]).sort_values(["rank", "kind"])
-    present = charts.setting_sort(long["setting"])
-    chart = alt.Chart(charts.tidy_limit(long)).mark_bar().encode(
-        x=alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
-        y=alt.Y("kind:N", sort=long["kind"].unique().tolist(), title=None),
-        color=charts.setting_color(settings=present, legend=None),
-        # the tooling alone (same seeds) in full colour, the rest lighter
-        opacity=alt.when(alt.datum.rank == 2).then(alt.value(1.0)).otherwise(alt.value(0.4)),
-        row=alt.Row("setting:N", sort=present, title=None),
-        column=alt.Column("pair:N", title=None),
-        tooltip=["setting:N", "pair:N", "kind:N", alt.Tooltip("churn:Q", format=".2%"),
-                 alt.Tooltip("n_matched:Q", title="matched replicas"), alt.Tooltip("n_a:Q", title="replicas on a"),
-                 alt.Tooltip("n_b:Q", title="replicas on b")],
-    ).properties(width=320, height=90, title="Churn within one hardware label and across two").resolve_scale(
-        y="independent")
-    n = int(compare["n_matched"].min())
-    where = f"{cell} on {', '.join(labels)}"
+    chart = charts.hardware_churn(compare)
+    n, where = int(compare["n_matched"].min()), f"{main_cell} on {', '.join(labels)}"
 else:
-    chart = charts.missing_chart(f"no {cell} cell stored under two hardware labels")
-    n, where = 0, cell
+    chart = charts.missing_chart(f"no {main_cell} cell stored under two hardware labels")
+    n, where = 0, main_cell
 charts.glue_figure("hardware", "churn", chart,
                    "Predictive churn between replicas on one hardware label (within a, within b), between replica k "
                    "on one label and replica k on the other (same seeds: the tooling alone) and between any two "
@@ -159,64 +133,11 @@ charts.glue_figure("hardware", "churn", chart,
 # %%
 every = store.load_runs(runs_root)
 per_hw = analysis.by_hardware(every, weights=weights)
-METRICS = {  # metric -> (row label, how its value is written)
-    "acc_mean": ("accuracy, mean", "pct"), "acc_std": ("accuracy, std", "pct"), "churn": ("churn", "pct"),
-    "l2": ("mean L2 of final weights", "3f"), "class_std_max": ("per-class accuracy std, largest", "pct"),
-    "class_std_mean": ("per-class accuracy std, mean", "pct"), "n_flip": ("examples that flip", "int"),
-    "observed_var": ("accuracy variance, observed", "e"), "predicted_var": ("accuracy variance, predicted", "e"),
-    "fnr_std_rare": ("FNR std, rare subgroups (mean)", "pct"),
-    "fnr_std_common": ("FNR std, common subgroups (mean)", "pct"),
-}
-
-
-def written(value, kind):
-    if pd.isna(value):
-        return "n/a"
-    if kind == "pct":
-        return analysis.pct(value)
-    if kind == "int":
-        return str(int(value))
-    if kind == "e":
-        return "0" if value == 0 else f"{value:.2e}"
-    return f"{value:.3f}"
-
-
-if per_hw.empty:
-    hw_note = (f"**No cell is stored under two hardware labels** (the store holds "
-               f"{', '.join(f'`{h}`' for h in sorted(every.replicas['hardware'].unique())) or 'no label'}): "
-               "there is nothing to compare per label, and the values quoted below read n/a. Run the default "
-               "plan's `cpu-2t` replicas or a GPU plan, then re-execute this chapter.")
-    hw_table = None
-else:
-    hw_note = ""
-    t = per_hw.assign(cell=[analysis.cell_name(d, m) for d, m in zip(per_hw["dataset"], per_hw["model"])])
-    t["text"] = [written(v, METRICS[m][1]) for v, m in zip(t["value"], t["metric"])]
-    t["metric"] = pd.Categorical([METRICS[m][0] for m in t["metric"]],
-                                 [label for label, _ in METRICS.values()], ordered=True)
-    t["setting"] = pd.Categorical(t["setting"], analysis.setting_order(t["setting"]), ordered=True)
-    rows = (["cell"] if t["cell"].nunique() > 1 else []) + ["metric", "setting"]
-    hw_table = t.pivot(index=rows, columns="hardware", values="text").sort_index().fillna("")
-    hw_table.columns.name = None
+hw_note, hw_table = findings.hardware_table(per_hw, every.replicas["hardware"])
 Markdown(hw_note) if hw_note else hw_table
 
 # %% tags=["hide-input"]
-if per_hw.empty:
-    pick, pair = None, []
-else:
-    cells_hw = per_hw.drop_duplicates(["dataset", "model", "setting"])
-    noisy = cells_hw[cells_hw["setting"] == "ALGO"]  # the paper's main setting when it is there
-    pick = (noisy if len(noisy) else cells_hw).iloc[0]
-    one = per_hw[(per_hw["dataset"] == pick["dataset"]) & (per_hw["model"] == pick["model"])
-                 & (per_hw["setting"] == pick["setting"])]
-    pair = sorted(one["hardware"].unique())[:2]
-glue("every_cell", "n/a" if pick is None else f"{analysis.cell_name(pick['dataset'], pick['model'])}, "
-     f"{pick['setting']}", display=False)
-for side, hw in zip("ab", pair or ["n/a", "n/a"]):
-    glue(f"every_hardware_{side}", hw, display=False)
-    for metric in ("acc_std", "class_std_max", "n_flip", "observed_var", "predicted_var"):
-        value = one.loc[(one["hardware"] == hw) & (one["metric"] == metric), "value"] if pair else pd.Series([])
-        glue(f"every_{metric}_{side}", written(value.iloc[0] if len(value) else float("nan"), METRICS[metric][1]),
-             display=False)
+findings.glue_values(findings.hardware_values(per_hw))  # every_cell, every_acc_std_a, ...
 
 # %% [markdown]
 # On {glue:text}`every_cell`, accuracy varies by {glue:text}`every_acc_std_a` on

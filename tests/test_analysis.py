@@ -270,7 +270,7 @@ def test_by_hardware_by_hand(runs, root):
     assert analysis.by_hardware(store.load_runs(root, hardware="cpu-1t")).empty  # one label: nothing
     assert analysis.by_hardware(runs, weights=False).query("metric == 'l2'")["value"].isna().all()
 
-# ----------------------------------------------------------------------------- runs, missing, findings
+# ----------------------------------------------------------------------------- runs, missing
 def test_runs_table(runs):
     t = analysis.runs_table(runs)
     r = row(t, hardware="cpu-1t", dataset="digits", setting="ALGO")
@@ -288,25 +288,8 @@ def test_missing_and_empty_store(runs, tmp_path):
                   analysis.per_example(empty), analysis.hardware_compare(empty), analysis.identity(empty),
                   analysis.twin_identity(empty), analysis.runs_table(empty), analysis.distribution_variance(empty)):
         assert frame.empty and len(frame.columns) > 3
-    assert analysis.missing(empty, hardware="h", dataset="d", model="m", settings=["ALGO"])[0].startswith("h/d/m/ALGO: 0")
-    f = analysis.findings(empty)
-    assert f["acc_std_algo"] is None and f["cell"] == "digits/smallcnn"
-    assert analysis.format_findings(f)["acc_std_algo"] == "n/a"
-
-
-def test_findings(runs, top):
-    f = analysis.findings(runs, table=top)
-    assert set(f) == set(analysis.FINDINGS)
-    assert f["acc_std_algo"] == pytest.approx(math.sqrt(7 / 48)) and f["churn_control"] == 0.0
-    assert f["churn_algo_impl"] == f["churn_algo"] and f["impl_equals_control"] and f["control_identical"]
-    assert f["single_source_max"] == "ORDER" and f["churn_ulp"] is None and f["n_replicas"] == 2
-    assert f["class_std_ratio_algo"] == pytest.approx((1 / ROOT3) / math.sqrt(7 / 48))
-    assert f["rare_common_ratio_algo"] == pytest.approx(2.0)
-    assert f["thread_churn_control"] == pytest.approx(1 / 4)
-    s = analysis.format_findings(f)
-    assert s["acc_std_algo"] == "38.19 %" and s["rare_common_ratio_algo"] == "2" and s["impl_equals_control"] == "yes"
-    assert s["class_std_ratio_algo"] == "1.5" and s["churn_ulp"] == "n/a" and s["n_replicas"] == "2"
-    assert analysis.pct(0.012345) == "1.23 %" and analysis.pct(float("nan")) == "n/a"
+    lines = analysis.missing(empty, hardware="h", dataset="d", model="m", settings=["ALGO"])
+    assert lines[0].startswith("h/d/m/ALGO: 0")
 
 
 def test_subgroup_noise_and_churn_flips(runs):
@@ -320,19 +303,16 @@ def test_subgroup_noise_and_churn_flips(runs):
     # against replica 0 (all right): replica 1 gets 3 of 4 wrong, replica 2 gets 1 of 4 wrong
     assert f["correct_to_wrong"] == pytest.approx(1 / 2) and f["wrong_to_correct"] == 0.0
     assert f["churn"] == pytest.approx(1 / 2)
-    assert analysis.prose_values(flips[flips.dataset == "digits_groups"], {"churn": "pct"})["algo_churn"] != "n/a"
-    assert analysis.prose_values(flips.iloc[:0], {"churn": "pct"})["ulp_churn"] == "n/a"
 
 
-def test_shared_charts_build_valid_specs(top):
-    """The chart builders the chapters share (end of charts.py) give schema-valid Vega-Lite."""
-    from nnrandomness import charts
-
-    main = top[(top.hardware == "cpu-1t") & (top.dataset == "digits")]
-    spec = charts.setting_points(main, "churn", lo="churn_lo", hi="churn_hi", axis_title="churn").to_dict()
-    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["rule", "point"]
-    assert spec["layer"][1]["encoding"]["y"]["sort"] == ["ALGO+IMPL", "ALGO", "IMPL", "CONTROL", "ORDER"]
-    faceted = charts.setting_points(main, "acc_std", axis_title="std").facet(row="model:N").to_dict()
-    assert faceted["spec"]["layer"][0]["mark"]["type"] == "point"  # no interval columns: dots only
-    assert charts.missing_chart("no runs").to_dict()["mark"]["type"] == "text"
-    assert charts.setting_selection("pick").name == "pick"
+def test_subgroup_noise_summary(runs):
+    s = analysis.subgroup_noise_summary(analysis.subgroup_noise(runs), analysis.subgroups(runs))
+    assert set(s["dataset"]) == {"digits_groups"} and s["subgroups"].tolist() == ["common", "rare"]
+    s = s.set_index("subgroups")
+    # FNR per replica, rare (0, g1) [0, 1, 1] and (1, g0) [0, 0, 1]: std 1/sqrt(3) each;
+    # common (0, g0) [0, 1/2, 0] and (1, g1) [0, 0, 1/2]: std sqrt(1/12) each
+    assert s.at["rare", "fnr_observed_std"] == pytest.approx(1 / ROOT3)
+    assert s.at["common", "fnr_observed_std"] == pytest.approx(math.sqrt(1 / 12))
+    # one example right in 1 of 3 replicas: p(1-p) * R/(R-1) = 2/9 * 3/2 = 1/3 for both rare subgroups
+    assert s.at["rare", "fnr_predicted_std"] == pytest.approx(1 / ROOT3)
+    assert analysis.subgroup_noise_summary(analysis.subgroup_noise(runs).iloc[:0], analysis.subgroups(runs)).empty

@@ -88,7 +88,7 @@ def test_setting_colors():
     scale = charts.setting_scale(["IMPL", "ALGO+IMPL"]).to_dict()
     assert scale == {"domain": ["ALGO+IMPL", "IMPL"], "range": [charts.SETTING_COLORS["ALGO+IMPL"],
                                                                 charts.SETTING_COLORS["IMPL"]]}
-    assert len(set(charts.SETTING_COLORS.values())) == len(charts.SETTING_ORDER), "one colour per setting"
+    assert len(set(charts.SETTING_COLORS.values())) == len(charts.SETTING_COLORS), "one colour per setting"
     with pytest.raises(ValueError, match="unknown setting"):
         charts.setting_sort(["ALGO", "NOPE"])
 
@@ -96,7 +96,7 @@ def test_setting_colors():
 def test_settings_cover_the_package():
     from nnrandomness import SETTINGS
 
-    assert set(charts.SETTING_ORDER) == set(SETTINGS), "every setting of noise.SETTINGS needs a colour"
+    assert set(charts.SETTING_COLORS) == set(SETTINGS), "every setting of noise.SETTINGS needs a colour"
 
 
 def test_figure_names_and_captions():

@@ -573,3 +573,28 @@ def test_equal_accuracies_have_exactly_zero_spread():
     labels = np.zeros(7, dtype=np.int64)
     preds = np.tile(np.array([0, 0, 0, 1, 1, 1, 1]), (10, 1))
     assert m.accuracy_summary(preds, labels)["std"] == 0.0
+
+
+def test_equal_class_accuracies_have_exactly_zero_spread():
+    # Class 0 has 3 examples, each replica gets 1 of them right (a different one): accuracy 1/3 in all
+    # 10 replicas, whose float mean (10 * 0.333.../10) can round; the std must be 0.0, not ~1e-17.
+    labels = np.array([0, 0, 0, 1])
+    preds = np.array([[0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1]] * 3 + [[0, 1, 1, 1]])
+    df = m.per_class_summary(preds, labels, 2)
+    assert df["std"].tolist() == [0.0, 0.0]
+    # class 1 varies: right in 9 replicas, wrong in the last; mean 0.9, var 0.1 * 0.9 * 10/9 = 0.1
+    preds[-1, 3] = 0
+    df = m.per_class_summary(preds, labels, 2)
+    assert df["std"][0] == 0.0 and df["std"][1] == pytest.approx(math.sqrt(0.1))
+
+
+def test_distribution_variance_equal_accuracies_exactly_zero():
+    # The same 3-of-7 accuracy in every replica but different examples right: observed 0.0 exactly.
+    labels = np.zeros(7, dtype=np.int64)
+    # Four copies of three replicas: 12 replicas, where np.var of twelve 3/7 gives ~3e-33.
+    preds = np.array([[0, 0, 0, 1, 1, 1, 1], [1, 0, 0, 0, 1, 1, 1], [1, 1, 0, 0, 0, 1, 1]] * 4)
+    d = m.distribution_variance(preds, labels)
+    # p_n = 1/3, 2/3, 1, 2/3, 1/3, 0, 0: sum p(1-p) = 4 * 2/9 = 8/9; * R/(R-1) = 12/11; / N^2 = 49
+    assert d["observed_var"] == 0.0
+    assert d["predicted_var"] == pytest.approx(8 / 9 * 12 / 11 / 49)
+    assert d["distribution_var_raw"] == -d["predicted_var"] and d["distribution_var"] == 0.0

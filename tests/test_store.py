@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nnrandomness import store
+from nnrandomness import analysis, store
 from nnrandomness.train import ReplicaResult, ReplicaSpec
 
 SPEC = ReplicaSpec(dataset="digits_groups", model="smallcnn", setting="ALGO", epochs=2)
@@ -44,7 +44,8 @@ def root(tmp_path):
 
 def test_layout_and_manifest(root):
     d = root / "cpu-1t/digits_groups/smallcnn/ALGO/replica-1"
-    assert sorted(p.name for p in d.iterdir()) == ["history.parquet", "manifest.json", "predictions.parquet", "weights.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["history.parquet", "manifest.json", "predictions.parquet",
+                                                   "weights.safetensors"]
     m = json.loads((d / "manifest.json").read_text())
     assert m["spec"]["replica"] == 1 and m["hardware"] == "cpu-1t" and m["seeds"]["init"] == 1
     assert m["files"]["weights.safetensors"] == store.sha256_file(d / "weights.safetensors")
@@ -130,3 +131,60 @@ def test_zero_dim_buffers_are_hashed():
     b = {"bn.num_batches_tracked": torch.tensor(4), "w": torch.ones(2)}
     assert store.weights_hash(a) != store.weights_hash(b)
     assert store.weights_hash(a) == store.weights_hash({k: v.clone() for k, v in a.items()})
+
+
+# ----------------------------------------------------------------------------- the view
+def _record(path, **setting):
+    """Rewrite what a replica's manifest records about its setting (the manifest is not checksummed)."""
+    m = json.loads((path / store.MANIFEST).read_text())
+    if setting:
+        m["setting"].update(setting)
+    else:
+        del m["setting"]
+    (path / store.MANIFEST).write_text(json.dumps(m))
+
+
+def test_cells_carry_matrix_and_recorded_meaning(root):
+    runs = store.load_runs(root)
+    (cell,) = list(runs.iter_cells())
+    assert cell.key == {"hardware": "cpu-1t", "dataset": "digits_groups", "model": "smallcnn", "setting": "ALGO"}
+    assert cell.preds.tolist() == [[0, 1, 2, 1], [0, 2, 2, 0]] and cell.preds.dtype == np.int64
+    assert cell.labels.tolist() == [0, 1, 2, 1] and cell.groups.tolist() == [0, 0, 1, 1] and cell.has_groups
+    assert cell.replica_ids == [0, 1] and cell.examples.tolist() == [0, 1, 2, 3] and len(cell.predictions) == 8
+    assert cell.meaning == {"varied": frozenset({"init", "order", "aug", "dropout"}), "deterministic": True,
+                            "perturb_ulp": False}
+    assert next(runs.iter_cells()) is cell  # built once per view
+
+
+def test_meaning_is_read_as_recorded_not_from_todays_settings(root):
+    # A store whose ALGO replicas were written when ALGO meant "nothing varies": read as recorded.
+    for k in (0, 1):
+        _record(root / f"cpu-1t/digits_groups/smallcnn/ALGO/replica-{k}", varied=[], perturb_ulp=False)
+    runs = store.load_runs(root)
+    assert runs.replicas["varied"].tolist() == [(), ()]
+    assert next(runs.iter_cells()).meaning["varied"] == frozenset()
+    # today's ALGO varies every source; the analysis reads the recorded meaning: these replicas must be identical
+    assert analysis.identity(runs)["expects_identical"].tolist() == [True]
+    assert analysis.topline(runs, weights=False)["expects_identical"].tolist() == [True]
+    _record(root / "cpu-1t/digits_groups/smallcnn/ALGO/replica-1", deterministic=False)
+    with pytest.raises(ValueError, match="setting ALGO record 2 different meanings"):
+        list(store.load_runs(root).iter_cells())
+
+
+def test_manifest_without_meaning_is_a_problem(root):
+    _record(root / "cpu-1t/digits_groups/smallcnn/ALGO/replica-0")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        runs = store.load_runs(root)
+    assert runs.replicas["replica"].tolist() == [1] and "records no meaning" in runs.problems[0][1]
+
+
+def test_select(root):
+    store.write_replica(root, "cpu-2t", fake_result(0, [1, 1, 1, 1]))
+    runs = store.load_runs(root)
+    one = runs.select(hardware="cpu-2t")
+    assert one.replicas["hardware"].tolist() == ["cpu-2t"] and len(one.predictions) == 4 and len(one.history) == 2
+    assert [c.key["hardware"] for c in one.iter_cells()] == ["cpu-2t"]
+    assert len(runs.select(hardware=["cpu-1t", "cpu-2t"], replica=0).replicas) == 2  # a list matches any value
+    assert runs.select(setting="CONTROL").replicas.empty and list(runs.select(setting="CONTROL").iter_cells()) == []
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['seed'\]; valid keys: hardware"):
+        runs.select(seed=1)

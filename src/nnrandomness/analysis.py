@@ -1,10 +1,12 @@
 """From the run store to the tables the analysis chapters plot and quote.
 
-Every function takes a :class:`store.Runs` (the tidy frames of ``store.load_runs``) and returns
-a tidy pandas frame: one row per *cell* (hardware, dataset, model, setting), or per cell and
-class, subgroup or example. All the maths is in :mod:`metrics`; this module only selects
-replicas, builds the (R, N) prediction matrix of each cell, calls the metrics and labels the
-results.
+The per-cell tables take a :class:`store.Runs` (the store view of ``store.load_runs``), map
+over its cells (:meth:`store.Runs.iter_cells`: each with its (R, N) prediction matrix and its
+setting's *recorded* meaning) and return a tidy pandas frame: one row per *cell* (hardware,
+dataset, model, setting), or per cell and class, subgroup or example; the summaries
+(:func:`rare_vs_common`, :func:`instability_summary`, ...) take another function's table. All the maths is in
+:mod:`metrics` (the exact-zero rule included); this module only calls the metrics and labels
+the results. The findings and the prose's numbers are :mod:`findings`.
 Nothing here plots (that is :mod:`charts`) and nothing reads globals: a chapter re-run out of
 order gets the same tables.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -32,43 +34,37 @@ from . import metrics, noise, store
 
 __all__ = [
     "CELL",
-    "FINDINGS",
     "MIN_REPLICAS_CI",
     "N_BOOT",
-    "as_text",
     "by_hardware",
-    "cell_matrix",
     "cell_name",
     "churn_flips",
-    "ci_text",
     "distribution_variance",
     "examples_votes",
-    "findings",
-    "format_findings",
     "hardware_compare",
     "identity",
     "instability_summary",
-    "iter_cells",
     "missing",
     "missing_note",
-    "pct",
     "per_class",
     "per_class_spread",
     "per_example",
-    "prose_values",
     "rare_vs_common",
     "runs_table",
     "setting_order",
     "spread_tests",
     "subgroup_noise",
+    "subgroup_noise_summary",
     "subgroup_rates",
     "subgroups",
     "topline",
+    "training_curves",
     "twin_identity",
+    "unstable_examples",
 ]
 
 # ----------------------------------------------------------------------------- conventions
-CELL = ["hardware", "dataset", "model", "setting"]  # one cell of the study: its replicas are compared
+CELL = store.CELL  # one cell of the study: its replicas are compared
 N_BOOT = 1000  # bootstrap resamples per interval
 LEVEL = 0.95  # confidence level of every interval
 SEED = 0  # bootstrap seed: fixed, so committed chapter outputs are byte-identical on re-run
@@ -114,36 +110,6 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- cells
-def iter_cells(predictions: pd.DataFrame, keys: list[str] = CELL) -> Iterator[tuple[dict, pd.DataFrame]]:
-    """(key dict, that cell's prediction rows) for every cell present, in sorted key order."""
-    if predictions.empty or "example" not in predictions.columns:
-        return
-    for key, frame in predictions.groupby(keys, sort=True):
-        yield dict(zip(keys, key)), frame
-
-
-def cell_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """(preds (R, N), labels (N,), groups (N,), replica ids (R,)) of one cell's prediction rows.
-
-    Rows of ``preds`` follow the replica ids in ascending order.
-    """
-    preds, labels, groups = store.prediction_matrix(frame)
-    replicas = sorted(int(r) for r in frame["replica"].unique())
-    return preds.astype(np.int64), labels.astype(np.int64), groups.astype(np.int64), replicas
-
-
-def _cell_replicas(runs: store.Runs, key: dict, replicas: list[int] | None = None) -> pd.DataFrame:
-    """The replica rows of one cell (optionally only the given replica ids), by replica id."""
-    r = runs.replicas
-    mask = np.ones(len(r), dtype=bool)
-    for k, v in key.items():
-        mask &= (r[k] == v).to_numpy()
-    out = r[mask].sort_values("replica", ignore_index=True)
-    if replicas is not None:
-        out = out[out["replica"].isin(replicas)].reset_index(drop=True)
-    return out
-
-
 def _weights(paths: Iterable[str]) -> list[dict[str, np.ndarray]]:
     """Final weights of replicas as name -> numpy array (what metrics.pairwise_l2 takes)."""
     return [{k: v.numpy() for k, v in store.load_weights(p).items()} for p in paths]
@@ -154,9 +120,14 @@ def _acc_std(preds: np.ndarray, labels: np.ndarray) -> float:
     return metrics.accuracy_summary(preds, labels)["std"]
 
 
-def _expects_identical(setting: str) -> bool:
-    s = noise.SETTINGS.get(setting)
-    return bool(s is not None and s.expects_identical)
+def _recorded(cell: store.Cell) -> noise.NoiseSetting:
+    """The cell's setting as its manifests record it (not as today's noise.SETTINGS defines it)."""
+    return noise.NoiseSetting(cell.key["setting"], **cell.meaning)
+
+
+def _cells_by(runs: store.Runs, keys: list[str]) -> dict[tuple, store.Cell]:
+    """The view's cells by their values of ``keys`` (a subset of CELL that identifies them)."""
+    return {tuple(c.key[k] for k in keys): c for c in runs.iter_cells()}
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -208,9 +179,8 @@ def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: 
     Pairwise columns are NaN for a cell with a single replica.
     """
     rows = []
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, _, replicas = cell_matrix(frame)
-        reps = _cell_replicas(runs, key, replicas)
+    for cell in runs.iter_cells():
+        key, preds, labels, reps = cell.key, cell.preds, cell.labels, cell.replicas
         r, n = preds.shape
         acc = metrics.accuracy_summary(preds, labels)
         row = {**key, "n_replicas": r, "n_examples": n, "acc_mean": acc["mean"], "acc_std": _acc_std(preds, labels),
@@ -230,7 +200,7 @@ def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: 
                 lo, hi = _ci(np.arange(r), _pair_mean(metrics.pairwise_l2(w)), n_boot, seed)
                 row.update(l2=metrics.mean_pairwise_l2(w), l2_lo=lo, l2_hi=hi)
         n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
-        row.update(n_weight_hashes=n_w, n_prediction_hashes=n_p, expects_identical=_expects_identical(key["setting"]),
+        row.update(n_weight_hashes=n_w, n_prediction_hashes=n_p, expects_identical=_recorded(cell).expects_identical,
                    identical=bool(n_w == 1 and n_p == 1))
         rows.append(row)
     return _sorted(_frame(rows, TOPLINE_COLUMNS))
@@ -249,10 +219,9 @@ def spread_tests(runs: store.Runs, pairs: Iterable[tuple[str, str]], center: str
                "statistic", "pvalue"]
     acc: dict[tuple, np.ndarray] = {}
     std: dict[tuple, float] = {}
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, _, _ = cell_matrix(frame)
-        acc[tuple(key[k] for k in CELL)] = metrics.accuracy(preds, labels)
-        std[tuple(key[k] for k in CELL)] = _acc_std(preds, labels)
+    for key, cell in _cells_by(runs, CELL).items():
+        acc[key] = metrics.accuracy(cell.preds, cell.labels)
+        std[key] = _acc_std(cell.preds, cell.labels)
     rows = []
     bases = sorted({k[:3] for k in acc})
     for a, b in pairs:
@@ -274,15 +243,13 @@ def identity(runs: store.Runs) -> pd.DataFrame:
     promises identity and whether it holds."""
     columns = CELL + ["n_replicas", "n_weight_hashes", "n_prediction_hashes", "weights_hash", "expects_identical",
                       "identical"]
-    if runs.replicas.empty or "weights_hash" not in runs.replicas.columns:
-        return _frame([], columns)
     rows = []
-    for key, reps in runs.replicas.groupby(CELL, sort=True):
+    for cell in runs.iter_cells():
+        reps = cell.replicas
         n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
-        rows.append({**dict(zip(CELL, key)), "n_replicas": len(reps), "n_weight_hashes": n_w,
-                     "n_prediction_hashes": n_p,
+        rows.append({**cell.key, "n_replicas": len(reps), "n_weight_hashes": n_w, "n_prediction_hashes": n_p,
                      "weights_hash": reps["weights_hash"].iloc[0][:12] if n_w == 1 else "(differ)",
-                     "expects_identical": _expects_identical(key[3]), "identical": bool(n_w == 1 and n_p == 1)})
+                     "expects_identical": _recorded(cell).expects_identical, "identical": bool(n_w == 1 and n_p == 1)})
     return _sorted(_frame(rows, columns))
 
 
@@ -323,16 +290,9 @@ def per_class(runs: store.Runs) -> pd.DataFrame:
     across replicas of the class's accuracy (``metrics.per_class_summary``), and n_replicas."""
     columns = CELL + ["class", "n_examples", "n_replicas", "mean", "std"]
     parts = []
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, _, _ = cell_matrix(frame)
-        c = _num_classes(preds, labels)
-        summary = metrics.per_class_summary(preds, labels, c)
-        acc = metrics.per_class_accuracy(preds, labels, c)
-        constant = np.zeros(c, dtype=bool)
-        present = summary["n_examples"].to_numpy() > 0
-        constant[present] = (acc[:, present] == acc[:1, present]).all(axis=0)
-        summary.loc[constant & (preds.shape[0] >= 2), "std"] = 0.0  # equal values: exactly no spread
-        parts.append(summary.assign(**key, n_replicas=preds.shape[0]))
+    for cell in runs.iter_cells():
+        summary = metrics.per_class_summary(cell.preds, cell.labels, _num_classes(cell.preds, cell.labels))
+        parts.append(summary.assign(**cell.key, n_replicas=cell.preds.shape[0]))
     if not parts:
         return _frame([], columns)
     return _sorted(pd.concat(parts, ignore_index=True)[columns], ["class"])
@@ -346,14 +306,12 @@ def per_class_spread(runs: store.Runs, classes: pd.DataFrame | None = None) -> p
     ``classes`` is :func:`per_class`'s output, recomputed when not given."""
     columns = CELL + ["n_replicas", "acc_std", "class_std_mean", "class_std_max", "class_max", "ratio_max"]
     classes = per_class(runs) if classes is None else classes
+    by_cell = {key: frame for key, frame in classes.groupby(CELL, sort=False)} if len(classes) else {}
     rows = []
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, _, _ = cell_matrix(frame)
-        acc_std = _acc_std(preds, labels)
-        mask = np.ones(len(classes), dtype=bool)
-        for k, v in key.items():
-            mask &= (classes[k] == v).to_numpy()
-        c = classes[mask].dropna(subset=["std"])
+    for cell in runs.iter_cells():
+        key, preds = cell.key, cell.preds
+        acc_std = _acc_std(preds, cell.labels)
+        c = by_cell.get(tuple(key[k] for k in CELL), classes.iloc[:0]).dropna(subset=["std"])
         if c.empty:
             continue
         top = c.loc[c["std"].idxmax()]
@@ -366,10 +324,6 @@ def per_class_spread(runs: store.Runs, classes: pd.DataFrame | None = None) -> p
 
 
 # ----------------------------------------------------------------------------- subgroups
-def _has_groups(groups: np.ndarray) -> bool:
-    return bool((groups >= 0).all())  # the store writes -1 where a dataset has no group attribute
-
-
 def subgroup_rates(runs: store.Runs) -> pd.DataFrame:
     """Per cell, replica, class (one-vs-rest) and group: confusion counts and rates
     (``metrics.subgroup_rates`` with ``positive=None``), for the cells whose dataset has a group
@@ -379,15 +333,14 @@ def subgroup_rates(runs: store.Runs) -> pd.DataFrame:
     columns = CELL + ["replica", "class", "group", "n", "n_subgroup", "tp", "fp", "tn", "fn", "accuracy", "recall",
                       "fpr", "fnr"]
     parts = []
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, groups, replicas = cell_matrix(frame)
-        if not _has_groups(groups):
+    for cell in runs.iter_cells():
+        if not cell.has_groups:
             continue
-        rates = metrics.subgroup_rates(preds, labels, groups, positive=None)
-        rates["replica"] = np.asarray(replicas)[rates["replica"].to_numpy()]
+        rates = metrics.subgroup_rates(cell.preds, cell.labels, cell.groups, positive=None)
+        rates["replica"] = np.asarray(cell.replica_ids)[rates["replica"].to_numpy()]
         rates["n_subgroup"] = rates["tp"] + rates["fn"]
         rates["recall"] = 1.0 - rates["fnr"]
-        parts.append(rates.assign(**key))
+        parts.append(rates.assign(**cell.key))
     if not parts:
         return _frame([], columns)
     return _sorted(pd.concat(parts, ignore_index=True)[columns], ["class", "group", "replica"])
@@ -434,9 +387,9 @@ def subgroup_noise(runs: store.Runs) -> pd.DataFrame:
     """
     columns = CELL + ["class", "group", "n_subgroup", "fnr_observed_std", "fnr_predicted_std"]
     rows = []
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, groups, _ = cell_matrix(frame)
-        if not _has_groups(groups) or preds.shape[0] < 2:
+    for cell in runs.iter_cells():
+        key, preds, labels, groups = cell.key, cell.preds, cell.labels, cell.groups
+        if not cell.has_groups or preds.shape[0] < 2:
             continue
         for c in np.unique(labels):
             for g in np.unique(groups):
@@ -444,11 +397,24 @@ def subgroup_noise(runs: store.Runs) -> pd.DataFrame:
                 if not mask.any():
                     continue
                 d = metrics.distribution_variance(preds[:, mask], labels[mask])
-                same = bool((preds[:, mask] == preds[:1, mask]).all())  # equal replicas: exactly 0
                 rows.append({**key, "class": int(c), "group": int(g), "n_subgroup": int(mask.sum()),
-                             "fnr_observed_std": 0.0 if same else math.sqrt(d["observed_var"]),
+                             "fnr_observed_std": math.sqrt(d["observed_var"]),
                              "fnr_predicted_std": math.sqrt(d["predicted_var"])})
     return _sorted(_frame(rows, columns), ["class", "group"])
+
+
+def subgroup_noise_summary(noise: pd.DataFrame, subs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the mean over the rare and over the common subgroups (``subgroups``) of
+    :func:`subgroup_noise`'s ``fnr_observed_std`` and ``fnr_predicted_std``; ``subs`` is
+    :func:`subgroups`' output, which says which subgroups are rare."""
+    columns = CELL + ["subgroups", "fnr_observed_std", "fnr_predicted_std"]
+    if noise.empty or subs.empty:
+        return _frame([], columns)
+    keys = CELL + ["class", "group"]
+    merged = noise.merge(subs[keys + ["rare"]], on=keys)
+    merged["subgroups"] = np.where(merged["rare"], "rare", "common")
+    return merged.groupby(CELL + ["subgroups"], as_index=False)[["fnr_observed_std", "fnr_predicted_std"]].mean()[
+        columns]
 
 
 def rare_vs_common(subs: pd.DataFrame) -> pd.DataFrame:
@@ -479,21 +445,28 @@ def per_example(runs: store.Runs) -> pd.DataFrame:
     columns = CELL + ["example", "label", "group", "n_replicas", "frac_correct", "n_distinct", "modal_agreement",
                       "modal_prediction", "flips"]
     parts = []
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, groups, _ = cell_matrix(frame)
-        inst = metrics.per_example_instability(preds, labels)
-        votes = examples_votes(frame)
+    for cell in runs.iter_cells():
+        inst = metrics.per_example_instability(cell.preds, cell.labels)
+        votes = examples_votes(cell.predictions)
         modal = votes.sort_values(["example", "votes", "prediction"], ascending=[True, False, True]).drop_duplicates(
             "example")
         # metrics numbers examples 0..N-1 by matrix column; map back to the store's example ids.
-        examples = np.sort(frame["example"].unique())
-        inst["example"] = examples[inst["example"].to_numpy()]
+        inst["example"] = cell.examples[inst["example"].to_numpy()]
         inst["modal_prediction"] = inst["example"].map(modal.set_index("example")["prediction"]).astype(np.int64)
-        parts.append(inst.assign(**key, label=labels, group=groups, n_replicas=preds.shape[0],
+        parts.append(inst.assign(**cell.key, label=cell.labels, group=cell.groups, n_replicas=cell.preds.shape[0],
                                  flips=inst["n_distinct"] > 1))
     if not parts:
         return _frame([], columns)
     return _sorted(pd.concat(parts, ignore_index=True)[columns], ["example"])
+
+
+def unstable_examples(examples: pd.DataFrame, setting: str, top_k: int) -> pd.DataFrame:
+    """The at most ``top_k`` examples of :func:`per_example` rows on which the replicas of
+    ``setting`` agree least (the smallest modal agreement, then the most distinct classes, the
+    smallest share right, the smallest id), among those on which they do not all agree."""
+    chosen = examples[examples.setting == setting].sort_values(
+        ["modal_agreement", "n_distinct", "frac_correct", "example"], ascending=[True, False, True, True]).head(top_k)
+    return chosen[chosen["flips"].astype(bool)]
 
 
 def churn_flips(runs: store.Runs, reference: int = 0) -> pd.DataFrame:
@@ -504,12 +477,12 @@ def churn_flips(runs: store.Runs, reference: int = 0) -> pd.DataFrame:
     columns = CELL + ["n_replicas", "reference", "correct_to_wrong", "wrong_to_correct", "wrong_to_other_wrong",
                       "churn"]
     rows = []
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, _, replicas = cell_matrix(frame)
+    for cell in runs.iter_cells():
+        replicas = cell.replica_ids
         if reference not in replicas or len(replicas) < 2:
             continue
-        d = metrics.churn_vs_reference(preds, labels, reference=replicas.index(reference))
-        rows.append({**key, "n_replicas": len(replicas), "reference": reference,
+        d = metrics.churn_vs_reference(cell.preds, cell.labels, reference=replicas.index(reference))
+        rows.append({**cell.key, "n_replicas": len(replicas), "reference": reference,
                      **{k: d[f"mean_{k}"] for k in ("correct_to_wrong", "wrong_to_correct", "wrong_to_other_wrong",
                                                    "churn")}})
     return _sorted(_frame(rows, columns))
@@ -549,16 +522,11 @@ def distribution_variance(runs: store.Runs) -> pd.DataFrame:
     columns = CELL + ["n_replicas", "n_examples", "observed_var", "predicted_var", "distribution_var",
                       "distribution_var_raw", "observed_std", "predicted_std", "distribution_std", "ratio"]
     rows = []
-    for key, frame in iter_cells(runs.predictions):
-        preds, labels, _, _ = cell_matrix(frame)
-        if preds.shape[0] < 2:
+    for cell in runs.iter_cells():
+        if cell.preds.shape[0] < 2:
             continue
-        d = metrics.distribution_variance(preds, labels)
-        if _acc_std(preds, labels) == 0.0:  # equal accuracies: exactly no observed variance
-            d["observed_var"] = 0.0
-            d["distribution_var_raw"] = -d["predicted_var"]
-            d["distribution_var"] = 0.0
-        rows.append({**key, **d, "observed_std": math.sqrt(d["observed_var"]),
+        d = metrics.distribution_variance(cell.preds, cell.labels)
+        rows.append({**cell.key, **d, "observed_std": math.sqrt(d["observed_var"]),
                      "predicted_std": math.sqrt(d["predicted_var"]),
                      "distribution_std": math.sqrt(d["distribution_var"]),
                      "ratio": d["observed_var"] / d["predicted_var"] if d["predicted_var"] > 0 else float("nan")})
@@ -582,17 +550,16 @@ def hardware_compare(runs: store.Runs, weights: bool = False) -> pd.DataFrame:
     columns = ["dataset", "model", "setting", "hardware_a", "hardware_b", "n_a", "n_b", "n_matched", "n_identical",
                "churn_matched", "churn_cross", "churn_within_a", "churn_within_b", "acc_mean_a", "acc_mean_b",
                "acc_std_a", "acc_std_b", "l2_matched", "l2_within_a", "l2_within_b"]
-    p = runs.predictions
-    if p.empty or "example" not in p.columns:
-        return _frame([], columns)
+    by_base: dict[tuple, dict[str, store.Cell]] = {}
+    for cell in runs.iter_cells():
+        base = (cell.key["dataset"], cell.key["model"], cell.key["setting"])
+        by_base.setdefault(base, {})[cell.key["hardware"]] = cell
     rows = []
     nan = float("nan")
-    for (ds, model, setting), frame in p.groupby(["dataset", "model", "setting"], sort=True):
-        labels_hw = sorted(frame["hardware"].unique())
-        cells = {hw: cell_matrix(frame[frame["hardware"] == hw]) for hw in labels_hw}
-        for ha, hb in itertools.combinations(labels_hw, 2):
-            pa, ya, _, ra = cells[ha]
-            pb, yb, _, rb = cells[hb]
+    for (ds, model, setting), cells in sorted(by_base.items()):
+        for ha, hb in itertools.combinations(sorted(cells), 2):
+            pa, ya, ra = cells[ha].preds, cells[ha].labels, cells[ha].replica_ids
+            pb, yb, rb = cells[hb].preds, cells[hb].labels, cells[hb].replica_ids
             if pa.shape[1] != pb.shape[1] or not np.array_equal(ya, yb):
                 continue  # not the same test set: nothing to compare example by example
             matched = sorted(set(ra) & set(rb))
@@ -600,10 +567,7 @@ def hardware_compare(runs: store.Runs, weights: bool = False) -> pd.DataFrame:
             d = metrics.pairwise_churn(both)
             cross = float(d[: len(ra), len(ra):].mean())
             churn_m = [metrics.churn(np.vstack([pa[ra.index(k)], pb[rb.index(k)]])) for k in matched]
-            key_a = {"hardware": ha, "dataset": ds, "model": model, "setting": setting}
-            key_b = {**key_a, "hardware": hb}
-            reps_a = _cell_replicas(runs, key_a).set_index("replica")
-            reps_b = _cell_replicas(runs, key_b).set_index("replica")
+            reps_a, reps_b = cells[ha].replicas.set_index("replica"), cells[hb].replicas.set_index("replica")
             same = [(reps_a.at[k, "weights_hash"] == reps_b.at[k, "weights_hash"])
                     and (reps_a.at[k, "predictions_hash"] == reps_b.at[k, "predictions_hash"]) for k in matched]
             acc_a, acc_b = metrics.accuracy_summary(pa, ya), metrics.accuracy_summary(pb, yb)
@@ -664,13 +628,7 @@ def by_hardware(runs: store.Runs, weights: bool = True) -> pd.DataFrame:
     if not shared:
         return _frame([], columns)
 
-    def sub(df: pd.DataFrame) -> pd.DataFrame:
-        if df.empty:
-            return df
-        keep = [t in shared for t in zip(*(df[k] for k in triple))]
-        return df[np.asarray(keep, dtype=bool)].reset_index(drop=True)
-
-    part = store.Runs(sub(runs.replicas), sub(runs.predictions), sub(runs.history), list(runs.problems))
+    part = runs.subset(lambda df: [t in shared for t in zip(*(df[k] for k in triple))])
     sources = {
         "topline": topline(part, weights=weights),
         "per_class": per_class_spread(part),
@@ -714,20 +672,25 @@ def runs_table(runs: store.Runs) -> pd.DataFrame:
     return _sorted(out[columns])
 
 
+def training_curves(runs: store.Runs) -> pd.DataFrame:
+    """Per cell and epoch: the mean test accuracy over the cell's replicas (``test_accuracy``) and
+    how many replicas reached that epoch (``replicas``). Empty without training histories."""
+    columns = CELL + ["epoch", "test_accuracy", "replicas"]
+    h = runs.history
+    if h.empty or "test_accuracy" not in h.columns:
+        return _frame([], columns)
+    return (h.groupby(CELL + ["epoch"], as_index=False)
+            .agg(test_accuracy=("test_accuracy", "mean"), replicas=("replica", "nunique")))[columns]
+
+
 # ----------------------------------------------------------------------------- missing data
 def missing(runs: store.Runs, *, hardware: str, dataset: str, model: str, settings: Iterable[str],
             min_replicas: int = 2) -> list[str]:
     """What a chapter needs and the store lacks: one line per cell of ``settings`` on
     (hardware, dataset, model) with fewer than ``min_replicas`` replicas (empty when all there)."""
-    counts = runs.cells()
     lines = []
     for s in settings:
-        if counts.empty:
-            n = 0
-        else:
-            hit = counts[(counts["hardware"] == hardware) & (counts["dataset"] == dataset)
-                         & (counts["model"] == model) & (counts["setting"] == s)]
-            n = int(hit["replicas"].sum())
+        n = len(runs.select(hardware=hardware, dataset=dataset, model=model, setting=s).replicas)
         if n < min_replicas:
             lines.append(f"{hardware}/{dataset}/{model}/{s}: {n} replica(s), needs at least {min_replicas}")
     return lines
@@ -744,186 +707,3 @@ def missing_note(lines: list[str], runs_root: str) -> str:
         "`make book` (it runs `nnrandomness run plans/default.yaml`), or point the chapter's "
         "`runs_root` parameter at a store that has them, then re-execute the chapter."
     )
-
-
-# ----------------------------------------------------------------------------- findings
-# Headline numbers the introduction quotes (glued as finding_<name> in the topline chapter).
-# name -> (kind, description); kind picks the format (see as_text): pct (a fraction shown in %),
-# ratio, flag, int, text.
-FINDINGS: dict[str, tuple[str, str]] = {
-    "n_replicas": ("int", "replicas per setting in the main cell (the smallest count over its settings)"),
-    "hardware": ("text", "hardware label of the main cell"),
-    "cell": ("text", "dataset/model of the main cell"),
-    "acc_mean_algo": ("pct", "mean top-1 accuracy, ALGO"),
-    "acc_std_algo_impl": ("pct", "std of top-1 accuracy, ALGO+IMPL"),
-    "acc_std_algo": ("pct", "std of top-1 accuracy, ALGO"),
-    "acc_std_impl": ("pct", "std of top-1 accuracy, IMPL"),
-    "acc_std_control": ("pct", "std of top-1 accuracy, CONTROL"),
-    "churn_algo_impl": ("pct", "predictive churn, ALGO+IMPL"),
-    "churn_algo": ("pct", "predictive churn, ALGO"),
-    "churn_impl": ("pct", "predictive churn, IMPL"),
-    "churn_control": ("pct", "predictive churn, CONTROL"),
-    "churn_ulp": ("pct", "predictive churn when one weight of the initial model moves by one ULP"),
-    "ulp_churn_share": ("ratio", "churn of ULP / churn of ALGO"),
-    "single_source_max": ("text", "the single algorithmic source (INIT, ORDER, AUG, DROPOUT) with the largest churn"),
-    "churn_single_source_max": ("pct", "churn of that single source"),
-    "control_identical": ("flag", "CONTROL replicas bit-identical in every cell that has them"),
-    "impl_equals_control": ("flag", "IMPL replicas bit-identical to CONTROL's (deterministic kernels anyway)"),
-    "class_std_max_algo": ("pct", "largest std of a per-class accuracy, ALGO"),
-    "class_std_ratio_algo": ("ratio", "that std / std of top-1 accuracy, ALGO"),
-    "rare_fnr_std_algo": ("pct", "std of FNR averaged over the rare (label, attribute) subgroups, ALGO"),
-    "common_fnr_std_algo": ("pct", "the same over the common subgroups, ALGO"),
-    "rare_common_ratio_algo": ("ratio", "rare / common FNR std, ALGO"),
-    "thread_churn_control": ("pct", "churn between CONTROL replicas at 1 and 2 CPU threads (same seeds)"),
-}
-
-
-def _slug(setting: str) -> str:
-    return setting.lower().replace("+", "_")
-
-
-def findings(runs: store.Runs, *, hardware: str = "cpu-1t", dataset: str = "digits", model: str = "smallcnn",
-             groups_dataset: str = "digits_groups", threads_hardware: str = "cpu-2t",
-             table: pd.DataFrame | None = None) -> dict:
-    """The headline numbers of the study, as raw values (None where the runs are absent); names
-    and meanings in :data:`FINDINGS`, formatted for the prose by :func:`format_findings`.
-
-    ``table`` is :func:`topline`'s output (recomputed, without weights, when not given).
-    """
-    table = topline(runs, weights=False) if table is None else table
-    out: dict = {name: None for name in FINDINGS}
-    out["hardware"], out["cell"] = hardware, cell_name(dataset, model)
-    main = table[(table["hardware"] == hardware) & (table["dataset"] == dataset) & (table["model"] == model)]
-    main = main.set_index("setting")
-
-    def get(setting, column):
-        if setting not in main.index:
-            return None
-        v = main.at[setting, column]
-        return None if pd.isna(v) else float(v)
-
-    if not main.empty:
-        out["n_replicas"] = int(main["n_replicas"].min())
-    out["acc_mean_algo"] = get("ALGO", "acc_mean")
-    for s in ("ALGO+IMPL", "ALGO", "IMPL", "CONTROL"):
-        out[f"acc_std_{_slug(s)}"] = get(s, "acc_std")
-        out[f"churn_{_slug(s)}"] = get(s, "churn")
-    out["churn_ulp"] = get("ULP", "churn")
-    if out["churn_ulp"] is not None and out["churn_algo"]:
-        out["ulp_churn_share"] = out["churn_ulp"] / out["churn_algo"]
-    singles = {s: get(s, "churn") for s in ("INIT", "ORDER", "AUG", "DROPOUT")}
-    singles = {s: v for s, v in singles.items() if v is not None}
-    if singles:
-        best = max(singles, key=lambda s: (singles[s], s))
-        out["single_source_max"], out["churn_single_source_max"] = best, singles[best]
-
-    control = table[table["setting"] == "CONTROL"]
-    if not control.empty:
-        out["control_identical"] = bool(control["identical"].all())
-    twins = twin_identity(runs, [("IMPL", "CONTROL")])
-    twins = twins[twins["hardware"] == hardware]
-    if not twins.empty:
-        out["impl_equals_control"] = bool(twins["all_identical"].all())
-
-    algo_key = {"hardware": hardware, "dataset": dataset, "model": model, "setting": "ALGO"}
-    spread = per_class_spread(_select(runs, algo_key))
-    if not spread.empty:
-        out["class_std_max_algo"] = float(spread["class_std_max"].iloc[0])
-        ratio = spread["ratio_max"].iloc[0]
-        out["class_std_ratio_algo"] = None if pd.isna(ratio) else float(ratio)
-
-    group_key = {**algo_key, "dataset": groups_dataset}
-    rc = rare_vs_common(subgroups(_select(runs, group_key))).set_index("subgroups")
-    if {"rare", "common"} <= set(rc.index):
-        rare, common = float(rc.at["rare", "fnr_std"]), float(rc.at["common", "fnr_std"])
-        out["rare_fnr_std_algo"], out["common_fnr_std_algo"] = rare, common
-        out["rare_common_ratio_algo"] = rare / common if common > 0 else None
-
-    hw = hardware_compare(_select(runs, {"dataset": dataset, "model": model, "setting": "CONTROL"}))
-    hw = hw[(hw["hardware_a"].isin([hardware, threads_hardware])) & (hw["hardware_b"].isin([hardware, threads_hardware]))]
-    if not hw.empty and not pd.isna(hw["churn_matched"].iloc[0]):
-        out["thread_churn_control"] = float(hw["churn_matched"].iloc[0])
-    return out
-
-
-def _select(runs: store.Runs, key: dict) -> store.Runs:
-    """The part of ``runs`` matching every key = value in ``key``."""
-
-    def sub(df: pd.DataFrame) -> pd.DataFrame:
-        if df.empty:
-            return df
-        mask = np.ones(len(df), dtype=bool)
-        for k, v in key.items():
-            mask &= (df[k] == v).to_numpy()
-        return df[mask].reset_index(drop=True)
-
-    return store.Runs(sub(runs.replicas), sub(runs.predictions), sub(runs.history), list(runs.problems))
-
-
-def pct(x, digits: int = 2) -> str:
-    """A fraction as a percentage for the prose (``0.01234 -> '1.23 %'``); 'n/a' when absent."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{100 * x:.{digits}f} %"
-
-
-def ci_text(frame: pd.DataFrame, column: str, percent: bool = True, digits: int = 2) -> pd.Series:
-    """``column`` with its interval (``<column>_lo``/``_hi``) as text for tables:
-    ``'1.98 % [1.11, 2.31]'``; the value alone when there is no interval, 'n/a' when absent."""
-    def one(v, lo, hi):
-        if pd.isna(v):
-            return "n/a"
-        text = pct(v, digits) if percent else f"{v:.{digits}f}"
-        if pd.isna(lo) or pd.isna(hi):
-            return text
-        scale = 100 if percent else 1
-        return f"{text} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
-
-    lo, hi = f"{column}_lo", f"{column}_hi"
-    if frame.empty:
-        return pd.Series([], dtype=object)
-    return pd.Series([one(v, a, b) for v, a, b in zip(frame[column], frame.get(lo, np.nan * frame[column]),
-                                                       frame.get(hi, np.nan * frame[column]))], index=frame.index)
-
-
-PROSE_COLUMNS = {"acc_mean": "pct", "acc_std": "pct", "churn": "pct", "one_correct": "pct", "both_wrong": "pct",
-                 "l2": "2f"}
-
-
-def as_text(v, kind: str) -> str:
-    """One value for the prose: pct (a fraction in %), 2f, ratio (two significant digits), flag,
-    int or text; 'n/a' when absent."""
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return "n/a"
-    if kind == "pct":
-        return pct(v)
-    if kind == "2f":
-        return f"{v:.2f}"
-    if kind == "ratio":
-        return f"{v:.0f}" if v >= 10 else f"{v:.2g}"  # two significant digits
-    if kind == "flag":
-        return "yes" if v else "no"
-    if kind == "int":
-        return str(int(v))
-    return str(v)
-
-
-def prose_values(table: pd.DataFrame, columns: dict[str, str] | None = None, prefix: str = "") -> dict[str, str]:
-    """Per-setting numbers of one (hardware, dataset, model) as text for the prose, keyed
-    ``<prefix><setting slug>_<column>`` (``algo_churn``, ``algo_impl_acc_std``, ...) for every
-    setting in noise.SETTINGS and every column of ``columns`` (name -> kind, see :func:`as_text`;
-    default PROSE_COLUMNS, the top line); 'n/a' where a setting is absent, so that every name the
-    prose uses exists. ``table`` holds one row per setting (e.g. :func:`topline` rows)."""
-    columns = PROSE_COLUMNS if columns is None else columns
-    rows = table.set_index("setting") if not table.empty else pd.DataFrame()
-    out = {}
-    for setting in noise.SETTINGS:
-        for column, kind in columns.items():
-            v = rows.at[setting, column] if setting in rows.index else None
-            out[f"{prefix}{_slug(setting)}_{column}"] = as_text(v, kind)
-    return out
-
-
-def format_findings(values: dict) -> dict[str, str]:
-    """Each finding as the string the prose shows (see FINDINGS for the kinds)."""
-    return {name: as_text(values.get(name), kind) for name, (kind, _) in FINDINGS.items()}

@@ -20,8 +20,15 @@ output. Data is embedded in the page: aggregate first (:func:`tidy_limit`).
 Shared helpers
 --------------
 :func:`tidy_limit` (row cap), :func:`setting_color` / :func:`setting_scale` /
-:data:`SETTING_ORDER` (one colour per noise setting in every chart), :func:`figure_name` and
-:func:`caption` (figure names and captions, see the convention below).
+:func:`setting_sort` (one colour per noise setting in every chart, in the order of
+``noise.SETTINGS``), :func:`figure_name` and :func:`caption` (figure names and captions, see the
+convention below).
+
+Chapter figures
+---------------
+One builder per figure of the analysis chapters (:func:`accuracy_churn`, :func:`per_class_chart`,
+...): a tidy frame in, a chart out, so that a chapter's hidden figure cell only calls a builder
+and glues the result.
 
 Convention for figures in the chapters: glue the chart (``myst_nb.glue(name, chart,
 display=False)``) under ``figure_name(chapter, slug)`` (``fig-<chapter>-<slug>``) and place it
@@ -38,7 +45,10 @@ from pathlib import Path
 from typing import Iterable
 
 import altair as alt
+import numpy as np
 import pandas as pd
+
+from .noise import SETTINGS
 
 __all__ = [
     "BUNDLE_NAME",
@@ -46,26 +56,44 @@ __all__ = [
     "COST_CONFIGURATIONS",
     "COST_REFERENCES",
     "DIVERGENCE_COLORS",
+    "EMBED_OPTIONS",
+    "FALLBACK_NOTE",
+    "ID_PREFIX",
     "MAX_ROWS",
     "RENDERER",
     "SETTING_COLORS",
-    "SETTING_ORDER",
+    "accuracy_churn",
+    "batchnorm_chart",
     "bundle_header",
     "caption",
     "chart_id",
     "cost_color",
     "cost_configurations",
     "divergence_chart",
+    "divergence_growth",
     "enable",
     "figure_name",
+    "glue_figure",
+    "hardware_churn",
     "kernel_size_chart",
+    "missing_chart",
     "overhead_chart",
+    "per_class_chart",
+    "prediction_grid",
     "render",
+    "right_counts",
     "setting_color",
+    "setting_points",
     "setting_scale",
-    "settings_legend",
+    "setting_selection",
     "setting_sort",
+    "settings_legend",
+    "subgroup_replicas",
+    "subgroup_spread",
     "tidy_limit",
+    "training_curves",
+    "unstable_examples",
+    "variance_chart",
     "write_bundle",
 ]
 
@@ -195,9 +223,8 @@ def tidy_limit(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- settings
-# The order of the settings in every legend, axis and table: the paper's four, then the
-# single-source decomposition of ALGO, then the smallest perturbation.
-SETTING_ORDER = ("ALGO+IMPL", "ALGO", "IMPL", "CONTROL", "INIT", "ORDER", "AUG", "DROPOUT", "ULP")
+# The order of the settings in every legend, axis and table is noise.SETTINGS' order: the
+# paper's four, then the single-source decomposition of ALGO, then the smallest perturbation.
 # Okabe-Ito colours (distinguishable with the common colour-vision deficiencies) plus grey for
 # CONTROL, whose replicas should not differ at all.
 SETTING_COLORS = {
@@ -211,18 +238,17 @@ SETTING_COLORS = {
     "DROPOUT": "#F0E442",  # yellow
     "ULP": "#000000",  # black: one weight moved by one ULP
 }
-assert tuple(SETTING_COLORS) == SETTING_ORDER
 
 
 def setting_sort(settings: Iterable[str] | None = None) -> list[str]:
-    """The given settings (default: all) in the book's order; an unknown name is an error."""
+    """The given settings (default: all) in the book's order (noise.SETTINGS'); an unknown name is an error."""
     if settings is None:
-        return list(SETTING_ORDER)
+        return list(SETTINGS)
     given = list(dict.fromkeys(settings))
-    unknown = [s for s in given if s not in SETTING_COLORS]
+    unknown = [s for s in given if s not in SETTINGS]
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; known settings: {', '.join(SETTING_ORDER)}")
-    return [s for s in SETTING_ORDER if s in given]
+        raise ValueError(f"unknown setting(s) {unknown}; known settings: {', '.join(SETTINGS)}")
+    return [s for s in SETTINGS if s in given]
 
 
 def setting_scale(settings: Iterable[str] | None = None) -> alt.Scale:
@@ -278,8 +304,7 @@ def caption(text: str, *, n: int, hardware: str, cell: str) -> str:
 
 
 # ---- analysis charts
-# Builders shared by two or more analysis chapters (20_topline ... 24_hardware, 11_runs); a
-# chart only one chapter draws stays in that chapter's hidden plotting cell.
+# Pieces shared by the analysis chapters' figures (20_topline ... 24_hardware, 11_runs).
 
 
 def missing_chart(message: str, title: str = "No data") -> alt.Chart:
@@ -328,6 +353,312 @@ def setting_points(frame: pd.DataFrame, value: str, *, lo: str | None = None, hi
             x=alt.X(f"{lo}:Q"), x2=alt.X2(f"{hi}:Q"), y=y, color=color, tooltip=tips))
     chart = alt.layer(*layers, data=frame)
     return chart.properties(title=title) if title else chart
+
+
+# ---- chapter figures
+# One builder per figure of the chapters (01_noise_sources ... 24_hardware): the
+# chapter's hidden cell calls it and glues the chart. Each takes the chapter's tidy frames as
+# they come from analysis and returns the chart; none reads files or globals.
+_PICK_FADE = (1.0, 0.1)  # opacity of the settings picked in the legend, and of the others
+
+
+def _pick_opacity(pick: alt.Parameter, on: float = _PICK_FADE[0], off: float = _PICK_FADE[1]):
+    """Full opacity for the settings picked in the legend, faint for the others."""
+    return alt.when(pick).then(alt.value(on)).otherwise(alt.value(off))
+
+
+def prediction_grid(grid: pd.DataFrame) -> alt.LayerChart:
+    """02_metrics: a small example of replicas' predictions, one cell per (replica, example) with
+    the predicted class written in it, coloured by whether it is right. ``grid`` has columns
+    replica, example, prediction, label and correct (one row per cell, in display order)."""
+    cells = alt.Chart(tidy_limit(grid)).encode(
+        x=alt.X("example:N", title=None, axis=alt.Axis(labelAngle=0, orient="top")),
+        y=alt.Y("replica:N", title=None),
+    )
+    return (
+        cells.mark_rect(stroke="white", strokeWidth=2).encode(
+            color=alt.Color("correct:N",
+                            scale=alt.Scale(domain=[True, False], range=["#56B4E9", "#E69F00"]),
+                            legend=alt.Legend(title="correct", orient="bottom")),
+            tooltip=["replica:N", "example:N", "prediction:N", "label:N", "correct:N"],
+        )
+        + cells.mark_text(fontSize=13).encode(text="prediction:N")
+    ).properties(width=420, height=120)
+
+
+def divergence_growth(growth: pd.DataFrame, colours: dict[str, str], epochs, n_test: int) -> alt.HConcatChart:
+    """01_noise_sources: how far a replica that differs from the reference in one way (one ULP,
+    two threads, fresh seeds) ends up, against training length: the L2 distance of the weights
+    (left) and the test predictions that differ (right). ``growth`` has comparison, epochs,
+    'L2 distance', 'differing predictions' and 'reference accuracy'; ``colours`` maps each
+    comparison, in legend order, to the setting whose colour it takes; ``epochs`` are the axis ticks."""
+    comparison_order = list(colours)
+    base = alt.Chart(tidy_limit(growth)).encode(
+        x=alt.X("epochs:Q", scale=alt.Scale(type="log", base=2),
+                axis=alt.Axis(values=list(epochs)), title="epochs trained"),
+        color=alt.Color("comparison:N", sort=comparison_order, title=None,
+                        scale=alt.Scale(domain=comparison_order, range=[SETTING_COLORS[s] for s in colours.values()]),
+                        legend=alt.Legend(orient="bottom")),
+        tooltip=["comparison:N", "epochs:Q", alt.Tooltip("L2 distance:Q", format=".2e"),
+                 "differing predictions:Q",
+                 alt.Tooltip("reference accuracy:Q", format=".1%")],
+    )
+    distance = base.mark_line(point=True).encode(
+        y=alt.Y("L2 distance:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e"),
+                title="L2 distance to the reference's weights"),
+    ).properties(width=300, height=240, title="Weights")
+    flips = base.mark_line(point=True).encode(  # symlog: 0, a few and hundreds on one axis
+        y=alt.Y("differing predictions:Q", scale=alt.Scale(type="symlog"),
+                axis=alt.Axis(values=[0, 1, 2, 5, 10, 20, 50, 100, 200, n_test]),
+                title=f"test predictions that differ (of {n_test})"),
+    ).properties(width=300, height=240, title="Predictions")
+    return alt.hconcat(distance, flips)
+
+
+def training_curves(curves: pd.DataFrame) -> alt.FacetChart:
+    """11_runs: mean test accuracy over a cell's replicas after every epoch, one line per setting,
+    one panel per hardware, dataset and model (``curves``: analysis.training_curves rows)."""
+    curves = curves.assign(panel=curves["hardware"] + " " + curves["dataset"] + "/" + curves["model"])
+    present = setting_sort(curves["setting"])
+    pick = setting_selection("pick_setting")
+    return alt.Chart(tidy_limit(curves)).mark_line().encode(
+        x=alt.X("epoch:Q", title="epoch"),
+        y=alt.Y("test_accuracy:Q", title="test accuracy (mean over replicas)", axis=alt.Axis(format=".0%")),
+        color=setting_color(settings=present),
+        opacity=_pick_opacity(pick),
+        tooltip=["panel:N", "setting:N", "epoch:Q", alt.Tooltip("test_accuracy:Q", format=".2%"),
+                 alt.Tooltip("replicas:Q")],
+    ).add_params(pick).properties(width=260, height=160).facet(
+        facet=alt.Facet("panel:N", title=None), columns=2).properties(title="Test accuracy during training")
+
+
+def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
+    """20_topline: the spread of top-1 accuracy per setting with its interval (left) beside
+    predictive churn split into its two parts with the interval of the total (right).
+    ``main`` holds analysis.topline rows of one (hardware, dataset, model)."""
+    acc = setting_points(main, "acc_std", lo="acc_std_lo", hi="acc_std_hi", axis_title="std of top-1 accuracy",
+                         title="Spread of top-1 accuracy",
+                         tooltip=[alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
+                                  alt.Tooltip("n_replicas:Q", title="replicas")])
+    parts = main.melt(id_vars=["setting", "n_replicas", "churn"], value_vars=["one_correct", "both_wrong"],
+                      var_name="part", value_name="share")
+    parts["part"] = parts["part"].map({"one_correct": "one right, one wrong", "both_wrong": "both wrong, differently"})
+    order = setting_sort(main["setting"])
+    bars = alt.Chart(tidy_limit(parts)).mark_bar().encode(
+        x=alt.X("share:Q", stack="zero", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
+        y=alt.Y("setting:N", sort=order, title=None),
+        color=setting_color(settings=order, legend=None),
+        opacity=alt.Opacity("part:N", sort=["one right, one wrong", "both wrong, differently"],
+                            scale=alt.Scale(range=[1.0, 0.45]), title="pairs that differ"),
+        tooltip=["setting:N", "part:N", alt.Tooltip("share:Q", format=".2%"),
+                 alt.Tooltip("churn:Q", title="churn (total)", format=".2%"),
+                 alt.Tooltip("n_replicas:Q", title="replicas")],
+    )
+    ci = alt.Chart(main).mark_rule(color="black").encode(
+        x="churn_lo:Q", x2="churn_hi:Q", y=alt.Y("setting:N", sort=order),
+        tooltip=["setting:N", alt.Tooltip("churn:Q", format=".2%"),
+                 alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
+                 alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%")])
+    churn = (bars + ci).properties(title="Predictive churn and its two parts")
+    return alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
+        title="Accuracy spread and churn")
+
+
+def batchnorm_chart(bn: pd.DataFrame, model: str, bn_model: str) -> alt.HConcatChart:
+    """20_topline: the spread of top-1 accuracy and churn with their intervals, one row of panels
+    per model (without, then with BatchNorm). ``bn`` holds analysis.topline rows of both models."""
+    tips = ["model:N", alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
+            alt.Tooltip("n_replicas:Q", title="replicas")]
+    panels = [
+        setting_points(bn, m, lo=f"{m}_lo", hi=f"{m}_hi", axis_title=label, fmt=".1%", tooltip=tips)
+        .properties(width=230, height=100)
+        .facet(row=alt.Row("model:N", title=None, sort=[model, bn_model]))
+        for m, label in [("acc_std", "std of top-1 accuracy"), ("churn", "churn")]
+    ]
+    return alt.hconcat(*panels).properties(title="Without and with BatchNorm")
+
+
+def per_class_chart(classes: pd.DataFrame, spread: pd.DataFrame) -> alt.HConcatChart:
+    """21_per_class: the std across replicas of each class's accuracy (ticks) and of top-1
+    accuracy (diamond) per setting, beside the per-class stds of the settings picked in the
+    legend. ``classes`` and ``spread`` are analysis.per_class and per_class_spread rows."""
+    present = setting_sort(spread["setting"])
+    pick = setting_selection("pick_setting")
+    y = alt.Y("setting:N", sort=present, title=None)
+    faded = _pick_opacity(pick, 1.0, 0.15)
+    tips = ["setting:N", alt.Tooltip("class:O", title="class"), alt.Tooltip("n_examples:Q", title="test examples"),
+            alt.Tooltip("mean:Q", title="mean accuracy", format=".2%"),
+            alt.Tooltip("std:Q", title="std across replicas", format=".2%"),
+            alt.Tooltip("n_replicas:Q", title="replicas")]
+    ticks = alt.Chart(tidy_limit(classes)).mark_tick(thickness=2, size=14).encode(
+        x=alt.X("std:Q", title="standard deviation across replicas", axis=alt.Axis(format=".0%")), y=y,
+        color=setting_color(settings=present), opacity=faded, tooltip=tips,
+    ).add_params(pick)
+    top1 = alt.Chart(spread).mark_point(shape="diamond", size=120, filled=True, color="black").encode(
+        x="acc_std:Q", y=y, opacity=faded,
+        tooltip=["setting:N", alt.Tooltip("acc_std:Q", title="std of top-1 accuracy", format=".2%"),
+                 alt.Tooltip("n_replicas:Q", title="replicas")])
+    left = (ticks + top1).properties(width=280, title="Top-1 (diamond) and each class (ticks)")
+    right = alt.Chart(classes).mark_line(point=True).encode(
+        x=alt.X("class:O", title="class", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("std:Q", title="std of the class's accuracy", axis=alt.Axis(format=".0%")),
+        color=setting_color(settings=present, legend=None), tooltip=tips,
+    ).transform_filter(pick).properties(width=320, title="Per class, for the settings picked in the legend")
+    # The legend (and its click selection) belongs to the left view; the right one only filters.
+    return alt.hconcat(left, right).resolve_legend(color="independent").properties(
+        title="Spread of per-class accuracy against the top line")
+
+
+def _subgroup_names(frame: pd.DataFrame, attribute: str) -> pd.DataFrame:
+    """``frame`` with ``subgroup`` ('<label> / <attribute>=<value>') and ``kind`` (rare, common)."""
+    return frame.assign(subgroup=frame["class"].astype(str) + " / " + attribute + "=" + frame["group"].astype(str),
+                        kind=frame["rare"].map({True: "rare", False: "common"}))
+
+
+def subgroup_spread(subs: pd.DataFrame, attribute: str) -> alt.HConcatChart:
+    """22_subgroups: the std across replicas of each (label, attribute) subgroup's FNR (left) and
+    FPR (right) against the subgroup's size; rare subgroups are triangles. ``subs`` is
+    analysis.subgroups' output, ``attribute`` the group attribute's name."""
+    present = setting_sort(subs["setting"])
+    pick = setting_selection("pick_setting")
+    shown = _subgroup_names(subs, attribute)
+    tips = ["setting:N", "subgroup:N", "kind:N", alt.Tooltip("n_subgroup:Q", title="test examples"),
+            alt.Tooltip("fnr_mean:Q", title="FNR mean", format=".1%"),
+            alt.Tooltip("fnr_std:Q", title="FNR std", format=".1%"),
+            alt.Tooltip("fpr_mean:Q", title="FPR mean", format=".2%"),
+            alt.Tooltip("fpr_std:Q", title="FPR std", format=".2%"), alt.Tooltip("n_replicas:Q", title="replicas")]
+    shape = alt.Shape("kind:N", sort=["rare", "common"], scale=alt.Scale(range=["triangle-up", "circle"]),
+                      title="subgroup")
+    base = alt.Chart(tidy_limit(shown)).encode(opacity=_pick_opacity(pick, 0.9, 0.08), tooltip=tips)
+    x = alt.X("n_subgroup:Q", title="test examples in the subgroup", scale=alt.Scale(type="log"))
+    # The legends (and the click selection) belong to the left view; the right one follows it.
+    fnr = base.mark_point(filled=True, size=60).add_params(pick).encode(
+        color=setting_color(settings=present), shape=shape, x=x,
+        y=alt.Y("fnr_std:Q", title="std of FNR across replicas", axis=alt.Axis(format=".0%")),
+    ).properties(width=300, title="False negative rate")
+    fpr = base.mark_point(filled=True, size=60).encode(
+        color=setting_color(settings=present, legend=None), shape=shape.legend(None), x=x,
+        y=alt.Y("fpr_std:Q", title="std of FPR across replicas", axis=alt.Axis(format=".1%")),
+    ).properties(width=300, title="False positive rate")
+    return alt.hconcat(fnr, fpr).resolve_legend(color="independent", shape="independent").properties(
+        title="Spread of subgroup error rates against subgroup size")
+
+
+def subgroup_replicas(rates: pd.DataFrame, attribute: str, setting: str) -> alt.Chart:
+    """22_subgroups: the FNR of every (label, attribute) subgroup in each replica of ``setting``,
+    rare subgroups in orange. ``rates`` holds analysis.subgroup_rates rows of that setting with
+    the ``rare`` flag of analysis.subgroups."""
+    one = _subgroup_names(rates, attribute)
+    order = one.sort_values(["class", "group"])["subgroup"].unique().tolist()
+    return alt.Chart(tidy_limit(one[["subgroup", "kind", "replica", "fnr", "n_subgroup", "fn", "tp"]])).mark_tick(
+        thickness=2, size=12).encode(
+        x=alt.X("fnr:Q", title="false negative rate", axis=alt.Axis(format=".0%")),
+        y=alt.Y("subgroup:N", sort=order, title="label / attribute"),
+        color=alt.Color("kind:N", sort=["rare", "common"], scale=alt.Scale(range=["#D55E00", "#999999"]),
+                        title="subgroup"),
+        tooltip=["subgroup:N", "replica:Q", alt.Tooltip("fnr:Q", format=".1%"), alt.Tooltip("fn:Q", title="missed"),
+                 alt.Tooltip("n_subgroup:Q", title="test examples")],
+    ).properties(width=380, title=f"False negative rate of each subgroup in each {setting} replica")
+
+
+def right_counts(examples: pd.DataFrame, summary: pd.DataFrame) -> alt.Chart:
+    """23_per_example: how many test examples k replicas of a setting get right, for every k
+    (zeros included; symmetric log scale). ``examples`` and ``summary`` are analysis.per_example
+    and instability_summary rows."""
+    present = setting_sort(examples["setting"])
+    right = (examples["frac_correct"] * examples["n_replicas"]).round().astype(int).rename("right")
+    grid = pd.crosstab(examples["setting"], right).reindex(  # every (setting, count) pair, zeros included
+        columns=range(int(examples["n_replicas"].max()) + 1), fill_value=0)
+    counts = grid.stack().reset_index(name="examples").merge(summary[["setting", "n_replicas"]], on="setting")
+    counts = counts[counts["right"] <= counts["n_replicas"]]
+    pick = setting_selection("pick_setting")
+    return alt.Chart(tidy_limit(counts)).mark_line(point=True).encode(
+        x=alt.X("right:O", title="replicas that get the example right", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("examples:Q", title="test examples", scale=alt.Scale(type="symlog")),
+        color=setting_color(settings=present),
+        opacity=_pick_opacity(pick),
+        tooltip=["setting:N", alt.Tooltip("right:O", title="replicas right"), alt.Tooltip("examples:Q"),
+                 alt.Tooltip("n_replicas:Q", title="replicas")],
+    ).add_params(pick).properties(width=420, title="How many replicas get each test example right")
+
+
+def unstable_examples(chosen: pd.DataFrame, images: np.ndarray, votes: pd.DataFrame, setting: str) -> alt.VConcatChart:
+    """23_per_example: the ``chosen`` test examples (analysis.unstable_examples rows) drawn from
+    ``images`` (N, C, H, W; 0-255, channels averaged) with their true label, above how many
+    replicas of ``setting`` predict each class (``votes``: analysis.examples_votes rows)."""
+    order = [f"#{e} (label {y})" for e, y in zip(chosen["example"], chosen["label"])]
+    title = dict(zip(chosen["example"], order))
+    pixels = pd.DataFrame([
+        {"example": title[e], "row": r, "col": c, "value": int(images[e, :, r, c].mean())}
+        for e in chosen["example"] for r in range(images.shape[2]) for c in range(images.shape[3])
+    ])
+    picture = alt.Chart(tidy_limit(pixels)).mark_rect().encode(
+        x=alt.X("col:O", axis=None), y=alt.Y("row:O", axis=None),
+        color=alt.Color("value:Q", scale=alt.Scale(scheme="greys", domain=[0, 255]), legend=None),
+        tooltip=["example:N", "row:O", "col:O", alt.Tooltip("value:Q", title="pixel")],
+    ).properties(width=56, height=56).facet(
+        facet=alt.Facet("example:N", sort=order, title=None, header=alt.Header(labelFontSize=10)), columns=6)
+    votes = votes.assign(example=votes["example"].map(title),
+                         outcome=votes["correct"].map({True: "right", False: "wrong"}))
+    bars = alt.Chart(tidy_limit(votes)).encode(
+        y=alt.Y("example:N", sort=order, title=None),
+        x=alt.X("votes:Q", stack="zero", title=f"{setting} replicas predicting each class"),
+        order=alt.Order("prediction:O"),
+        tooltip=["example:N", alt.Tooltip("prediction:O", title="predicted class"), "votes:Q", "outcome:N"])
+    bar = bars.mark_bar(stroke="white").encode(
+        color=alt.Color("outcome:N", sort=["right", "wrong"], scale=alt.Scale(range=["#0072B2", "#D55E00"]),
+                        title="prediction"))
+    text = bars.mark_text(dx=-7, color="white", fontWeight="bold").encode(
+        x=alt.X("votes:Q", stack="zero"), text="prediction:O")
+    return alt.vconcat(picture, (bar + text).properties(width=380)).properties(
+        title=f"The {len(chosen)} test examples the {setting} replicas agree on least")
+
+
+def variance_chart(dv: pd.DataFrame) -> alt.Chart:
+    """23_per_example: the observed std of test accuracy across replicas (circles) beside the std
+    independent per-example errors would give (diamonds), per setting (analysis.distribution_variance rows)."""
+    present = setting_sort(dv["setting"])
+    long = dv.melt(id_vars=["setting", "n_replicas", "n_examples", "ratio"],
+                   value_vars=["observed_std", "predicted_std"], var_name="kind", value_name="std")
+    long["kind"] = long["kind"].map({"observed_std": "observed", "predicted_std": "predicted (independent examples)"})
+    return alt.Chart(tidy_limit(long)).mark_point(filled=True, size=80).encode(
+        x=alt.X("std:Q", title="standard deviation of test accuracy", axis=alt.Axis(format=".1%")),
+        y=alt.Y("setting:N", sort=present, title=None),
+        color=setting_color(settings=present, legend=None),
+        shape=alt.Shape("kind:N", scale=alt.Scale(range=["circle", "diamond"]), title=None),
+        tooltip=["setting:N", "kind:N", alt.Tooltip("std:Q", format=".2%"),
+                 alt.Tooltip("ratio:Q", title="variance ratio", format=".2f"),
+                 alt.Tooltip("n_replicas:Q", title="replicas"), alt.Tooltip("n_examples:Q", title="test examples")],
+    ).properties(width=380, title="Observed spread of accuracy against finite-test-set noise")
+
+
+def hardware_churn(compare: pd.DataFrame) -> alt.FacetChart:
+    """24_hardware: churn within each hardware label, between replica k on two labels (same
+    seeds: the tooling alone, in full colour) and between any two replicas on different labels,
+    one row per setting and one column per pair of labels (analysis.hardware_compare rows)."""
+    long = compare.assign(pair=compare["hardware_a"] + " vs " + compare["hardware_b"]).melt(
+        id_vars=["setting", "pair", "hardware_a", "hardware_b", "n_matched", "n_a", "n_b"],
+        value_vars=["churn_within_a", "churn_within_b", "churn_matched", "churn_cross"], var_name="kind",
+        value_name="churn")
+    rank = {"churn_within_a": 0, "churn_within_b": 1, "churn_matched": 2, "churn_cross": 3}
+    long["rank"] = long["kind"].map(rank)
+    long["kind"] = [{0: f"within {a}", 1: f"within {b}", 2: f"{a} vs {b}, same seeds", 3: f"{a} vs {b}, all pairs"}[r]
+                    for r, a, b in zip(long["rank"], long["hardware_a"], long["hardware_b"])]
+    long = long.dropna(subset=["churn"]).sort_values(["rank", "kind"])
+    present = setting_sort(long["setting"])
+    return alt.Chart(tidy_limit(long)).mark_bar().encode(
+        x=alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
+        y=alt.Y("kind:N", sort=long["kind"].unique().tolist(), title=None),
+        color=setting_color(settings=present, legend=None),
+        # the tooling alone (same seeds) in full colour, the rest lighter
+        opacity=alt.when(alt.datum.rank == 2).then(alt.value(1.0)).otherwise(alt.value(0.4)),
+        row=alt.Row("setting:N", sort=present, title=None),
+        column=alt.Column("pair:N", title=None),
+        tooltip=["setting:N", "pair:N", "kind:N", alt.Tooltip("churn:Q", format=".2%"),
+                 alt.Tooltip("n_matched:Q", title="matched replicas"), alt.Tooltip("n_a:Q", title="replicas on a"),
+                 alt.Tooltip("n_b:Q", title="replicas on b")],
+    ).properties(width=320, height=90, title="Churn within one hardware label and across two").resolve_scale(
+        y="independent")
 
 
 def glue_figure(chapter: str, slug: str, chart, text: str, *, n: int, hardware: str, cell: str) -> None:

@@ -381,7 +381,8 @@ def per_class_accuracy(preds, labels, num_classes) -> np.ndarray:
 def per_class_summary(preds, labels, num_classes) -> pd.DataFrame:
     """One row per class: ``class``, ``n_examples`` (count in labels), ``mean``
     and ``std`` (ddof=1) across replicas of ``per_class_accuracy``.
-    Absent classes, and ``std`` when R == 1, give nan."""
+    Absent classes, and ``std`` when R == 1, give nan; a class whose accuracy is equal in every
+    replica has a std of exactly 0 (see ``_sample_std``)."""
     acc = per_class_accuracy(preds, labels, num_classes)
     r, c = acc.shape
     n_per_class = np.bincount(np.asarray(labels), minlength=c)
@@ -391,7 +392,7 @@ def per_class_summary(preds, labels, num_classes) -> pd.DataFrame:
     # Absent classes are all-nan columns; skipping them avoids empty-slice warnings.
     mean[present] = acc[:, present].mean(axis=0)
     if r >= 2:
-        std[present] = acc[:, present].std(axis=0, ddof=1)
+        std[present] = [_sample_std(acc[:, k]) for k in np.flatnonzero(present)]  # equal values: exactly 0
     return pd.DataFrame(
         {"class": np.arange(c), "n_examples": n_per_class, "mean": mean, "std": std}
     )
@@ -560,12 +561,15 @@ def distribution_variance(preds, labels) -> dict:
     ``distribution_var = max(raw, 0)``.  Jordan's finding is observed ~=
     predicted: most run-to-run variance is finite-test-set noise.
     Also returns ``n_replicas`` and ``n_examples``.  Requires R >= 2.
+    Equal accuracies in every replica give ``observed_var`` of exactly 0 (as in ``_sample_std``),
+    and so ``distribution_var_raw = -predicted_var``.
     """
     p, y = _check_preds_labels(preds, labels)
     r, n = p.shape
     _require_pairs(r)
     correct = p == y
-    observed = float(np.var(correct.mean(axis=1), ddof=1))
+    acc = correct.mean(axis=1)
+    observed = 0.0 if np.all(acc == acc[0]) else float(np.var(acc, ddof=1))  # equal values: exactly 0
     pn = correct.mean(axis=0)
     predicted = float((pn * (1.0 - pn)).sum() * r / (r - 1) / (n * n))
     raw = observed - predicted

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,42 +167,132 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(path) / "weights.safetensors"))
 
 
+KEYS = ["hardware", "dataset", "model", "setting", "replica"]
+CELL = KEYS[:-1]  # one cell of the study: the replicas of one setting on one (hardware, dataset, model)
+# The setting's meaning as its manifest records it: a replica is interpreted with what it ran with,
+# never with today's noise.SETTINGS.
+MEANING = ["varied", "deterministic", "perturb_ulp"]
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """One cell of the store with its (R, N) prediction matrix, built once by :meth:`Runs.iter_cells`."""
+
+    key: dict  # hardware, dataset, model, setting
+    preds: np.ndarray  # (R, N) int64 predicted classes; row r is replica ``replica_ids[r]``
+    labels: np.ndarray  # (N,) int64 true classes
+    groups: np.ndarray  # (N,) int64 group attribute; -1 where the dataset has none
+    replicas: pd.DataFrame  # the cell's rows of Runs.replicas, by ascending replica id
+    predictions: pd.DataFrame  # the cell's rows of Runs.predictions (one per replica and example)
+    meaning: dict  # the setting's recorded meaning: varied (frozenset of sources), deterministic, perturb_ulp
+
+    @property
+    def replica_ids(self) -> list[int]:
+        return [int(r) for r in self.replicas["replica"]]
+
+    @property
+    def examples(self) -> np.ndarray:
+        """The store's example ids of the matrix columns, ascending."""
+        return np.sort(self.predictions["example"].unique())
+
+    @property
+    def has_groups(self) -> bool:
+        return bool((self.groups >= 0).all())  # the store writes -1 where a dataset has no group attribute
+
+
 @dataclass
 class Runs:
-    """Tidy frames of the run store, one row per replica (and example, or epoch)."""
+    """A view of the run store: tidy frames, one row per replica (and example, or epoch), that
+    selects by key (:meth:`select`) and iterates its cells (:meth:`iter_cells`). A view is read,
+    not edited: its cells are built from the frames once, on the first iteration."""
 
-    replicas: pd.DataFrame  # hardware, dataset, model, setting, replica, path, hashes, final metrics
+    replicas: pd.DataFrame  # hardware, dataset, model, setting, replica, path, hashes, final metrics, meaning
     predictions: pd.DataFrame  # ... + example, label, group, prediction, correct
     history: pd.DataFrame  # ... + epoch, lr, losses, accuracies, seconds
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped dirs
+    _cells: list[Cell] | None = field(default=None, init=False, repr=False, compare=False)
 
     def cells(self) -> pd.DataFrame:
         """One row per (hardware, dataset, model, setting) with its number of replicas."""
-        keys = ["hardware", "dataset", "model", "setting"]
-        return self.replicas.groupby(keys, as_index=False).size().rename(columns={"size": "replicas"})
+        return self.replicas.groupby(CELL, as_index=False).size().rename(columns={"size": "replicas"})
+
+    def subset(self, keep: Callable[[pd.DataFrame], np.ndarray]) -> Runs:
+        """The rows of every frame for which ``keep(frame)`` (a boolean array) holds."""
+
+        def sub(df: pd.DataFrame) -> pd.DataFrame:
+            rows = df if df.empty else df[np.asarray(keep(df), dtype=bool)]
+            return rows.reset_index(drop=True)
+
+        return Runs(sub(self.replicas), sub(self.predictions), sub(self.history), list(self.problems))
+
+    def select(self, **key) -> Runs:
+        """The part of the view matching every ``name=value`` (hardware, dataset, model, setting,
+        replica); a list, tuple or set of values matches any of them."""
+        unknown = set(key) - set(KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {sorted(unknown)}; valid keys: {', '.join(KEYS)}")
+
+        def keep(df: pd.DataFrame) -> np.ndarray:
+            mask = np.ones(len(df), dtype=bool)
+            for k, v in key.items():
+                mask &= (df[k].isin(list(v)) if isinstance(v, (list, tuple, set, frozenset)) else df[k] == v).to_numpy()
+            return mask
+
+        return self.subset(keep)
+
+    def iter_cells(self) -> Iterator[Cell]:
+        """Every cell with predictions, in sorted key order (matrices built once per view)."""
+        if self._cells is None:
+            self._cells = list(self._build_cells())
+        yield from self._cells
+
+    def _build_cells(self) -> Iterator[Cell]:
+        p = self.predictions
+        if p.empty or "example" not in p.columns:
+            return
+        replicas = {key: frame for key, frame in self.replicas.groupby(CELL, sort=True)}
+        for key, frame in p.groupby(CELL, sort=True):
+            preds, labels, groups = prediction_matrix(frame)
+            reps = replicas[key].sort_values("replica", ignore_index=True)
+            yield Cell(dict(zip(CELL, key)), preds.astype(np.int64), labels.astype(np.int64),
+                       groups.astype(np.int64), reps, frame, _recorded_meaning(key[-1], reps))
 
 
-KEYS = ["hardware", "dataset", "model", "setting", "replica"]
+def _recorded_meaning(name: str, replicas: pd.DataFrame) -> dict:
+    """The one meaning the manifests of a cell's replicas record for its setting (the keyword
+    arguments of noise.NoiseSetting besides the name)."""
+    meanings = {(tuple(v), bool(d), bool(u)) for v, d, u in zip(*(replicas[c] for c in MEANING))}
+    if len(meanings) != 1:
+        raise ValueError(f"the replicas of setting {name} record {len(meanings)} different meanings: "
+                         f"{sorted(meanings)}")
+    varied, deterministic, perturb_ulp = meanings.pop()
+    return {"varied": frozenset(varied), "deterministic": deterministic, "perturb_ulp": perturb_ulp}
 
 
 def iter_replica_dirs(root, **filters):
     """Replica directories under root matching filters (hardware=, dataset=, model=, setting=)."""
-    unknown = set(filters) - set(KEYS[:-1])
+    unknown = set(filters) - set(CELL)
     if unknown:
-        raise ValueError(f"unknown filter(s) {sorted(unknown)}; valid filters: {', '.join(KEYS[:-1])}")
-    pattern = "/".join(str(filters.get(k) or "*") for k in KEYS[:-1]) + "/replica-*"
+        raise ValueError(f"unknown filter(s) {sorted(unknown)}; valid filters: {', '.join(CELL)}")
+    pattern = "/".join(str(filters.get(k) or "*") for k in CELL) + "/replica-*"
     yield from sorted(p for p in Path(root).glob(pattern) if p.is_dir())
 
 
 def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filters) -> Runs:
-    """Load every complete replica under `root`. Incomplete or damaged ones are reported in
-    `problems` (and a warning is printed), never returned as results."""
+    """Load every complete replica under `root`. Incomplete or damaged ones (and manifests that
+    record no meaning of their setting) are reported in `problems` (and a warning is printed),
+    never returned as results."""
     rows, preds, hists, problems = [], [], [], []
     for path in iter_replica_dirs(root, **filters):
         try:
             m = read_manifest(path, verify)
+            meaning = {k: m["setting"][k] for k in MEANING}
         except ValueError as e:
             problems.append((str(path), str(e)))
+            continue
+        except (KeyError, TypeError):
+            problems.append((str(path), ("the manifest records no meaning of its setting (varied, deterministic, "
+                                         "perturb_ulp)")))
             continue
         s = m["spec"]
         key = {"hardware": m["hardware"], "dataset": s["dataset"], "model": s["model"], "setting": s["setting"],
@@ -223,6 +314,9 @@ def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filte
                 "torch": m["environment"].get("torch"),
                 "cpu_model": m["environment"].get("cpu_model"),
                 "gpu_name": m["environment"].get("gpu_name"),
+                "varied": tuple(sorted(meaning["varied"])),
+                "deterministic": bool(meaning["deterministic"]),
+                "perturb_ulp": bool(meaning["perturb_ulp"]),
             }
         )
         p = pd.read_parquet(path / "predictions.parquet")
@@ -235,15 +329,19 @@ def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filte
         import warnings
 
         warnings.warn(f"skipped {len(problems)} incomplete or damaged replica(s): {problems[:3]}", stacklevel=2)
-    order = lambda df, extra: df[KEYS + [c for c in df.columns if c not in KEYS]].sort_values(KEYS + extra, ignore_index=True)  # noqa: E731
-    replicas = order(pd.DataFrame(rows), []) if rows else pd.DataFrame(columns=KEYS)
+    def order(df: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+        return df[KEYS + [c for c in df.columns if c not in KEYS]].sort_values(KEYS + extra, ignore_index=True)
+
+    replicas = order(pd.DataFrame(rows), []) if rows else pd.DataFrame(columns=KEYS + MEANING)
     predictions = order(pd.concat(preds, ignore_index=True), ["example"]) if preds else pd.DataFrame(columns=KEYS)
     history = order(pd.concat(hists, ignore_index=True), ["epoch"]) if hists else pd.DataFrame(columns=KEYS)
     return Runs(replicas, predictions, history, problems)
 
 
-def prediction_matrix(predictions: pd.DataFrame, column: str = "prediction") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(R, N) matrix of one cell's predictions, with labels (N,) and groups (N,)."""
+def prediction_matrix(predictions: pd.DataFrame,
+                      column: str = "prediction") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R, N) matrix of one cell's predictions (rows by ascending replica id, columns by example
+    id), with labels (N,) and groups (N,)."""
     wide = predictions.pivot(index="replica", columns="example", values=column)
     first = predictions[predictions["replica"] == wide.index[0]].sort_values("example")
     return wide.to_numpy(), first["label"].to_numpy(), first["group"].to_numpy()
