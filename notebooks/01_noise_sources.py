@@ -190,7 +190,7 @@ store.weights_hash(model_a.state_dict()) == store.weights_hash(model_b.state_dic
 # gradients, at one thread, at two threads, and at each again. Each computation is repeated to
 # check that a fixed thread count reproduces itself bit for bit.
 
-# %%
+# %% tags=["nbval-same-cpu"]
 CONTROL_SEEDS = noise.replica_seeds(BASE_SEED, 0, noise.get_setting("CONTROL"))
 x_batch = data.to_float(digits.x_train[:128], digits.normalization)  # one batch of 128
 y_batch = digits.y_train[:128]
@@ -283,7 +283,7 @@ poke, n_changed, n_weights, ulp_init_l2
 # **two threads**, and a replica with a **fresh seed for every source** (ALGO's replica 1), the
 # yardstick of ordinary run-to-run variation.
 
-# %%
+# %% tags=["nbval-same-cpu"]
 EPOCHS = (1, 2, 4, 8, 16, 32)  # training lengths (a separate, short run each)
 THREAD_EPOCHS = (1, 2, 4, 8, 16)  # 2 threads are slower for so small a net: stop earlier
 reference = ReplicaSpec(dataset="digits", model="smallcnn", setting="CONTROL",
@@ -319,11 +319,11 @@ table = table.astype({("differing predictions", c): "Int64" for c in changes})
 table["L2 distance"] = table["L2 distance"].map("{:.1e}".format).replace("nan", "<NA>")
 table
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "nbval-same-cpu"]
 colours = dict(zip(changes, ("ULP", "IMPL", "ALGO")))  # comparison -> the setting whose colour it takes
 glue(charts.figure_name(CHAPTER, "growth"), charts.divergence_growth(growth, colours, EPOCHS, n_test), display=False)
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "nbval-same-cpu"]
 at = growth.set_index(["comparison", "epochs"])  # one row per comparison and length
 E, E2 = EPOCHS[-1], THREAD_EPOCHS[-1]
 numbers = {

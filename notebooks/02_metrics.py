@@ -552,7 +552,7 @@ def aug_seed(setting_name, replica):
 # | overhead parser reads nvprof's `Avg`, not `Time` | each total divided by its top kernel's call count | whole training steps timed, median over interleaved blocks | `test_overhead.py` |
 # | stateless seeded initialisers | same-shaped kernels start identical in IMPL and CONTROL | one generator consumed layer by layer | `test_models.py` |
 # | augmentation seeds fixed in every setting | augmentation never varies | `aug` stream seeded per replica where varied | `test_noise.py`, `test_train.py` |
-# | CONTROL's bit-identity never checked | a broken control goes unnoticed | `run_cell` compares hashes, raises `DeterminismViolation` | `test_train.py` |
+# | CONTROL's bit-identity never checked | a broken control goes unnoticed | `run_cell` compares hashes, raises `DeterminismViolation` | `test_cell.py` |
 # | `np.std` (ddof 0) across replicas | spreads about 5 % smaller at ten replicas (a convention) | ddof 1 everywhere | `test_metrics.py` |
 #
 # The tests by name, all under `tests/`:
@@ -568,6 +568,6 @@ def aug_seed(setting_name, replica):
 # - initial kernels: `test_models.py::test_same_shaped_kernels_get_their_own_draws`;
 # - augmentation seeds: `test_noise.py::test_seeds_vary_only_for_varied_sources`,
 #   `test_train.py::test_single_source_presets_vary_their_source`;
-# - CONTROL: `test_train.py::test_control_replicas_are_bit_identical`,
+# - CONTROL: `test_cell.py::test_control_replicas_are_bit_identical`,
 #   `test_control_cell_with_differing_replicas_fails_loudly`;
 # - ddof: `test_metrics.py::test_accuracy_summary_hand`.
