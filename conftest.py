@@ -11,8 +11,6 @@ says so in the test summary. Every other cell is compared everywhere.
 
 from __future__ import annotations
 
-import pytest
-
 TAG = "nbval-same-cpu"
 
 

@@ -60,16 +60,23 @@ def main() -> None:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             job = one_job(args.replicas, args.epochs, Path(tmp))
-            times["job"].append(timed(lambda: check(batch.run_job(job))))
-            times["overhead"].append(timed(lambda: check(batch.run_job(job))))
+            times["job"].append(timed(lambda job=job: check(batch.run_job(job))))
+            times["overhead"].append(timed(lambda job=job: check(batch.run_job(job))))
         with tempfile.TemporaryDirectory() as tmp:
             job = one_job(args.replicas, args.epochs, Path(tmp))
-            times["training"].append(timed(
-                lambda: cell.run_cell(job.spec(0), args.replicas, job.output_root, job.hardware, progress=False)))
+            times["training"].append(
+                timed(
+                    lambda job=job: cell.run_cell(
+                        job.spec(0), args.replicas, job.output_root, job.hardware, progress=False
+                    )
+                )
+            )
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"one job: {args.replicas} replicas x {args.epochs} epochs, digits/smallcnn/CONTROL, 1 thread, "
-          f"median of {args.repeats}")
+    print(
+        f"one job: {args.replicas} replicas x {args.epochs} epochs, digits/smallcnn/CONTROL, 1 thread, "
+        f"median of {args.repeats}"
+    )
     for name, values in times.items():
         print(f"  {name:<9} {med[name]:6.2f} s   ({', '.join(f'{v:.2f}' for v in values)})")
     print(f"overhead / job      = {med['overhead'] / med['job']:.2f}  (share of a job that is not training)")

@@ -69,7 +69,9 @@ def run_dataloader(ds, epochs, batch, lr):
         [v2.RandomCrop(ds.image_size, padding=ds.augment_pad), v2.ToDtype(torch.float32, scale=True)]
     )
     loader = torch.utils.data.DataLoader(
-        UInt8Images(ds.x_train, ds.y_train, transform), batch_size=batch, shuffle=True,
+        UInt8Images(ds.x_train, ds.y_train, transform),
+        batch_size=batch,
+        shuffle=True,
         generator=torch.Generator().manual_seed(0),
     )
     model, opt = make_model(ds, lr)
@@ -104,8 +106,12 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ds = load_dataset("digits")
-    variants = {"ours, augmented": run_ours_augmented, "dataloader": run_dataloader,
-                "ours, plain": run_ours_plain, "bare": run_bare}
+    variants = {
+        "ours, augmented": run_ours_augmented,
+        "dataloader": run_dataloader,
+        "ours, plain": run_ours_plain,
+        "bare": run_bare,
+    }
     for fn in variants.values():  # warm-up: allocator, oneDNN primitive caches
         fn(ds, 1, args.batch_size, 2e-3)
     speeds = {name: [] for name in variants}
@@ -113,8 +119,10 @@ def main():
         for name, fn in variants.items():
             speeds[name].append(fn(ds, args.epochs, args.batch_size, 2e-3))
     med = {name: statistics.median(v) for name, v in speeds.items()}
-    print(f"SmallCNN on digits, {args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), "
-          f"median of {args.repeats}")
+    print(
+        f"SmallCNN on digits, {args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), "
+        f"median of {args.repeats}"
+    )
     for name, v in med.items():
         print(f"  {name:<16} {v:10,.0f} examples/s")
     seconds = len(ds.y_train) * args.epochs / med["ours, plain"]

@@ -50,8 +50,7 @@ import pandas as pd
 import torch
 from myst_nb import glue
 
-from nnrandomness import (ReplicaSpec, charts, data, load_dataset, metrics, models,
-                          noise, store, train, train_replica)
+from nnrandomness import ReplicaSpec, charts, data, load_dataset, metrics, models, noise, store, train, train_replica
 
 charts.enable()
 torch.set_num_threads(1)  # the thread count changes bits: pin it (cells that vary it say so)
@@ -376,8 +375,9 @@ for name, value in numbers.items():  # plain Python numbers: glue shows their re
 # class from the one-ULP replica (at most {glue:text}`ulp_flips_max` at any length), and
 # {glue:text}`algo_flips_last` ({glue:text}`algo_flips_last_frac:.1%`) from the replica with
 # fresh seeds. With one replica per point and a small test set these counts are noisy; the later
-# chapters use ten replicas per setting. {cite:t}`summers2021nondeterminism` found that a change of a single bit in one initial
-# weight leads, by the end of training, to about as much variability between models as any other
+# chapters use ten replicas per setting. {cite:t}`summers2021nondeterminism` found that a change
+# of a single bit in one initial weight leads, by the end of training, to about as much
+# variability between models as any other
 # source of nondeterminism: once training has amplified the first difference, where it came from
 # no longer matters much. Tooling noise such as the thread count is such a first difference,
 # injected at every step.

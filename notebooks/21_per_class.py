@@ -102,5 +102,6 @@ charts.glue_figure("per-class", "spread", chart,
 
 # %%
 algo = classes[classes.setting == "ALGO"].sort_values(["std", "class"], ascending=[False, True]).head(5)
-pd.DataFrame({"class": algo["class"], "test examples": algo["n_examples"], "mean accuracy": algo["mean"].map(findings.pct),
+pd.DataFrame({"class": algo["class"], "test examples": algo["n_examples"],
+              "mean accuracy": algo["mean"].map(findings.pct),
               "std across replicas": algo["std"].map(findings.pct)}).set_index("class")

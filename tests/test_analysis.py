@@ -29,14 +29,17 @@ def fake(dataset, setting, replica, preds, labels, groups=None, offset=0.0) -> R
     return ReplicaResult(
         spec=ReplicaSpec(dataset=dataset, model="smallcnn", setting=setting, replica=replica, epochs=2),
         seeds={"init": 1, "order": 2, "aug": 3, "dropout": 4, "perturb": 5},
-        history=pd.DataFrame({"epoch": [1, 2], "test_accuracy": [0.5, float(np.mean(preds == labels))],
-                              "seconds": [0.1, 0.1]}),
+        history=pd.DataFrame(
+            {"epoch": [1, 2], "test_accuracy": [0.5, float(np.mean(preds == labels))], "seconds": [0.1, 0.1]}
+        ),
         predictions=preds,
         probabilities=probs,
         labels=np.asarray(labels),
         groups=None if groups is None else np.asarray(groups),
-        weights={"w": torch.arange(6, dtype=torch.float32) + offset,
-                 "bn.running_mean": torch.full((2,), 100.0 * replica)},
+        weights={
+            "w": torch.arange(6, dtype=torch.float32) + offset,
+            "bn.running_mean": torch.full((2,), 100.0 * replica),
+        },
         backend={"requested": {}, "effective": {}},
         environment={"torch": torch.__version__, "git_commit": "abc", "cpu_model": "test cpu"},
         timings={"train_seconds": 0.2},
@@ -57,15 +60,23 @@ def root(tmp_path_factory):
     for setting in ("CONTROL", "IMPL"):
         for k in range(2):
             r = fake("digits", setting, k, CONTROL, LABELS)
-            w("cpu-1t", dataclasses.replace(r, weights={"w": torch.arange(6, dtype=torch.float32),
-                                                        "bn.running_mean": torch.zeros(2)}))
+            w(
+                "cpu-1t",
+                dataclasses.replace(
+                    r, weights={"w": torch.arange(6, dtype=torch.float32), "bn.running_mean": torch.zeros(2)}
+                ),
+            )
     # The thread-count variant: replica 0 flips example 3 and moves its weights by 0.5, replica 1 is identical.
     w("cpu-2t", fake("digits", "ALGO", 0, [0, 1, 2, 2], LABELS, offset=0.5))
     w("cpu-2t", fake("digits", "ALGO", 1, ALGO[1], LABELS, offset=1.0))
     for k in range(2):
         r = fake("digits", "CONTROL", k, [0, 1, 2, 1], LABELS)
-        w("cpu-2t", dataclasses.replace(r, weights={"w": torch.arange(6, dtype=torch.float32) + 0.25,
-                                                    "bn.running_mean": torch.zeros(2)}))
+        w(
+            "cpu-2t",
+            dataclasses.replace(
+                r, weights={"w": torch.arange(6, dtype=torch.float32) + 0.25, "bn.running_mean": torch.zeros(2)}
+            ),
+        )
     for k, p in enumerate([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0]]):
         w("cpu-1t", fake("digits_groups", "ALGO", k, p, GLABELS, GROUPS, offset=float(k)))
     # Six replicas, for the bootstrap intervals (they need MIN_REPLICAS_CI = 5).
@@ -239,7 +250,6 @@ def test_hardware_compare_by_hand(runs, root):
     assert analysis.hardware_compare(store.load_runs(root, hardware="cpu-1t")).empty  # one label: nothing to compare
 
 
-
 def test_by_hardware_by_hand(runs, root):
     bh = analysis.by_hardware(runs, weights=True)
     assert list(bh.columns) == ["dataset", "model", "setting", "hardware", "metric", "value"]
@@ -270,6 +280,7 @@ def test_by_hardware_by_hand(runs, root):
     assert analysis.by_hardware(store.load_runs(root, hardware="cpu-1t")).empty  # one label: nothing
     assert analysis.by_hardware(runs, weights=False).query("metric == 'l2'")["value"].isna().all()
 
+
 # ----------------------------------------------------------------------------- runs, missing
 def test_runs_table(runs):
     t = analysis.runs_table(runs)
@@ -278,15 +289,25 @@ def test_runs_table(runs):
 
 
 def test_missing_and_empty_store(runs, tmp_path):
-    assert analysis.missing(runs, hardware="cpu-1t", dataset="digits", model="smallcnn",
-                            settings=["ALGO", "CONTROL"]) == []
+    assert (
+        analysis.missing(runs, hardware="cpu-1t", dataset="digits", model="smallcnn", settings=["ALGO", "CONTROL"])
+        == []
+    )
     lines = analysis.missing(runs, hardware="cpu-1t", dataset="digits", model="smallcnn", settings=["ULP", "ALGO"])
     assert lines == ["cpu-1t/digits/smallcnn/ULP: 0 replica(s), needs at least 2"]
     assert "`../data/runs`" in analysis.missing_note(lines, "../data/runs") and analysis.missing_note([], "x") == ""
     empty = store.load_runs(tmp_path / "nothing-here")
-    for frame in (analysis.topline(empty), analysis.per_class(empty), analysis.subgroups(empty),
-                  analysis.per_example(empty), analysis.hardware_compare(empty), analysis.identity(empty),
-                  analysis.twin_identity(empty), analysis.runs_table(empty), analysis.distribution_variance(empty)):
+    for frame in (
+        analysis.topline(empty),
+        analysis.per_class(empty),
+        analysis.subgroups(empty),
+        analysis.per_example(empty),
+        analysis.hardware_compare(empty),
+        analysis.identity(empty),
+        analysis.twin_identity(empty),
+        analysis.runs_table(empty),
+        analysis.distribution_variance(empty),
+    ):
         assert frame.empty and len(frame.columns) > 3
     lines = analysis.missing(empty, hardware="h", dataset="d", model="m", settings=["ALGO"])
     assert lines[0].startswith("h/d/m/ALGO: 0")

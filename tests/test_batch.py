@@ -57,8 +57,10 @@ def summary(out: str) -> dict[str, list[str]]:
 def hashes(runs: Path) -> dict[str, tuple[str, str]]:
     """Replica path (relative) -> (weights_hash, predictions_hash) of every complete replica."""
     complete = [p for p in sorted(runs.glob("*/*/*/*/replica-*")) if store.is_complete(p)]
-    return {str(p.relative_to(runs)): (m["weights_hash"], m["predictions_hash"])
-            for p, m in zip(complete, map(store.read_manifest, complete))}
+    return {
+        str(p.relative_to(runs)): (m["weights_hash"], m["predictions_hash"])
+        for p, m in zip(complete, map(store.read_manifest, complete))
+    }
 
 
 def variant(tmp_path: Path, cells=None, notebook: Path = NOTEBOOK, **defaults) -> Path:
@@ -113,7 +115,8 @@ def test_jobs_get_their_gpu_and_threads_before_the_kernel_starts(reference):
     for path in sorted((base / "runs").glob("*/*/*/*/replica-*")):
         m = store.read_manifest(path)
         envs.setdefault(m["spec"]["setting"], set()).add(
-            (m["environment"]["env"]["CUDA_VISIBLE_DEVICES"], m["environment"]["env"]["OMP_NUM_THREADS"]))
+            (m["environment"]["env"]["CUDA_VISIBLE_DEVICES"], m["environment"]["env"]["OMP_NUM_THREADS"])
+        )
     assert envs == {"CONTROL": {("0", "1")}, "ALGO": {("1", "1")}}
 
 
@@ -142,8 +145,7 @@ def test_killed_plan_resumes_to_the_same_bits(reference, tmp_path):
     the store ends up bitwise equal to the uninterrupted run and the finished job is not re-run."""
     _, _, ref = reference
     cmd = [sys.executable, "-m", "nnrandomness", "run", str(SMOKE), "--workers", "1", *roots(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs, executed = tmp_path / "runs" / "cpu-1t/digits/smallcnn", tmp_path / "executed" / "cpu-1t/digits/smallcnn"
     deadline = time.monotonic() + 240
     try:
@@ -190,7 +192,7 @@ def test_ray_backend_gives_the_same_bits(reference, tmp_path):
 
 
 # ----------------------------------------------------------------------------- failures
-FAILING_BODY = '''
+FAILING_BODY = """
 import time
 from nnrandomness import ReplicaSpec, params, run_cell
 
@@ -201,7 +203,7 @@ if settings == ["IMPL"]:
 if settings == ["CONTROL"]:  # trains for real; any other setting does nothing
     values = params.from_namespace(globals())
     run_cell(ReplicaSpec.from_parameters(values, "CONTROL"), replicas, output_root, hardware)
-'''
+"""
 
 
 def failing_notebook(tmp_path: Path) -> Path:
@@ -215,7 +217,7 @@ def failing_notebook(tmp_path: Path) -> Path:
 
 
 # Kills every kernel (never papermill) while the counter file holds a positive number.
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os, sys
 if "ipykernel_launcher" in sys.orig_argv:
     counter = os.environ["NNR_TEST_KERNEL_FAILURES"]
@@ -223,7 +225,7 @@ if "ipykernel_launcher" in sys.orig_argv:
     if left > 0:
         open(counter, "w").write(str(left - 1))
         os._exit(1)
-'''
+"""
 
 
 class TestFailures:
@@ -233,8 +235,10 @@ class TestFailures:
     def test_failures_are_isolated_reported_and_kept(self, tmp_path):
         """A cell error (never retried), a timeout (killed) and a notebook that writes nothing fail
         their own jobs only; the other job finishes; every executed notebook is kept; exit code 1."""
-        cells = [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO", "ORDER"]},
-                 {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["IMPL"], "timeout": 10}]
+        cells = [
+            {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO", "ORDER"]},
+            {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["IMPL"], "timeout": 10},
+        ]
         path = variant(tmp_path, cells=cells, notebook=failing_notebook(tmp_path), replicas=1, epochs=1)
         code, out = run(path, "--workers", 2, *roots(tmp_path))
         assert code == 1, out
@@ -248,8 +252,12 @@ class TestFailures:
         executed = tmp_path / "executed" / "cpu-1t/digits/smallcnn"
         kept = sorted(p.name for p in executed.iterdir())
         assert kept == ["ALGO.ipynb", "CONTROL.ipynb", "IMPL.ipynb", "ORDER.ipynb"]
-        errors = [o for c in nbformat.read(str(executed / "ALGO.ipynb"), as_version=4).cells
-                  for o in c.get("outputs", []) if o.output_type == "error"]
+        errors = [
+            o
+            for c in nbformat.read(str(executed / "ALGO.ipynb"), as_version=4).cells
+            for o in c.get("outputs", [])
+            if o.output_type == "error"
+        ]
         assert [(e.ename, e.evalue) for e in errors] == [("RuntimeError", "boom")]
 
     def test_kernel_start_failures_are_retried_a_bounded_number_of_times(self, tmp_path, monkeypatch):
@@ -276,17 +284,28 @@ class TestFailures:
         assert "the kernel did not start in 2 tries" in " ".join(reason) and "Kernel died" in " ".join(reason)
         assert counter.read_text() == "3"
 
-
     def test_the_notebook_refuses_unknown_and_mistyped_parameters(self, tmp_path):
         """papermill itself only warns about an unknown parameter: the notebook's validation cell
         fails before any training."""
         out = tmp_path / "out.ipynb"
-        cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(out), "--no-progress-bar",
-               "-y", f"{{epoch: 3, settings: CONTROL, output_root: {tmp_path / 'runs'}}}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(NOTEBOOK),
+            str(out),
+            "--no-progress-bar",
+            "-y",
+            f"{{epoch: 3, settings: CONTROL, output_root: {tmp_path / 'runs'}}}",
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         assert proc.returncode != 0
-        errors = [o for c in nbformat.read(str(out), as_version=4).cells for o in c.get("outputs", [])
-                  if o.output_type == "error"]
+        errors = [
+            o
+            for c in nbformat.read(str(out), as_version=4).cells
+            for o in c.get("outputs", [])
+            if o.output_type == "error"
+        ]
         assert len(errors) == 1 and errors[0].ename == "ValueError"
         assert "unknown parameter 'epoch'" in errors[0].evalue
         assert "settings must be a list, got 'CONTROL'" in errors[0].evalue
@@ -312,9 +331,11 @@ def recorded(monkeypatch):
 
 
 def mixed_jobs(tmp_path) -> list[plan.Job]:
-    cells = [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO", "IMPL"]},
-             {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO"], "threads": 2},
-             {"datasets": ["digits"], "models": ["smallcnn_bn"], "settings": ["CONTROL", "ALGO"]}]
+    cells = [
+        {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO", "IMPL"]},
+        {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO"], "threads": 2},
+        {"datasets": ["digits"], "models": ["smallcnn_bn"], "settings": ["CONTROL", "ALGO"]},
+    ]
     return plan.load_plan(variant(tmp_path, cells=cells)).jobs
 
 

@@ -30,9 +30,16 @@ from nnrandomness import book, charts
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "chromium"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-    "--enable-logging=stderr", "--v=0",  # console messages (uncaught errors) go to stderr
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--enable-logging=stderr",
+    "--v=0",  # console messages (uncaught errors) go to stderr
     "--virtual-time-budget=5000",  # let scripts (vega-embed, MathJax) finish before the snapshot
 ]
 
@@ -86,8 +93,10 @@ def test_tidy_limit():
 def test_setting_colors():
     assert charts.setting_sort(["CONTROL", "ALGO", "ULP"]) == ["ALGO", "CONTROL", "ULP"]
     scale = charts.setting_scale(["IMPL", "ALGO+IMPL"]).to_dict()
-    assert scale == {"domain": ["ALGO+IMPL", "IMPL"], "range": [charts.SETTING_COLORS["ALGO+IMPL"],
-                                                                charts.SETTING_COLORS["IMPL"]]}
+    assert scale == {
+        "domain": ["ALGO+IMPL", "IMPL"],
+        "range": [charts.SETTING_COLORS["ALGO+IMPL"], charts.SETTING_COLORS["IMPL"]],
+    }
     assert len(set(charts.SETTING_COLORS.values())) == len(charts.SETTING_COLORS), "one colour per setting"
     with pytest.raises(ValueError, match="unknown setting"):
         charts.setting_sort(["ALGO", "NOPE"])
@@ -128,8 +137,9 @@ def test_execution_is_reproducible(tmp_path):
         cells=[
             nbformat.v4.new_markdown_cell("# A chapter"),
             nbformat.v4.new_code_cell("import pandas as pd\nfrom nnrandomness import charts\n\ncharts.enable()"),
-            nbformat.v4.new_code_cell("frame = pd.DataFrame({'setting': ['ALGO', 'IMPL'], 'churn': [0.1, 0.2]})\n"
-                                      "frame"),
+            nbformat.v4.new_code_cell(
+                "frame = pd.DataFrame({'setting': ['ALGO', 'IMPL'], 'churn': [0.1, 0.2]})\nframe"
+            ),
             nbformat.v4.new_code_cell("charts.settings_legend(frame['setting'])"),
         ],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
@@ -156,8 +166,16 @@ def html_dir(tmp_path_factory) -> Path:
 class Assets(HTMLParser):
     """URLs a page loads (scripts, stylesheets, images, frames) and the bodies of inline scripts."""
 
-    LOADS = {"script": "src", "img": "src", "iframe": "src", "source": "src", "video": "src", "audio": "src",
-             "embed": "src", "link": "href"}
+    LOADS = {
+        "script": "src",
+        "img": "src",
+        "iframe": "src",
+        "source": "src",
+        "video": "src",
+        "audio": "src",
+        "embed": "src",
+        "link": "href",
+    }
 
     def __init__(self):
         super().__init__()
@@ -210,10 +228,12 @@ def test_pages_load_nothing_from_elsewhere(html_dir):
         for body in assets.inline:
             hit = NETWORK_IN_SCRIPT.search(body)
             if hit:
-                problems.append(f"{rel}: inline script mentions {body[max(0, hit.start() - 60):hit.end() + 60]!r}")
+                problems.append(f"{rel}: inline script mentions {body[max(0, hit.start() - 60) : hit.end() + 60]!r}")
     for css in (html_dir / "_static").rglob("*.css"):
-        for url in re.findall(r"@import\s+(?:url\()?['\"]?([^'\")\s;]+)|url\(['\"]?(https?:[^'\")]+)",
-                              css.read_text(encoding="utf-8", errors="replace")):
+        for url in re.findall(
+            r"@import\s+(?:url\()?['\"]?([^'\")\s;]+)|url\(['\"]?(https?:[^'\")]+)",
+            css.read_text(encoding="utf-8", errors="replace"),
+        ):
             url = next(u for u in url if u)
             if REMOTE.match(url) and not url.startswith("data:"):
                 problems.append(f"{css.relative_to(html_dir)}: imports {url}")
@@ -287,8 +307,11 @@ def element(dom: str, element_id: str) -> str:
 def browser_pages(html_dir: Path) -> list[Path]:
     """The analysis chapters, and every other page with a chart or a formula."""
     analysis = {s for s in book.toc_entries(ROOT) if re.match(r"notebooks/[23]\d_", s)}
-    chosen = [p for p in pages(html_dir)
-              if p.relative_to(html_dir).with_suffix("").as_posix() in analysis or chart_ids(p) or math_count(p)]
+    chosen = [
+        p
+        for p in pages(html_dir)
+        if p.relative_to(html_dir).with_suffix("").as_posix() in analysis or chart_ids(p) or math_count(p)
+    ]
     return chosen
 
 
@@ -325,8 +348,14 @@ def test_charts_and_formulas_render_in_chromium(html_dir, tmp_path):
         # One screenshot of a page with a chart: the pixels, not only the DOM.
         shot_page = next(p for p in chosen if chart_ids(p))
         shot = tmp_path / "page.png"
-        chromium([f"--screenshot={shot}", "--window-size=1200,2000",
-                  f"{server.url}/{shot_page.relative_to(html_dir).as_posix()}"], tmp_path)
+        chromium(
+            [
+                f"--screenshot={shot}",
+                "--window-size=1200,2000",
+                f"{server.url}/{shot_page.relative_to(html_dir).as_posix()}",
+            ],
+            tmp_path,
+        )
         missing = sorted({path for status, path in server.requests if status >= 400 and path != "/favicon.ico"})
     assert not missing, f"the pages requested files that the book does not have: {missing}"
     assert not problems, "\n".join(problems)

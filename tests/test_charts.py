@@ -51,7 +51,8 @@ def test_all_is_exact():
     # the module's own functions and constants: every public one is exported (imports aside)
     tree = ast.parse(Path(charts.__file__).read_text(encoding="utf-8"))
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)} | {
-        t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+    }
     assert sorted((defined & public) - set(charts.__all__)) == [], "public but not in charts.__all__"
 
 
@@ -59,9 +60,17 @@ def test_settings_order_and_colours():
     # noise.SETTINGS' order in every legend; the colours are the book's (unchanged since the first chapter).
     assert charts.setting_sort() == list(noise.SETTINGS)
     assert list(charts.SETTING_COLORS) == list(noise.SETTINGS)
-    assert charts.SETTING_COLORS == {"ALGO+IMPL": "#D55E00", "ALGO": "#0072B2", "IMPL": "#E69F00", "CONTROL": "#999999",
-                                     "INIT": "#56B4E9", "ORDER": "#009E73", "AUG": "#CC79A7", "DROPOUT": "#F0E442",
-                                     "ULP": "#000000"}
+    assert charts.SETTING_COLORS == {
+        "ALGO+IMPL": "#D55E00",
+        "ALGO": "#0072B2",
+        "IMPL": "#E69F00",
+        "CONTROL": "#999999",
+        "INIT": "#56B4E9",
+        "ORDER": "#009E73",
+        "AUG": "#CC79A7",
+        "DROPOUT": "#F0E442",
+        "ULP": "#000000",
+    }
     assert charts.setting_sort(["ULP", "CONTROL", "ALGO"]) == ["ALGO", "CONTROL", "ULP"]
     with pytest.raises(ValueError, match="unknown setting"):
         charts.setting_sort(["NOPE"])
@@ -130,12 +139,20 @@ def test_subgroup_charts(runs):  # noqa: F811
     assert sorted({r["subgroup"] for r in data}) == ["0 / parity=0", "0 / parity=1", "1 / parity=0", "1 / parity=1"]
     assert {r["subgroup"]: r["kind"] for r in data}["0 / parity=1"] == "rare"
     assert [v["encoding"]["y"]["field"] for v in spec["hconcat"]] == ["fnr_std", "fpr_std"]
-    rates = analysis.subgroup_rates(part).merge(subs[["setting", "class", "group", "rare"]],
-                                                on=["setting", "class", "group"])
+    rates = analysis.subgroup_rates(part).merge(
+        subs[["setting", "class", "group", "rare"]], on=["setting", "class", "group"]
+    )
     spec = charts.subgroup_replicas(rates, "parity", "ALGO").to_dict()
     (data,) = datasets(spec)
-    assert len(data) == len(rates) == 3 * 4 and set(data[0]) == {"subgroup", "kind", "replica", "fnr", "n_subgroup",
-                                                                  "fn", "tp"}
+    assert len(data) == len(rates) == 3 * 4 and set(data[0]) == {
+        "subgroup",
+        "kind",
+        "replica",
+        "fnr",
+        "n_subgroup",
+        "fn",
+        "tp",
+    }
     assert spec["encoding"]["y"]["sort"] == ["0 / parity=0", "0 / parity=1", "1 / parity=0", "1 / parity=1"]
     assert spec["title"] == "False negative rate of each subgroup in each ALGO replica"
 
@@ -175,19 +192,33 @@ def test_hardware_churn(runs):  # noqa: F811
 
 
 def test_background_chapter_charts():
-    grid = pd.DataFrame({"replica": ["r0", "r0", "r1", "r1"], "example": ["e0", "e1"] * 2,
-                         "prediction": ["cat", "dog", "cat", "cat"], "label": ["cat", "dog"] * 2,
-                         "correct": [True, True, True, False]})
+    grid = pd.DataFrame(
+        {
+            "replica": ["r0", "r0", "r1", "r1"],
+            "example": ["e0", "e1"] * 2,
+            "prediction": ["cat", "dog", "cat", "cat"],
+            "label": ["cat", "dog"] * 2,
+            "correct": [True, True, True, False],
+        }
+    )
     spec = charts.prediction_grid(grid).to_dict()
     assert [layer["mark"]["type"] for layer in spec["layer"]] == ["rect", "text"]
     assert spec["layer"][0]["encoding"]["color"]["scale"]["domain"] == [True, False]
     assert datasets(spec) == [grid.to_dict("records")]
-    growth = pd.DataFrame({"epochs": [1, 2, 1], "comparison": ["one ULP", "one ULP", "two threads"],
-                           "L2 distance": [1e-6, 1e-3, 1e-5], "differing predictions": [0, 3, 1],
-                           "reference accuracy": [0.9, 0.95, 0.9]})
+    growth = pd.DataFrame(
+        {
+            "epochs": [1, 2, 1],
+            "comparison": ["one ULP", "one ULP", "two threads"],
+            "L2 distance": [1e-6, 1e-3, 1e-5],
+            "differing predictions": [0, 3, 1],
+            "reference accuracy": [0.9, 0.95, 0.9],
+        }
+    )
     spec = charts.divergence_growth(growth, {"one ULP": "ULP", "two threads": "IMPL"}, (1, 2), 359).to_dict()
     scale = spec["hconcat"][0]["encoding"]["color"]["scale"]
-    assert scale == {"domain": ["one ULP", "two threads"],
-                     "range": [charts.SETTING_COLORS["ULP"], charts.SETTING_COLORS["IMPL"]]}
+    assert scale == {
+        "domain": ["one ULP", "two threads"],
+        "range": [charts.SETTING_COLORS["ULP"], charts.SETTING_COLORS["IMPL"]],
+    }
     assert [v["title"] for v in spec["hconcat"]] == ["Weights", "Predictions"]
     assert spec["hconcat"][1]["encoding"]["y"]["axis"]["values"][-1] == 359  # the test set's size on the axis

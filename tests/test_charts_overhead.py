@@ -14,10 +14,22 @@ def _timed(configurations=("det_full", "det_no_fill", "bf16"), models=("smallcnn
     for i, model in enumerate(models):
         for j, configuration in enumerate(configurations):
             median = 10.0 + i + j
-            rows.append({"model": model, "configuration": configuration, "overhead_pct": 5.0 * j,
-                         "overhead_lo": 5.0 * j - 1, "overhead_hi": 5.0 * j + 1, "median_ms": median,
-                         "q1_ms": median - 0.5, "q3_ms": median + 0.5, "n_steps": 15, "baseline_ms": 10.0 + i,
-                         "k": 3, "extra": "not plotted"})
+            rows.append(
+                {
+                    "model": model,
+                    "configuration": configuration,
+                    "overhead_pct": 5.0 * j,
+                    "overhead_lo": 5.0 * j - 1,
+                    "overhead_hi": 5.0 * j + 1,
+                    "median_ms": median,
+                    "q1_ms": median - 0.5,
+                    "q3_ms": median + 0.5,
+                    "n_steps": 15,
+                    "baseline_ms": 10.0 + i,
+                    "k": 3,
+                    "extra": "not plotted",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -41,8 +53,13 @@ def test_overhead_chart_draws_dots_bars_and_references_on_a_symlog_axis():
     spec = charts.overhead_chart(_timed(), ["mediumcnn_k3", "smallcnn"], "cpu-1t").to_dict()
     assert spec["title"] == "Step-time overhead per model and configuration (cpu-1t)"
     zero, rules, labels, iqr, points = _layers(spec)
-    assert [layer["mark"]["type"] for layer in (zero, rules, labels, iqr, points)] == \
-        ["rule", "rule", "text", "rule", "point"]
+    assert [layer["mark"]["type"] for layer in (zero, rules, labels, iqr, points)] == [
+        "rule",
+        "rule",
+        "text",
+        "rule",
+        "point",
+    ]
     assert points["encoding"]["y"]["sort"] == ["mediumcnn_k3", "smallcnn"]
     assert points["encoding"]["x"]["scale"] == {"type": "symlog", "constant": 10, "domain": [-100, 1000]}
     assert (iqr["encoding"]["x"]["field"], iqr["encoding"]["x2"]["field"]) == ("overhead_lo", "overhead_hi")
@@ -52,8 +69,16 @@ def test_overhead_chart_draws_dots_bars_and_references_on_a_symlog_axis():
     references = {row["label"]: row["overhead_pct"] for row in _data(spec, rules)}
     assert references == charts.COST_REFERENCES and references["paper max, P100: 746 %"] == 746
     tooltips = [t["field"] for t in points["encoding"]["tooltip"]]
-    assert tooltips == ["model", "configuration", "overhead_pct", "median_ms", "q1_ms", "q3_ms", "baseline_ms",
-                        "n_steps"]
+    assert tooltips == [
+        "model",
+        "configuration",
+        "overhead_pct",
+        "median_ms",
+        "q1_ms",
+        "q3_ms",
+        "baseline_ms",
+        "n_steps",
+    ]
 
 
 def test_overhead_chart_refuses_a_per_step_frame():
@@ -70,8 +95,10 @@ def test_kernel_size_chart_colours_follow_the_whole_sweep():
     assert line["mark"] == {"type": "line", "point": True} and bars["mark"]["type"] == "rule"
     assert line["encoding"]["x"]["field"] == "k" and line["encoding"]["x"]["type"] == "ordinal"
     # det_no_fill keeps its colour from the overhead chart (second of det_full, det_no_fill).
-    assert line["encoding"]["color"]["scale"] == {"domain": ["det_full", "det_no_fill"],
-                                                  "range": ["#D55E00", "#009E73"]}
+    assert line["encoding"]["color"]["scale"] == {
+        "domain": ["det_full", "det_no_fill"],
+        "range": ["#D55E00", "#009E73"],
+    }
     assert (bars["encoding"]["y"]["field"], bars["encoding"]["y2"]["field"]) == ("overhead_lo", "overhead_hi")
 
 
@@ -83,17 +110,30 @@ def test_kernel_size_chart_says_when_the_sweep_has_no_mediumcnn():
 
 def test_divergence_chart_one_line_per_factor_and_no_zero_on_the_log_axis():
     def history(l2):
-        return pd.DataFrame({"epoch": np.arange(3), "step": np.arange(3) * 10, "weight_l2": l2,
-                             "n_disagree": [0, 1, 2], "disagreement": [0.0, 0.01, 0.02],
-                             "accuracy_a": [0.9] * 3, "accuracy_b": [0.9] * 3})
+        return pd.DataFrame(
+            {
+                "epoch": np.arange(3),
+                "step": np.arange(3) * 10,
+                "weight_l2": l2,
+                "n_disagree": [0, 1, 2],
+                "disagreement": [0.0, 0.01, 0.02],
+                "accuracy_a": [0.9] * 3,
+                "accuracy_b": [0.9] * 3,
+            }
+        )
 
-    histories = {"threads": history([0.0, 1e-6, 1e-3]), "ulp": history([1e-8, 1e-6, 1e-2]),
-                 "impl": history([0.0, 0.0, 0.0])}
+    histories = {
+        "threads": history([0.0, 1e-6, 1e-3]),
+        "ulp": history([1e-8, 1e-6, 1e-2]),
+        "impl": history([0.0, 0.0, 0.0]),
+    }
     spec = charts.divergence_chart(histories, "How far two replicas drift apart").to_dict()
     assert spec["title"] == "How far two replicas drift apart"
     l2, disagree = spec["hconcat"]
     assert l2["encoding"]["y"]["scale"] == {"type": "log"}
     assert [row["factor"] for row in _data(spec, l2)] == ["threads", "threads", "ulp", "ulp", "ulp"]
     assert len(_data(spec, disagree)) == 9  # every epoch of every factor, zeros included
-    assert l2["encoding"]["color"]["scale"] == {"domain": ["threads", "ulp", "impl"],
-                                                "range": list(charts.DIVERGENCE_COLORS)}
+    assert l2["encoding"]["color"]["scale"] == {
+        "domain": ["threads", "ulp", "impl"],
+        "range": list(charts.DIVERGENCE_COLORS),
+    }

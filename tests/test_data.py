@@ -62,8 +62,12 @@ def write_cifar10(root):
     y_test = [9, 0, 4]
     dump(
         where / "test_batch",
-        {b"batch_label": b"testing batch 1 of 1", b"labels": y_test, b"data": cifar_rows(test),
-         b"filenames": [b"t"] * 3},
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": y_test,
+            b"data": cifar_rows(test),
+            b"filenames": [b"t"] * 3,
+        },
     )
     dump(where / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072})
     return np.stack(train), np.array(y_train), np.stack(test), np.array(y_test)
@@ -78,13 +82,20 @@ def write_cifar100(root):
         fine, coarse = labels[split]
         dump(
             where / split,
-            {b"filenames": [b"x"] * len(images), b"batch_label": split.encode(), b"fine_labels": fine,
-             b"coarse_labels": coarse, b"data": cifar_rows(images)},
+            {
+                b"filenames": [b"x"] * len(images),
+                b"batch_label": split.encode(),
+                b"fine_labels": fine,
+                b"coarse_labels": coarse,
+                b"data": cifar_rows(images),
+            },
         )
     dump(
         where / "meta",
-        {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-         b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]},
+        {
+            b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+        },
     )
     return np.stack(train), labels, np.stack(test)
 
@@ -105,7 +116,7 @@ def write_celeba(root):
     (where / "img_align_celeba").mkdir(parents=True)
     blond, male = CELEBA_ATTRIBUTES.index("Blond_Hair"), CELEBA_ATTRIBUTES.index("Male")
     lines = [str(len(CELEBA_ROWS)), " ".join(CELEBA_ATTRIBUTES) + " "]  # trailing space as in the original
-    for filename, part, b, m, colour in CELEBA_ROWS:
+    for filename, _part, b, m, colour in CELEBA_ROWS:
         values = [-1] * len(CELEBA_ATTRIBUTES)
         values[blond], values[male] = 2 * b - 1, 2 * m - 1
         lines.append(filename + " " + " ".join(f"{v:2d}" for v in values))

@@ -12,17 +12,34 @@ from nnrandomness import executed
 def papermill_notebook() -> dict:
     """A notebook as papermill writes it: run timings and paths, nbclient's timestamps, a random id."""
     return {
-        "metadata": {"papermill": {"start_time": "t", "end_time": "t", "duration": 1.0, "input_path": "/a",
-                                   "output_path": "/b", "parameters": {"epochs": 3}, "version": "2.7.0"},
-                     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                     "language_info": {"name": "python"}},
+        "metadata": {
+            "papermill": {
+                "start_time": "t",
+                "end_time": "t",
+                "duration": 1.0,
+                "input_path": "/a",
+                "output_path": "/b",
+                "parameters": {"epochs": 3},
+                "version": "2.7.0",
+            },
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        },
         "nbformat": 4,
         "nbformat_minor": 5,
         "cells": [
-            {"id": "random-1", "cell_type": "code", "execution_count": 1, "source": ["epochs = 3"], "metadata": {
-                "tags": ["injected-parameters"], "execution": {"iopub.status.busy": "t"},
-                "papermill": {"start_time": "t", "end_time": "t", "duration": 0.1, "status": "completed"}},
-             "outputs": [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]},
+            {
+                "id": "random-1",
+                "cell_type": "code",
+                "execution_count": 1,
+                "source": ["epochs = 3"],
+                "metadata": {
+                    "tags": ["injected-parameters"],
+                    "execution": {"iopub.status.busy": "t"},
+                    "papermill": {"start_time": "t", "end_time": "t", "duration": 0.1, "status": "completed"},
+                },
+                "outputs": [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}],
+            },
         ],
     }
 

@@ -34,9 +34,19 @@ def test_findings_of_an_empty_store(tmp_path):
 
 def test_one_formatter():
     assert findings.pct(0.012345) == "1.23 %" and findings.pct(float("nan")) == "n/a" and findings.pct(None) == "n/a"
-    cases = [(0.012345, "pct", "1.23 %"), (1.0 / 3, "2f", "0.33"), (1.0 / 3, "3f", "0.333"), (0.0, "e", "0"),
-             (0.000123456, "e", "1.23e-04"), (12.6, "ratio", "13"), (1.2345, "ratio", "1.2"), (True, "flag", "yes"),
-             (np.int64(7), "int", "7"), (7.0, "int", "7"), ("ALGO", "text", "ALGO")]
+    cases = [
+        (0.012345, "pct", "1.23 %"),
+        (1.0 / 3, "2f", "0.33"),
+        (1.0 / 3, "3f", "0.333"),
+        (0.0, "e", "0"),
+        (0.000123456, "e", "1.23e-04"),
+        (12.6, "ratio", "13"),
+        (1.2345, "ratio", "1.2"),
+        (True, "flag", "yes"),
+        (np.int64(7), "int", "7"),
+        (7.0, "int", "7"),
+        ("ALGO", "text", "ALGO"),
+    ]
     for value, kind, text in cases:
         assert findings.as_text(value, kind) == text, (value, kind)
     for absent in (None, float("nan"), np.float64("nan"), pd.NA):
@@ -44,8 +54,14 @@ def test_one_formatter():
 
 
 def test_ci_text():
-    frame = pd.DataFrame({"churn": [0.0198, 0.01, np.nan], "churn_lo": [0.0111, np.nan, np.nan],
-                          "churn_hi": [0.0231, np.nan, np.nan], "l2": [1.5, 2.0, 3.0]})
+    frame = pd.DataFrame(
+        {
+            "churn": [0.0198, 0.01, np.nan],
+            "churn_lo": [0.0111, np.nan, np.nan],
+            "churn_hi": [0.0231, np.nan, np.nan],
+            "l2": [1.5, 2.0, 3.0],
+        }
+    )
     assert findings.ci_text(frame, "churn").tolist() == ["1.98 % [1.11, 2.31]", "1.00 %", "n/a"]
     assert findings.ci_text(frame, "l2", percent=False).tolist() == ["1.50", "2.00", "3.00"]  # no interval columns
     assert findings.ci_text(frame.iloc[:0], "churn").empty
@@ -60,9 +76,16 @@ def test_prose_values(runs):  # noqa: F811
 
 
 def test_rare_common_ratio():
-    summary = pd.DataFrame({"hardware": "h", "dataset": "d", "model": "m",
-                            "setting": ["ALGO", "ALGO", "CONTROL", "CONTROL"],
-                            "subgroups": ["rare", "common"] * 2, "fnr_std": [0.3, 0.1, 0.2, 0.0]})
+    summary = pd.DataFrame(
+        {
+            "hardware": "h",
+            "dataset": "d",
+            "model": "m",
+            "setting": ["ALGO", "ALGO", "CONTROL", "CONTROL"],
+            "subgroups": ["rare", "common"] * 2,
+            "fnr_std": [0.3, 0.1, 0.2, 0.0],
+        }
+    )
     r = findings.rare_common_ratio(summary).set_index("setting")
     assert r.at["ALGO", "ratio"] == pytest.approx(3.0) and r.at["ALGO", "rare"] == 0.3
     assert np.isnan(r.at["CONTROL", "ratio"])  # no spread among the common subgroups: no ratio

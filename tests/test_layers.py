@@ -86,7 +86,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = "done"
@@ -124,15 +124,19 @@ def test_imports_run_down_the_layers():
         f"{module} (layer {layers[module]}) imports {target} (layer {layers[target]})"
         for module, targets in sorted(import_graph().items())
         for target in sorted(targets)
-        if module in layers and target in layers
+        if module in layers
+        and target in layers
         and not (layers[target] < layers[module] or layers[target] == layers[module] == 0)
     ]
     assert against == [], "imports against the README's layers:\n" + "\n".join(against)
 
 
-@pytest.mark.parametrize("graph, cycle", [
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
-])
+@pytest.mark.parametrize(
+    "graph, cycle",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
+    ],
+)
 def test_find_cycle_on_hand_made_graphs(graph, cycle):
     assert find_cycle(graph) == cycle

@@ -216,8 +216,23 @@ def test_index_put_is_not_caught_under_deterministic_algorithms(small_digits):
 
 def test_cli_reports_flipped_subgroups(tmp_path, capsys):
     out = tmp_path / "locate"
-    code = cli.main(["locate", "--factor", "threads", "--dataset", "digits_groups", "--epochs", "1",
-                     "--threads", "1", "--threads-b", "2", "--out", str(out)])
+    code = cli.main(
+        [
+            "locate",
+            "--factor",
+            "threads",
+            "--dataset",
+            "digits_groups",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--threads-b",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "diverged at step 1" in printed

@@ -163,12 +163,24 @@ def test_churn_vs_reference_parts_sum_to_pairwise_row():
 
 def _hand_weights():
     # Learnable params: a (2,), b (1,1); BN buffers differ only in replica 2.
-    w0 = {"a": np.array([0.0, 0.0]), "b": np.array([[0.0]]),
-          "bn.running_mean": np.array([0.0]), "bn.num_batches_tracked": np.array(5)}
-    w1 = {"a": np.array([3.0, 0.0]), "b": np.array([[4.0]]),
-          "bn.running_mean": np.array([0.0]), "bn.num_batches_tracked": np.array(5)}
-    w2 = {"a": np.array([0.0, 0.0]), "b": np.array([[0.0]]),
-          "bn.running_mean": np.array([2.0]), "bn.num_batches_tracked": np.array(5)}
+    w0 = {
+        "a": np.array([0.0, 0.0]),
+        "b": np.array([[0.0]]),
+        "bn.running_mean": np.array([0.0]),
+        "bn.num_batches_tracked": np.array(5),
+    }
+    w1 = {
+        "a": np.array([3.0, 0.0]),
+        "b": np.array([[4.0]]),
+        "bn.running_mean": np.array([0.0]),
+        "bn.num_batches_tracked": np.array(5),
+    }
+    w2 = {
+        "a": np.array([0.0, 0.0]),
+        "b": np.array([[0.0]]),
+        "bn.running_mean": np.array([2.0]),
+        "bn.num_batches_tracked": np.array(5),
+    }
     return [w0, w1, w2]
 
 
@@ -187,15 +199,11 @@ def test_pairwise_l2_hand_and_buffers():
     np.testing.assert_allclose(m.pairwise_l2(w), expected, atol=1e-12)
     # Including buffers: d02 = |2| = 2, d12 = sqrt(9 + 16 + 4) = sqrt(29).
     d_all = m.pairwise_l2(w, include=lambda name: True)
-    expected_all = np.array(
-        [[0.0, 5.0, 2.0], [5.0, 0.0, math.sqrt(29)], [2.0, math.sqrt(29), 0.0]]
-    )
+    expected_all = np.array([[0.0, 5.0, 2.0], [5.0, 0.0, math.sqrt(29)], [2.0, math.sqrt(29), 0.0]])
     np.testing.assert_allclose(d_all, expected_all, atol=1e-12)
     # Mean over pairs: (5 + 0 + 5) / 3.
     assert m.mean_pairwise_l2(w) == pytest.approx(10 / 3)
-    assert m.mean_pairwise_l2(w, include=lambda n: True) == pytest.approx(
-        (5 + 2 + math.sqrt(29)) / 3
-    )
+    assert m.mean_pairwise_l2(w, include=lambda n: True) == pytest.approx((5 + 2 + math.sqrt(29)) / 3)
     # Custom selection: only "b" -> distances 4, 0, 4.
     d_b = m.pairwise_l2(w, include=lambda name: name == "b")
     np.testing.assert_allclose(d_b[0], [0.0, 4.0, 0.0], atol=1e-12)
@@ -233,9 +241,7 @@ def test_pairwise_l2_matches_naive_loop_on_random_data():
         d = m.pairwise_l2(weights)
         assert np.array_equal(d, d.T)
         flat = [
-            np.concatenate(
-                [np.asarray(w[k], dtype=np.float64).ravel() for k in ("conv.weight", "fc.bias")]
-            )
+            np.concatenate([np.asarray(w[k], dtype=np.float64).ravel() for k in ("conv.weight", "fc.bias")])
             for w in weights
         ]
         naive = np.array([[np.linalg.norm(a - b) for b in flat] for a in flat])
@@ -319,9 +325,7 @@ SG_PREDS = np.array(
 
 def test_subgroup_rates_hand_confusion():
     df = m.subgroup_rates(SG_PREDS, SG_LABELS, SG_GROUPS)
-    assert list(df.columns) == [
-        "replica", "group", "class", "n", "tp", "fp", "tn", "fn", "accuracy", "fpr", "fnr"
-    ]
+    assert list(df.columns) == ["replica", "group", "class", "n", "tp", "fp", "tn", "fn", "accuracy", "fpr", "fnr"]
     assert df["replica"].tolist() == [0, 0, 0, 1, 1, 1]
     assert df["group"].tolist() == ["a", "b", "c", "a", "b", "c"]
     assert df["class"].tolist() == [1] * 6
@@ -406,8 +410,9 @@ def test_subgroup_bad_inputs():
     with pytest.raises(ValueError, match=re.escape("(9,)")):
         m.subgroup_rates(SG_PREDS, SG_LABELS, SG_GROUPS[:9])
     with pytest.raises(ValueError, match="'fnr'"):
-        m.subgroup_summary(pd.DataFrame({"replica": [0], "class": [1], "group": ["a"],
-                                         "n": [1], "accuracy": [1.0], "fpr": [0.0]}))
+        m.subgroup_summary(
+            pd.DataFrame({"replica": [0], "class": [1], "group": ["a"], "n": [1], "accuracy": [1.0], "fpr": [0.0]})
+        )
 
 
 # ---------------------------------------------------------------- per example

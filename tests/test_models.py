@@ -112,7 +112,13 @@ def test_resnet18_structure():
     model = _model("resnet18")
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
     stem = model.stem[0]
-    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.bias) == (3, 64, (3, 3), (1, 1), None)
+    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.bias) == (
+        3,
+        64,
+        (3, 3),
+        (1, 1),
+        None,
+    )
     blocks = list(model.layers)
     assert len(blocks) == 8
     assert [b.conv1.out_channels for b in blocks] == [64, 64, 128, 128, 256, 256, 512, 512]
@@ -219,7 +225,9 @@ def test_adapt_in_channels_errors():
     grouped = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3))
     with pytest.raises(ValueError, match="groups=3"):
         adapt_in_channels(grouped, 1, "grouped")
-    inception_rgb = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=True)
+    inception_rgb = torchvision.models.inception_v3(
+        weights=None, aux_logits=False, init_weights=False, transform_input=True
+    )
     with pytest.raises(ValueError, match="transform_input"):
         adapt_in_channels(inception_rgb, 1, "inception_v3")
     with pytest.raises(ValueError, match="in_channels"):

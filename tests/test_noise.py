@@ -55,8 +55,9 @@ def test_seed_is_the_documented_hash():
 
 def test_configure_determinism_sets_records_and_restores():
     before = noise._read_flags()
-    cfg = noise.BackendConfig(deterministic=True, threads=1, fill_uninitialized_memory=False,
-                              cublas_workspace_config=":4096:8")
+    cfg = noise.BackendConfig(
+        deterministic=True, threads=1, fill_uninitialized_memory=False, cublas_workspace_config=":4096:8"
+    )
     with noise.configure_determinism(cfg) as record:
         eff = record["effective"]
         assert torch.are_deterministic_algorithms_enabled() and eff["deterministic_algorithms"]

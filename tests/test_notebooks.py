@@ -57,8 +57,10 @@ def test_charts_use_the_offline_renderer():
                 html = "".join(output.get("data", {}).get("text/html", ""))
                 if "altair-viz-" in html or "cdn.jsdelivr.net/npm/vega" in html:
                     offenders.append(f"{path.relative_to(ROOT)} cell {index}")
-    assert not offenders, ("charts rendered with Altair's CDN renderer; call nnrandomness.charts.enable() in the "
-                           "chapter's imports cell:\n" + "\n".join(offenders))
+    assert not offenders, (
+        "charts rendered with Altair's CDN renderer; call nnrandomness.charts.enable() in the "
+        "chapter's imports cell:\n" + "\n".join(offenders)
+    )
 
 
 def cell_sources(nb) -> list[tuple[str, str]]:
@@ -68,14 +70,17 @@ def cell_sources(nb) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_py_twin_in_sync(path):
     twin = path.with_suffix(".py")
-    assert twin.is_file(), (f"{path.name} has no py:percent twin: run "
-                            f"`jupytext --set-formats ipynb,py:percent {path.relative_to(ROOT)}`")
+    assert twin.is_file(), (
+        f"{path.name} has no py:percent twin: run `jupytext --set-formats ipynb,py:percent {path.relative_to(ROOT)}`"
+    )
     notebook, script = jupytext.read(path), jupytext.read(twin)
-    assert "py:percent" in notebook.metadata.get("jupytext", {}).get("formats", ""), \
+    assert "py:percent" in notebook.metadata.get("jupytext", {}).get("formats", ""), (
         f"{path.name} is not paired with py:percent in its metadata"
+    )
     assert cell_sources(notebook) == cell_sources(script), (
         f"{path.name} and {twin.name} differ: run `jupytext --sync {path.relative_to(ROOT)}` "
-        "(from the side you edited last)")
+        "(from the side you edited last)"
+    )
 
 
 def test_no_orphan_twins():
@@ -103,15 +108,27 @@ def stored_notebook(code: str, output_text: str | None = None, html: str | None 
         cell.outputs = [new_output("display_data", data={"text/html": html, "text/plain": "<HTML>"})]
     else:
         cell.outputs = [new_output("stream", name="stdout", text=output_text)]
-    return new_notebook(cells=[cell], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                               "language": "python"}})
+    return new_notebook(
+        cells=[cell], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
 
 
 def run_nbval(tmp_path: Path, names: list[str], sanitize: bool) -> dict[str, str]:
     """Run pytest --nbval on notebooks in tmp_path, in a subprocess; {notebook: PASSED/FAILED}."""
     # --rootdir: the temporary folder, not this repository (whose pytest settings would apply).
-    cmd = [sys.executable, "-m", "pytest", "--nbval", *names, "-rA", f"--rootdir={tmp_path}",
-           "-p", "no:cacheprovider", "-p", "no:xdist"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbval",
+        *names,
+        "-rA",
+        f"--rootdir={tmp_path}",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+    ]
     if sanitize:
         shutil.copy(SANITIZE, tmp_path / SANITIZE.name)
         cmd.append(f"--nbval-sanitize-with={SANITIZE.name}")
@@ -131,18 +148,24 @@ def test_nbval_compares_outputs(tmp_path):
         "wrong_text.ipynb": stored_notebook("print(1 + 1)", "3\n"),
         "wrong_html.ipynb": stored_notebook(
             "from IPython.display import HTML\nHTML('<div id=\"nnr-chart-1\"></div>')",
-            html='<div id="nnr-chart-2"></div>'),
+            html='<div id="nnr-chart-2"></div>',
+        ),
         # What the sanitize file is for: a temporary path, an address, a duration.
         "varying.ipynb": stored_notebook(
             "import tempfile, time\nprint(tempfile.mkdtemp(), object())\nstart = time.perf_counter()\n"
             "print(f'took {time.perf_counter() - start + 1:.3f} s')",
-            "/tmp/tmpab12cd <object object at 0x7f0000000000>\ntook 9.876 s\n"),
+            "/tmp/tmpab12cd <object object at 0x7f0000000000>\ntook 9.876 s\n",
+        ),
     }
     for name, nb in notebooks.items():
         nbformat.write(nb, str(tmp_path / name))
     outcome = run_nbval(tmp_path, list(notebooks), sanitize=True)
-    assert outcome == {"right.ipynb": "PASSED", "wrong_text.ipynb": "FAILED", "wrong_html.ipynb": "FAILED",
-                       "varying.ipynb": "PASSED"}
+    assert outcome == {
+        "right.ipynb": "PASSED",
+        "wrong_text.ipynb": "FAILED",
+        "wrong_html.ipynb": "FAILED",
+        "varying.ipynb": "PASSED",
+    }
     # Without the sanitize file the varying outputs do differ: the patterns are what makes it pass.
     assert run_nbval(tmp_path, ["varying.ipynb"], sanitize=False) == {"varying.ipynb": "FAILED"}
 
@@ -169,7 +192,10 @@ def test_same_cpu_cells_are_compared_only_on_the_recording_cpu(tmp_path):
     for name, nb in notebooks.items():
         nbformat.write(nb, str(tmp_path / name))
     assert run_nbval(tmp_path, list(notebooks), sanitize=False) == {
-        "here_tagged.ipynb": "FAILED", "elsewhere_tagged.ipynb": "PASSED", "elsewhere_untagged.ipynb": "FAILED"}
+        "here_tagged.ipynb": "FAILED",
+        "elsewhere_tagged.ipynb": "PASSED",
+        "elsewhere_untagged.ipynb": "FAILED",
+    }
     # A tagged cell that raises fails everywhere: it is run, only its output goes uncompared.
     raising = stored_notebook("raise RuntimeError('boom')", "")
     raising.metadata["nnrandomness"] = {"executed_on": "Some Other CPU"}
@@ -180,7 +206,10 @@ def test_same_cpu_cells_are_compared_only_on_the_recording_cpu(tmp_path):
 
 def test_chapters_with_same_cpu_cells_record_where_they_ran():
     """Without the record every tagged cell would go uncompared on every machine."""
-    unrecorded = [p.name for p in NOTEBOOKS
-                  if any("nbval-same-cpu" in c.metadata.get("tags", []) for c in nbformat.read(str(p), 4).cells)
-                  and not nbformat.read(str(p), 4).metadata.get("nnrandomness", {}).get("executed_on")]
+    unrecorded = [
+        p.name
+        for p in NOTEBOOKS
+        if any("nbval-same-cpu" in c.metadata.get("tags", []) for c in nbformat.read(str(p), 4).cells)
+        and not nbformat.read(str(p), 4).metadata.get("nnrandomness", {}).get("executed_on")
+    ]
     assert unrecorded == []

@@ -24,8 +24,9 @@ from nnrandomness import cli, models, overhead
 from nnrandomness.overhead import CONFIGURATIONS, Workload, timing
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = Workload("smallcnn", image_size=8, batch_size=4, num_classes=10, device="cpu", threads=1, steps=2, warmup=1,
-                repeats=2)
+TINY = Workload(
+    "smallcnn", image_size=8, batch_size=4, num_classes=10, device="cpu", threads=1, steps=2, warmup=1, repeats=2
+)
 
 
 def _flags() -> dict:
@@ -100,8 +101,10 @@ def test_overhead_formula_on_hand_made_timings():
 
 
 def test_unsupported_op_is_parsed_from_torchs_message():
-    msg = ("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
-           "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this operation...")
+    msg = (
+        "adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
+        "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this operation..."
+    )
     assert overhead.unsupported_op(RuntimeError(msg)) == "adaptive_avg_pool2d_backward_cuda"
     assert overhead.unsupported_op(RuntimeError("CUDA out of memory")) is None
 
@@ -141,8 +144,13 @@ def test_measure_rows_on_the_cpu():
     # The baseline is always timed (first) even when not asked for.
     assert list(rows["configuration"]) == ["baseline", "det_full", "workspace", "tf32", "cudnn_det_only"]
     status = dict(zip(rows["configuration"], rows["status"]))
-    assert status == {"baseline": "ok", "det_full": "ok", "workspace": "not_applicable", "tf32": "not_applicable",
-                      "cudnn_det_only": "not_applicable"}
+    assert status == {
+        "baseline": "ok",
+        "det_full": "ok",
+        "workspace": "not_applicable",
+        "tf32": "not_applicable",
+        "cudnn_det_only": "not_applicable",
+    }
     ok = rows[rows["status"] == "ok"]
     assert (ok["q1_ms"] <= ok["median_ms"]).all() and (ok["median_ms"] <= ok["q3_ms"]).all()
     assert (ok["n_steps"] == 4).all() and ok["same_process"].all()
@@ -194,8 +202,10 @@ def test_child_process_inherits_the_workspace_variable():
 def test_cublas_workspace_is_refused_once_cuda_is_initialised(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     torch.cuda.init()
-    with (pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises"),
-          overhead.apply_configuration(CONFIGURATIONS["workspace"])):
+    with (
+        pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises"),
+        overhead.apply_configuration(CONFIGURATIONS["workspace"]),
+    ):
         pass
     # measure() therefore times it in a child process, compared with this process's baseline.
     gpu = Workload("smallcnn", 32, 8, 10, "cuda", steps=2, warmup=1, repeats=1)
@@ -207,8 +217,7 @@ def test_cublas_workspace_is_refused_once_cuda_is_initialised(monkeypatch):
 # ----------------------------------------------------------------------------- store, plan, CLI
 def _frame() -> pd.DataFrame:
     row = dict.fromkeys(overhead.ROW_COLUMNS)
-    row.update(model="smallcnn", device="cpu", hardware="cpu-1t", configuration="baseline", status="ok",
-               median_ms=1.0)
+    row.update(model="smallcnn", device="cpu", hardware="cpu-1t", configuration="baseline", status="ok", median_ms=1.0)
     return pd.DataFrame([row], columns=overhead.ROW_COLUMNS)
 
 
@@ -255,9 +264,31 @@ def test_plan_errors_name_the_bad_key(tmp_path):
 
 
 def test_cli_runs_a_tiny_sweep_and_writes_it(tmp_path, capsys):
-    code = cli.main(["overhead", "--models", "smallcnn", "--configurations", "baseline,det_full,tf32",
-                     "--image-size", "8", "--batch-size", "4", "--num-classes", "10", "--steps", "1",
-                     "--warmup", "0", "--repeats", "1", "--threads", "1", "--root", str(tmp_path)])
+    code = cli.main(
+        [
+            "overhead",
+            "--models",
+            "smallcnn",
+            "--configurations",
+            "baseline,det_full,tf32",
+            "--image-size",
+            "8",
+            "--batch-size",
+            "4",
+            "--num-classes",
+            "10",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--root",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     assert "det_full" in capsys.readouterr().out
     rows, manifest = overhead.read_results(tmp_path, "cpu-1t")
@@ -281,8 +312,26 @@ def test_cli_errors_are_clear(flag, value, message, capsys, tmp_path):
 
 # ----------------------------------------------------------------------------- the notebook
 # A preset small enough that a real kernel runs it in seconds.
-NOTEBOOK_TINY = ["--models", "smallcnn", "--configurations", "baseline,det_full", "--image-size", "8", "--batch-size",
-                 "4", "--num-classes", "10", "--steps", "1", "--warmup", "0", "--repeats", "1", "--threads", "1"]
+NOTEBOOK_TINY = [
+    "--models",
+    "smallcnn",
+    "--configurations",
+    "baseline,det_full",
+    "--image-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--num-classes",
+    "10",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+    "--repeats",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 def test_the_notebook_defines_exactly_its_parameters():
@@ -293,8 +342,21 @@ def test_the_notebook_defines_exactly_its_parameters():
 
 def test_cli_runs_the_notebook_with_papermill_and_writes_its_results(tmp_path, capsys):
     root = tmp_path / "runs"
-    code = cli.main(["overhead", "--plan", str(REPO / "plans" / "overhead.yaml"), "--device", "cpu", "--notebook",
-                     "--notebook-path", str(REPO / overhead.NOTEBOOK), *NOTEBOOK_TINY, "--root", str(root)])
+    code = cli.main(
+        [
+            "overhead",
+            "--plan",
+            str(REPO / "plans" / "overhead.yaml"),
+            "--device",
+            "cpu",
+            "--notebook",
+            "--notebook-path",
+            str(REPO / overhead.NOTEBOOK),
+            *NOTEBOOK_TINY,
+            "--root",
+            str(root),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     rows, manifest = overhead.read_results(root, "cpu-1t")  # checks the Parquet file's SHA-256
     assert rows["configuration"].tolist() == ["baseline", "det_full"] and set(rows["status"]) == {"ok"}
@@ -328,8 +390,17 @@ def test_the_notebook_check_reads_its_namespace_and_tolerates_a_rerun(tmp_path):
 
 
 def test_cli_refuses_a_missing_notebook(tmp_path, capsys):
-    code = cli.main(["overhead", "--notebook", "--notebook-path", str(tmp_path / "none.ipynb"), *NOTEBOOK_TINY,
-                     "--root", str(tmp_path)])
+    code = cli.main(
+        [
+            "overhead",
+            "--notebook",
+            "--notebook-path",
+            str(tmp_path / "none.ipynb"),
+            *NOTEBOOK_TINY,
+            "--root",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and f"no overhead notebook at {tmp_path / 'none.ipynb'}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -363,16 +434,34 @@ def test_the_cli_writes_where_the_cost_chapter_reads():
 def _sweep_rows() -> pd.DataFrame:
     """A hand-made sweep: baseline 10/20/40 ms, det_full +10 %/+50 %/unsupported, det_no_fill +5 % ..."""
     rows = []
-    for model, base, det, no_fill in [("mediumcnn_k5", 20.0, 30.0, 21.0), ("smallcnn", 10.0, 11.0, 10.5),
-                                      ("mediumcnn_k3", 40.0, None, 42.0)]:
+    for model, base, det, no_fill in [
+        ("mediumcnn_k5", 20.0, 30.0, 21.0),
+        ("smallcnn", 10.0, 11.0, 10.5),
+        ("mediumcnn_k3", 40.0, None, 42.0),
+    ]:
         det_status = "ok" if det else "unsupported"
-        for configuration, median, status in [("baseline", base, "ok"), ("det_full", det, det_status),
-                                              ("det_no_fill", no_fill, "ok"), ("tf32", None, "not_applicable")]:
+        for configuration, median, status in [
+            ("baseline", base, "ok"),
+            ("det_full", det, det_status),
+            ("det_no_fill", no_fill, "ok"),
+            ("tf32", None, "not_applicable"),
+        ]:
             row = dict.fromkeys(overhead.ROW_COLUMNS)
-            row.update(model=model, configuration=configuration, status=status, device="cpu", hardware="cpu-1t",
-                       median_ms=median, q1_ms=median and median - 1, q3_ms=median and median + 1, n_steps=15,
-                       batch_size=8, image_size=32, num_classes=1000,
-                       overhead_pct=overhead.overhead_pct(median, base) if median else np.nan)
+            row.update(
+                model=model,
+                configuration=configuration,
+                status=status,
+                device="cpu",
+                hardware="cpu-1t",
+                median_ms=median,
+                q1_ms=median and median - 1,
+                q3_ms=median and median + 1,
+                n_steps=15,
+                batch_size=8,
+                image_size=32,
+                num_classes=1000,
+                overhead_pct=overhead.overhead_pct(median, base) if median else np.nan,
+            )
             if status == "unsupported":
                 row.update(unsupported_op="max_unpool", error="RuntimeError: max_unpool does not have ...")
             rows.append(row)
@@ -382,12 +471,17 @@ def _sweep_rows() -> pd.DataFrame:
 def test_overhead_table_and_the_relative_iqr():
     results = _sweep_rows()
     timed = overhead.timed_rows(results).set_index(["model", "configuration"])
-    assert set(timed.index) == {("mediumcnn_k5", "det_full"), ("smallcnn", "det_full"),
-                                ("mediumcnn_k5", "det_no_fill"), ("smallcnn", "det_no_fill"),
-                                ("mediumcnn_k3", "det_no_fill")}
+    assert set(timed.index) == {
+        ("mediumcnn_k5", "det_full"),
+        ("smallcnn", "det_full"),
+        ("mediumcnn_k5", "det_no_fill"),
+        ("smallcnn", "det_no_fill"),
+        ("mediumcnn_k3", "det_no_fill"),
+    }
     # The configuration's quartiles relative to the baseline's median: 29/20 and 31/20 ms.
-    assert timed.loc[("mediumcnn_k5", "det_full"), ["overhead_lo", "overhead_pct", "overhead_hi"]].tolist() == \
-        pytest.approx([45.0, 50.0, 55.0])
+    assert timed.loc[
+        ("mediumcnn_k5", "det_full"), ["overhead_lo", "overhead_pct", "overhead_hi"]
+    ].tolist() == pytest.approx([45.0, 50.0, 55.0])
     assert timed.loc[("smallcnn", "det_full"), "baseline_ms"] == 10.0
     table = overhead.overhead_table(results)
     assert table.index.tolist() == ["smallcnn", "mediumcnn_k5", "mediumcnn_k3"]  # fastest baseline first
@@ -399,12 +493,18 @@ def test_overhead_table_and_the_relative_iqr():
 def test_cost_numbers_as_the_prose_glues_them():
     numbers = overhead.cost_numbers(_sweep_rows())
     assert numbers == {
-        "n_models": "3", "n_steps": "15",
-        "det_full_median": "+30.0 %", "det_full_min": "+10.0 %", "det_full_max": "+50.0 %",
+        "n_models": "3",
+        "n_steps": "15",
+        "det_full_median": "+30.0 %",
+        "det_full_min": "+10.0 %",
+        "det_full_max": "+50.0 %",
         "det_no_fill_median": "+5.0 %",
-        "baseline_iqr_median": "10 %", "baseline_iqr_max": "20 %",  # (q3 - q1) / median: 2/20, 2/10, 2/40
-        "bf16_min": "n/a", "bf16_max": "n/a",  # not in this sweep
-        "not_applicable": "tf32", "n_unsupported": "1",
+        "baseline_iqr_median": "10 %",
+        "baseline_iqr_max": "20 %",  # (q3 - q1) / median: 2/20, 2/10, 2/40
+        "bf16_min": "n/a",
+        "bf16_max": "n/a",  # not in this sweep
+        "not_applicable": "tf32",
+        "n_unsupported": "1",
     }
 
 
@@ -412,31 +512,42 @@ def test_kernel_size_numbers_and_captions():
     results = _sweep_rows()
     assert overhead.kernel_size_rows(results)["k"].tolist() == [5, 5, 3]
     assert overhead.kernel_size_numbers(results) == {
-        "first": "3", "first_det_full": "n/a", "first_det_no_fill": "+5.0 %",
-        "last": "5", "last_det_full": "+50.0 %", "last_det_no_fill": "+5.0 %",
+        "first": "3",
+        "first_det_full": "n/a",
+        "first_det_no_fill": "+5.0 %",
+        "last": "5",
+        "last_det_full": "+50.0 %",
+        "last_det_no_fill": "+5.0 %",
     }
     manifest = {"environment": {"cpu_model": "Test CPU", "torch": "2.14.1"}}
     text = overhead.overhead_caption(results, manifest, "cpu-1t")
-    assert text.endswith("n = 15 timed steps per configuration; cpu-1t (Test CPU, torch 2.14.1); batch 8 at 32x32 "
-                         "pixels, 1000 classes.")
+    assert text.endswith(
+        "n = 15 timed steps per configuration; cpu-1t (Test CPU, torch 2.14.1); batch 8 at 32x32 pixels, 1000 classes."
+    )
     assert overhead.kernel_size_caption(results, "cpu-1t").endswith("n = 15 timed steps per configuration; cpu-1t.")
 
 
 def test_across_hardware_reads_every_complete_sweep(tmp_path):
     results = _sweep_rows()
     overhead.write_results(results, tmp_path, env={})
-    overhead.write_results(results.assign(hardware="cuda-x", overhead_pct=results["overhead_pct"] * 2), tmp_path,
-                           env={})
+    overhead.write_results(
+        results.assign(hardware="cuda-x", overhead_pct=results["overhead_pct"] * 2), tmp_path, env={}
+    )
     (tmp_path / "overhead" / "cuda-y").mkdir()  # an interrupted sweep: no manifest, not read
     sweeps = overhead.read_all(tmp_path)
     assert list(sweeps) == overhead.hardware_labels(tmp_path) == ["cpu-1t", "cuda-x"]
     table = overhead.across_hardware(sweeps)
-    assert table.columns.tolist() == [("det_full", "cpu-1t"), ("det_full", "cuda-x"), ("det_no_fill", "cpu-1t"),
-                                      ("det_no_fill", "cuda-x")]
+    assert table.columns.tolist() == [
+        ("det_full", "cpu-1t"),
+        ("det_full", "cuda-x"),
+        ("det_no_fill", "cpu-1t"),
+        ("det_no_fill", "cuda-x"),
+    ]
     assert table.loc["mediumcnn_k5"].tolist() == [50.0, 100.0, 5.0, 10.0]
     assert overhead.hardware_note(sweeps) == "the store holds 2 label(s): cpu-1t, cuda-x."
-    assert overhead.hardware_note(["cpu-1t"]).endswith("Only one so far: the comparison fills in as GPU sweeps are "
-                                                       "added.")
+    assert overhead.hardware_note(["cpu-1t"]).endswith(
+        "Only one so far: the comparison fills in as GPU sweeps are added."
+    )
 
 
 def test_unsupported_ops_join_the_sweep_and_torchs_list():
@@ -456,54 +567,102 @@ def test_unsupported_ops_join_the_sweep_and_torchs_list():
     In addition, several operations fill uninitialized memory ...
     """
     documented = overhead.documented_ops(doc, "2.14.1+cpu")
-    assert documented["op"].tolist() == ["torch.nn.AdaptiveAvgPool2d", "torch.Tensor.put_", "torch.histc",
-                                         "torch.nn.EmbeddingBag", "torch.nn.CTCLoss"]
+    assert documented["op"].tolist() == [
+        "torch.nn.AdaptiveAvgPool2d",
+        "torch.Tensor.put_",
+        "torch.histc",
+        "torch.nn.EmbeddingBag",
+        "torch.nn.CTCLoss",
+    ]
     assert documented["condition"].tolist() == [
-        "when attempting to differentiate a CUDA tensor", "when accumulate=True", "always",
-        "when attempting to differentiate a CUDA tensor when mode='max'", "when: a CUDA tensor, reduction='none'"]
+        "when attempting to differentiate a CUDA tensor",
+        "when accumulate=True",
+        "always",
+        "when attempting to differentiate a CUDA tensor when mode='max'",
+        "when: a CUDA tensor, reduction='none'",
+    ]
     assert documented["device"].tolist() == ["CUDA", "any", "any", "CUDA", "CUDA"]
     assert set(documented["source"]) == {"torch 2.14.1 docs"}
     assert documented["in this study"].iloc[0] == "vgg16, vgg19 (7x7 pooling, GPU)"
     table = overhead.unsupported_ops(_sweep_rows(), "cpu-1t", documented)
     assert table.index.tolist()[:2] == ["max_unpool", "torch.nn.AdaptiveAvgPool2d"]
-    assert table.loc["max_unpool"].tolist() == ["RuntimeError: max_unpool does not have ...", "sweep (cpu-1t)", "cpu",
-                                                "mediumcnn_k3"]
+    assert table.loc["max_unpool"].tolist() == [
+        "RuntimeError: max_unpool does not have ...",
+        "sweep (cpu-1t)",
+        "cpu",
+        "mediumcnn_k3",
+    ]
 
 
 def _report(l2_final, *, first_step=1, diverged=True, groups=True, flipped=(0, 1)):
     """A stand-in for locate.DivergenceReport with what the chapter reads from it."""
     from types import SimpleNamespace
 
-    history = pd.DataFrame({"epoch": [0, 1, 2], "weight_l2": [0.0, 1.23e-7, l2_final], "n_disagree": [0, 0, 3],
-                            "disagreement": [0.0, 0.0, 3 / 359]})
-    flips = pd.DataFrame({"label": [0, 1], "n_test": [180, 179], "n_flipped": list(flipped),
-                          "accuracy_a": [0.9, 0.8], "accuracy_b": [0.9, 0.81234]})
+    history = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            "weight_l2": [0.0, 1.23e-7, l2_final],
+            "n_disagree": [0, 0, 3],
+            "disagreement": [0.0, 0.0, 3 / 359],
+        }
+    )
+    flips = pd.DataFrame(
+        {
+            "label": [0, 1],
+            "n_test": [180, 179],
+            "n_flipped": list(flipped),
+            "accuracy_a": [0.9, 0.8],
+            "accuracy_b": [0.9, 0.81234],
+        }
+    )
     return SimpleNamespace(
-        history=history, flips=flips, subgroups=flips.assign(group=[1, 0]) if groups else None,
-        steps_per_epoch=12, replicas={"A": {"threads": 1}, "B": {"threads": 2}}, first_step=first_step,
-        describe_first_op=lambda: "aten.mm.default in head.5 (backward)", first_op={"index": 54}, traced_ops=137,
-        differing_ops=9, first_step_parts={"loss": False, "gradients": True, "weights": True},
-        initial_difference=["features.0.weight[3]"], diverged=diverged, steps_run=240)
+        history=history,
+        flips=flips,
+        subgroups=flips.assign(group=[1, 0]) if groups else None,
+        steps_per_epoch=12,
+        replicas={"A": {"threads": 1}, "B": {"threads": 2}},
+        first_step=first_step,
+        describe_first_op=lambda: "aten.mm.default in head.5 (backward)",
+        first_op={"index": 54},
+        traced_ops=137,
+        differing_ops=9,
+        first_step_parts={"loss": False, "gradients": True, "weights": True},
+        initial_difference=["features.0.weight[3]"],
+        diverged=diverged,
+        steps_run=240,
+    )
 
 
 def test_divergence_numbers_and_caption():
-    reports = {"threads": _report(2.1e-5), "ulp": _report(4.4e-4, first_step=0),
-               "impl": _report(0.0, diverged=False)}
+    reports = {"threads": _report(2.1e-5), "ulp": _report(4.4e-4, first_step=0), "impl": _report(0.0, diverged=False)}
     numbers = overhead.divergence_numbers(reports)
     assert numbers == {
-        "steps_per_epoch": "12", "threads_a": "1", "threads_b": "2", "threads_step": "1",
-        "threads_op": "aten.mm.default in head.5 (backward)", "threads_op_index": "54 of 137",
-        "threads_ops_differ": "9", "threads_parts": "gradients, weights",
-        "threads_l2_epoch1": "1.2e-07", "threads_l2_final": "2.1e-05", "threads_flips": "3 of 359",
+        "steps_per_epoch": "12",
+        "threads_a": "1",
+        "threads_b": "2",
+        "threads_step": "1",
+        "threads_op": "aten.mm.default in head.5 (backward)",
+        "threads_op_index": "54 of 137",
+        "threads_ops_differ": "9",
+        "threads_parts": "gradients, weights",
+        "threads_l2_epoch1": "1.2e-07",
+        "threads_l2_final": "2.1e-05",
+        "threads_flips": "3 of 359",
         "threads_flips_pct": "0.84%",
-        "ulp_l2_epoch1": "1.2e-07", "ulp_l2_final": "4.4e-04", "ulp_flips": "3 of 359", "ulp_flips_pct": "0.84%",
-        "ulp_weight": "features.0.weight[3]", "impl_result": "no divergence", "impl_steps": "240",
+        "ulp_l2_epoch1": "1.2e-07",
+        "ulp_l2_final": "4.4e-04",
+        "ulp_flips": "3 of 359",
+        "ulp_flips_pct": "0.84%",
+        "ulp_weight": "features.0.weight[3]",
+        "impl_result": "no divergence",
+        "impl_steps": "240",
     }
     reports["impl"] = _report(1e-9, first_step=7)
     assert overhead.divergence_numbers(reports)["impl_result"] == "diverged at step 7"
     assert overhead.divergence_caption(reports, 20, "digits_groups", "smallcnn").endswith(
         "n = 2 replicas per factor, 240 steps; cpu, threads 1 (and 2 for replica B under threads); "
-        "digits_groups/smallcnn.")
+        "digits_groups/smallcnn."
+    )
 
 
 def test_flipped_table_keeps_the_rows_with_a_flip():
@@ -513,8 +672,10 @@ def test_flipped_table_keeps_the_rows_with_a_flip():
     assert table.loc[("threads", 1, 0)].tolist() == [179, 1, 0.8, 0.812]  # rounded to 3 decimals
     no_groups = overhead.flipped_table({"threads": _report(1e-5, groups=False)})
     assert no_groups.index.names == ["factor", "label"]
-    assert overhead.flipped_table({"impl": _report(0.0, flipped=(0, 0))}) == \
-        "no test prediction differs at the end for any factor"
+    assert (
+        overhead.flipped_table({"impl": _report(0.0, flipped=(0, 0))})
+        == "no test prediction differs at the end for any factor"
+    )
 
 
 def test_the_package_exports_what_it_defines():

@@ -42,29 +42,32 @@ def valid() -> dict:
 
 
 # ----------------------------------------------------------------------------- one value
-@pytest.mark.parametrize("name, value, message", [
-    ("epochs", 0, "must be an integer >= 1, got 0"),
-    ("epochs", 2.5, "must be an integer >= 1, got 2.5"),
-    ("replicas", True, "must be an integer, got True"),
-    ("replicas", "3", "must be an integer, got '3'"),
-    ("base_seed", -1, "must be an integer >= 0, got -1"),
-    ("threads", 0, "must be an integer >= 1, got 0"),
-    ("threads", None, "must be an integer, got None"),
-    ("lr", 0, "must be a positive number, got 0"),
-    ("lr", "2e-3", "must be a number, got '2e-3' (YAML reads 2e-3 as a string: write 0.002)"),
-    ("lr", float("nan"), "must be a finite number, got nan"),
-    ("dropout", 1.0, "must be in [0, 1), got 1.0"),
-    ("augment", 1, "must be true/false, got 1"),
-    ("lr_milestones", [0, 3], "must be a list of positive epoch numbers, got [0, 3]"),
-    ("settings", [], "must name at least one setting"),
-    ("settings", ["CONTROL", "ALG"], "unknown setting 'ALG'; valid settings: ALGO+IMPL, ALGO, IMPL, CONTROL"),
-    ("dataset", "mnist", "unknown dataset 'mnist'; valid datasets: digits, digits_groups"),
-    ("model", "bigcnn", "unknown model 'bigcnn'; valid models: smallcnn, smallcnn_bn"),
-    ("model", 3, "must be a string, got 3"),
-    ("precision", "fp16", "unknown precision 'fp16'; valid precisions: fp32, tf32, bf16"),
-    ("device", "tpu", "unknown device 'tpu'; valid devices: cpu, cuda, mps (optionally ':index')"),
-    ("hardware", "my/box", "must be a path-safe label (letters, digits, . _ + -), got 'my/box'"),
-])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("epochs", 0, "must be an integer >= 1, got 0"),
+        ("epochs", 2.5, "must be an integer >= 1, got 2.5"),
+        ("replicas", True, "must be an integer, got True"),
+        ("replicas", "3", "must be an integer, got '3'"),
+        ("base_seed", -1, "must be an integer >= 0, got -1"),
+        ("threads", 0, "must be an integer >= 1, got 0"),
+        ("threads", None, "must be an integer, got None"),
+        ("lr", 0, "must be a positive number, got 0"),
+        ("lr", "2e-3", "must be a number, got '2e-3' (YAML reads 2e-3 as a string: write 0.002)"),
+        ("lr", float("nan"), "must be a finite number, got nan"),
+        ("dropout", 1.0, "must be in [0, 1), got 1.0"),
+        ("augment", 1, "must be true/false, got 1"),
+        ("lr_milestones", [0, 3], "must be a list of positive epoch numbers, got [0, 3]"),
+        ("settings", [], "must name at least one setting"),
+        ("settings", ["CONTROL", "ALG"], "unknown setting 'ALG'; valid settings: ALGO+IMPL, ALGO, IMPL, CONTROL"),
+        ("dataset", "mnist", "unknown dataset 'mnist'; valid datasets: digits, digits_groups"),
+        ("model", "bigcnn", "unknown model 'bigcnn'; valid models: smallcnn, smallcnn_bn"),
+        ("model", 3, "must be a string, got 3"),
+        ("precision", "fp16", "unknown precision 'fp16'; valid precisions: fp32, tf32, bf16"),
+        ("device", "tpu", "unknown device 'tpu'; valid devices: cpu, cuda, mps (optionally ':index')"),
+        ("hardware", "my/box", "must be a path-safe label (letters, digits, . _ + -), got 'my/box'"),
+    ],
+)
 def test_each_bad_value_is_named_with_the_valid_choices(name, value, message):
     assert message in value_error(name, value)
 
@@ -94,7 +97,8 @@ def test_specs_are_built_from_the_parameters_and_back():
     # A plan that leaves a recipe key out gets the spec's default (the paper's recipe).
     default = train.ReplicaSpec().parameters()
     assert {n: default[n] for n in RECIPE_DEFAULTS if n in default} == {
-        n: v for n, v in RECIPE_DEFAULTS.items() if n in default}
+        n: v for n, v in RECIPE_DEFAULTS.items() if n in default
+    }
 
 
 # ----------------------------------------------------------------------------- the parameters cell
@@ -136,8 +140,10 @@ def test_a_list_given_as_papermill_text_is_refused_with_the_y_hint():
     namespace["settings"] = '["CONTROL"]'
     with pytest.raises(ValueError) as e:
         exec(check_cell_source(), namespace)
-    assert """settings must be a list, got '["CONTROL"]' (papermill's -p passes text: give a list with """ \
-           """-y 'settings: ["CONTROL"]')""" in str(e.value)
+    assert (
+        """settings must be a list, got '["CONTROL"]' (papermill's -p passes text: give a list with """
+        """-y 'settings: ["CONTROL"]')""" in str(e.value)
+    )
     assert "-y 'lr_milestones: [...]'" in value_error("lr_milestones", "4")
 
 
@@ -195,6 +201,17 @@ def test_from_namespace_returns_the_checked_values_read_only():
 
 def test_unknown_names_are_the_plain_data_that_is_no_parameter():
     """What papermill or a parameter line can bind is suspect; objects later cells bind are not."""
-    namespace = {"epochs": 3, "epoch": 3, "lrs": [1, 2.5], "opts": {"a": None}, "_mine": 1, "In": ["x"], "Out": {},
-                 "frame": pd.DataFrame(), "math": math, "specs": {"CONTROL": train.ReplicaSpec()}, "fn": len}
+    namespace = {
+        "epochs": 3,
+        "epoch": 3,
+        "lrs": [1, 2.5],
+        "opts": {"a": None},
+        "_mine": 1,
+        "In": ["x"],
+        "Out": {},
+        "frame": pd.DataFrame(),
+        "math": math,
+        "specs": {"CONTROL": train.ReplicaSpec()},
+        "fn": len,
+    }
     assert params.unknown_names(namespace, PARAMETERS) == {"epoch", "lrs", "opts"}

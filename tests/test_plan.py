@@ -40,8 +40,9 @@ def notebook_defaults() -> dict:
     """The values of the notebook's parameters cell, read without running it."""
     nb = json.loads(NOTEBOOK.read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
-    return {t.id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body
-            for t in node.targets}
+    return {
+        t.id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body for t in node.targets
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -70,9 +71,13 @@ def test_default_plan_expands_to_the_study():
     assert {j.name for j in p.jobs if j.threads == 2} == {f"cpu-2t/digits/smallcnn/{s}" for s in ("CONTROL", "ALGO")}
     assert all(j.replicas >= 10 and j.parameters["device"] == "cpu" for j in p.jobs)
     # one recipe for the whole plan: jobs differ only by what names the job
-    recipes = {json.dumps({k: v for k, v in j.parameters.items()
-                           if k not in ("dataset", "model", "settings", "threads", "hardware")}, sort_keys=True)
-               for j in p.jobs}
+    recipes = {
+        json.dumps(
+            {k: v for k, v in j.parameters.items() if k not in ("dataset", "model", "settings", "threads", "hardware")},
+            sort_keys=True,
+        )
+        for j in p.jobs
+    }
     assert len(recipes) == 1
     # paths as written (relative to the repository root, where the runner is started)
     assert all(j.parameters["output_root"] == "data/runs" for j in p.jobs)
@@ -189,10 +194,16 @@ INVALID = [
     ({"cells": []}, "cells must be a non-empty list of cells, got []"),
     ({"cells.0": "digits"}, "cells[0] must be a mapping with keys datasets, models, settings"),
     ({"cells.1.datasets": ["cifar10"]}, "cells[1]: dataset 'cifar10' not found at <no data root"),
-    ({"cells.0.settings": ["AUG"], "defaults.augment": False},
-     "cells[0] (cpu-1t/digits/smallcnn/AUG): setting 'AUG' varies only augmentation, but the recipe has augment=False"),
-    ({"cells.0.settings": ["DROPOUT"], "defaults.dropout": 0.0},
-     "cells[0] (cpu-1t/digits/smallcnn/DROPOUT): setting 'DROPOUT' varies only dropout, but the recipe has dropout=0"),
+    (
+        {"cells.0.settings": ["AUG"], "defaults.augment": False},
+        "cells[0] (cpu-1t/digits/smallcnn/AUG): setting 'AUG' varies only augmentation, "
+        "but the recipe has augment=False",
+    ),
+    (
+        {"cells.0.settings": ["DROPOUT"], "defaults.dropout": 0.0},
+        "cells[0] (cpu-1t/digits/smallcnn/DROPOUT): setting 'DROPOUT' varies only dropout, "
+        "but the recipe has dropout=0",
+    ),
     ({"cells.1.settings": ["ALGO"]}, "cells[1] (cpu-1t/digits/smallcnn/ALGO): the same job as cells[0]"),
 ]
 
@@ -219,10 +230,13 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert len(e.value.errors) == 3, e.value.errors
 
 
-@pytest.mark.parametrize("text, message", [
-    ("cells: [", "not valid YAML"),
-    ("- a list", "the plan must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cells: [", "not valid YAML"),
+        ("- a list", "the plan must be a mapping"),
+    ],
+)
 def test_unreadable_plans(tmp_path, text, message):
     with pytest.raises(PlanError, match=message):
         load_plan(write(tmp_path, text))

@@ -14,11 +14,13 @@ import pytest
 import nnrandomness
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = sorted(m.name for m in pkgutil.walk_packages(nnrandomness.__path__, "nnrandomness.")
-                 if not m.name.endswith("__main__"))
+MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(nnrandomness.__path__, "nnrandomness.") if not m.name.endswith("__main__")
+)
 # Modules with a declared surface (the others are reached as `module.name` by the package itself).
-SURFACED = [name for name in MODULES
-            if "__all__" in Path(importlib.util.find_spec(name).origin).read_text()] + ["nnrandomness"]
+SURFACED = [name for name in MODULES if "__all__" in Path(importlib.util.find_spec(name).origin).read_text()] + [
+    "nnrandomness"
+]
 CHAPTERS = sorted((ROOT / "notebooks").glob("*.py"))
 
 

@@ -44,13 +44,21 @@ def root(tmp_path):
 
 def test_layout_and_manifest(root):
     d = root / "cpu-1t/digits_groups/smallcnn/ALGO/replica-1"
-    assert sorted(p.name for p in d.iterdir()) == ["history.parquet", "manifest.json", "predictions.parquet",
-                                                   "weights.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == [
+        "history.parquet",
+        "manifest.json",
+        "predictions.parquet",
+        "weights.safetensors",
+    ]
     m = json.loads((d / "manifest.json").read_text())
     assert m["spec"]["replica"] == 1 and m["hardware"] == "cpu-1t" and m["seeds"]["init"] == 1
     assert m["files"]["weights.safetensors"] == store.sha256_file(d / "weights.safetensors")
-    assert m["setting"] == {"name": "ALGO", "varied": ["aug", "dropout", "init", "order"], "deterministic": True,
-                            "perturb_ulp": False}
+    assert m["setting"] == {
+        "name": "ALGO",
+        "varied": ["aug", "dropout", "init", "order"],
+        "deterministic": True,
+        "perturb_ulp": False,
+    }
 
 
 def test_load_runs_is_tidy(root):
@@ -151,8 +159,11 @@ def test_cells_carry_matrix_and_recorded_meaning(root):
     assert cell.preds.tolist() == [[0, 1, 2, 1], [0, 2, 2, 0]] and cell.preds.dtype == np.int64
     assert cell.labels.tolist() == [0, 1, 2, 1] and cell.groups.tolist() == [0, 0, 1, 1] and cell.has_groups
     assert cell.replica_ids == [0, 1] and cell.examples.tolist() == [0, 1, 2, 3] and len(cell.predictions) == 8
-    assert cell.meaning == {"varied": frozenset({"init", "order", "aug", "dropout"}), "deterministic": True,
-                            "perturb_ulp": False}
+    assert cell.meaning == {
+        "varied": frozenset({"init", "order", "aug", "dropout"}),
+        "deterministic": True,
+        "perturb_ulp": False,
+    }
     assert next(runs.iter_cells()) is cell  # built once per view
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -159,9 +159,26 @@ def _ci(values, statistic, n_boot: int, seed: int) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- top line
 TOPLINE_COLUMNS = CELL + [
-    "n_replicas", "n_examples", "acc_mean", "acc_std", "acc_std_lo", "acc_std_hi", "acc_min", "acc_max",
-    "churn", "churn_lo", "churn_hi", "one_correct", "both_wrong", "l2", "l2_lo", "l2_hi",
-    "n_weight_hashes", "n_prediction_hashes", "expects_identical", "identical",
+    "n_replicas",
+    "n_examples",
+    "acc_mean",
+    "acc_std",
+    "acc_std_lo",
+    "acc_std_hi",
+    "acc_min",
+    "acc_max",
+    "churn",
+    "churn_lo",
+    "churn_hi",
+    "one_correct",
+    "both_wrong",
+    "l2",
+    "l2_lo",
+    "l2_hi",
+    "n_weight_hashes",
+    "n_prediction_hashes",
+    "expects_identical",
+    "identical",
 ]
 
 
@@ -183,25 +200,40 @@ def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: 
         key, preds, labels, reps = cell.key, cell.preds, cell.labels, cell.replicas
         r, n = preds.shape
         acc = metrics.accuracy_summary(preds, labels)
-        row = {**key, "n_replicas": r, "n_examples": n, "acc_mean": acc["mean"], "acc_std": _acc_std(preds, labels),
-               "acc_min": acc["min"], "acc_max": acc["max"]}
-        lo, hi = _ci(preds, lambda p: _acc_std(p, labels), n_boot, seed)
+        row = {
+            **key,
+            "n_replicas": r,
+            "n_examples": n,
+            "acc_mean": acc["mean"],
+            "acc_std": _acc_std(preds, labels),
+            "acc_min": acc["min"],
+            "acc_max": acc["max"],
+        }
+        lo, hi = _ci(preds, lambda p, labels=labels: _acc_std(p, labels), n_boot, seed)
         row.update(acc_std_lo=lo, acc_std_hi=hi)
         nan = float("nan")
-        row.update(churn=nan, churn_lo=nan, churn_hi=nan, one_correct=nan, both_wrong=nan, l2=nan, l2_lo=nan,
-                   l2_hi=nan)
+        row.update(churn=nan, churn_lo=nan, churn_hi=nan, one_correct=nan, both_wrong=nan, l2=nan, l2_lo=nan, l2_hi=nan)
         if r >= 2:
             parts = metrics.churn_decomposition(preds, labels)
             lo, hi = _ci(np.arange(r), _pair_mean(metrics.pairwise_churn(preds)), n_boot, seed)
-            row.update(churn=parts["churn"], churn_lo=lo, churn_hi=hi, one_correct=parts["one_correct"],
-                       both_wrong=parts["both_wrong"])
+            row.update(
+                churn=parts["churn"],
+                churn_lo=lo,
+                churn_hi=hi,
+                one_correct=parts["one_correct"],
+                both_wrong=parts["both_wrong"],
+            )
             if weights:
                 w = _weights(reps["path"])
                 lo, hi = _ci(np.arange(r), _pair_mean(metrics.pairwise_l2(w)), n_boot, seed)
                 row.update(l2=metrics.mean_pairwise_l2(w), l2_lo=lo, l2_hi=hi)
         n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
-        row.update(n_weight_hashes=n_w, n_prediction_hashes=n_p, expects_identical=_recorded(cell).expects_identical,
-                   identical=bool(n_w == 1 and n_p == 1))
+        row.update(
+            n_weight_hashes=n_w,
+            n_prediction_hashes=n_p,
+            expects_identical=_recorded(cell).expects_identical,
+            identical=bool(n_w == 1 and n_p == 1),
+        )
         rows.append(row)
     return _sorted(_frame(rows, TOPLINE_COLUMNS))
 
@@ -215,8 +247,20 @@ def spread_tests(runs: store.Runs, pairs: Iterable[tuple[str, str]], center: str
     model, setting_a, setting_b, n_a, n_b, std_a, std_b, test, statistic, pvalue. With no
     spread within either setting the statistic is NaN (0/0) or inf.
     """
-    columns = ["hardware", "dataset", "model", "setting_a", "setting_b", "n_a", "n_b", "std_a", "std_b", "test",
-               "statistic", "pvalue"]
+    columns = [
+        "hardware",
+        "dataset",
+        "model",
+        "setting_a",
+        "setting_b",
+        "n_a",
+        "n_b",
+        "std_a",
+        "std_b",
+        "test",
+        "statistic",
+        "pvalue",
+    ]
     acc: dict[tuple, np.ndarray] = {}
     std: dict[tuple, float] = {}
     for key, cell in _cells_by(runs, CELL).items():
@@ -230,10 +274,22 @@ def spread_tests(runs: store.Runs, pairs: Iterable[tuple[str, str]], center: str
             if xa is None or xb is None or len(xa) < 2 or len(xb) < 2:
                 continue
             t = metrics.spread_test(xa, xb, center=center)
-            rows.append({"hardware": base[0], "dataset": base[1], "model": base[2], "setting_a": a, "setting_b": b,
-                         "n_a": t["n_a"], "n_b": t["n_b"], "std_a": std[base + (a,)],
-                         "std_b": std[base + (b,)], "test": t["test"], "statistic": t["statistic"],
-                         "pvalue": t["pvalue"]})
+            rows.append(
+                {
+                    "hardware": base[0],
+                    "dataset": base[1],
+                    "model": base[2],
+                    "setting_a": a,
+                    "setting_b": b,
+                    "n_a": t["n_a"],
+                    "n_b": t["n_b"],
+                    "std_a": std[base + (a,)],
+                    "std_b": std[base + (b,)],
+                    "test": t["test"],
+                    "statistic": t["statistic"],
+                    "pvalue": t["pvalue"],
+                }
+            )
     return _frame(rows, columns)
 
 
@@ -241,15 +297,29 @@ def identity(runs: store.Runs) -> pd.DataFrame:
     """Bit-identity of every cell: one row per cell with n_replicas, the numbers of distinct
     weights and predictions hashes, the (shortened) hash when there is one, whether the setting
     promises identity and whether it holds."""
-    columns = CELL + ["n_replicas", "n_weight_hashes", "n_prediction_hashes", "weights_hash", "expects_identical",
-                      "identical"]
+    columns = CELL + [
+        "n_replicas",
+        "n_weight_hashes",
+        "n_prediction_hashes",
+        "weights_hash",
+        "expects_identical",
+        "identical",
+    ]
     rows = []
     for cell in runs.iter_cells():
         reps = cell.replicas
         n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
-        rows.append({**cell.key, "n_replicas": len(reps), "n_weight_hashes": n_w, "n_prediction_hashes": n_p,
-                     "weights_hash": reps["weights_hash"].iloc[0][:12] if n_w == 1 else "(differ)",
-                     "expects_identical": _recorded(cell).expects_identical, "identical": bool(n_w == 1 and n_p == 1)})
+        rows.append(
+            {
+                **cell.key,
+                "n_replicas": len(reps),
+                "n_weight_hashes": n_w,
+                "n_prediction_hashes": n_p,
+                "weights_hash": reps["weights_hash"].iloc[0][:12] if n_w == 1 else "(differ)",
+                "expects_identical": _recorded(cell).expects_identical,
+                "identical": bool(n_w == 1 and n_p == 1),
+            }
+        )
     return _sorted(_frame(rows, columns))
 
 
@@ -273,10 +343,21 @@ def twin_identity(runs: store.Runs, twins: Iterable[tuple[str, str]] = TWINS) ->
             matched = sorted(set(a.index) & set(b.index))
             if not matched:
                 continue
-            same = [(a.at[k, "weights_hash"] == b.at[k, "weights_hash"])
-                    and (a.at[k, "predictions_hash"] == b.at[k, "predictions_hash"]) for k in matched]
-            rows.append({**dict(zip(["hardware", "dataset", "model"], base)), "setting": setting, "twin": twin,
-                         "n_matched": len(matched), "n_identical": int(sum(same)), "all_identical": all(same)})
+            same = [
+                (a.at[k, "weights_hash"] == b.at[k, "weights_hash"])
+                and (a.at[k, "predictions_hash"] == b.at[k, "predictions_hash"])
+                for k in matched
+            ]
+            rows.append(
+                {
+                    **dict(zip(["hardware", "dataset", "model"], base)),
+                    "setting": setting,
+                    "twin": twin,
+                    "n_matched": len(matched),
+                    "n_identical": int(sum(same)),
+                    "all_identical": all(same),
+                }
+            )
     return _frame(rows, columns)
 
 
@@ -316,10 +397,17 @@ def per_class_spread(runs: store.Runs, classes: pd.DataFrame | None = None) -> p
             continue
         top = c.loc[c["std"].idxmax()]
         ratio = float(top["std"] / acc_std) if acc_std > 0 else float("nan")
-        rows.append({**key, "n_replicas": preds.shape[0], "acc_std": acc_std, "class_std_mean": float(c["std"].mean()),
-                     "class_std_max": float(top["std"]),
-                     "class_max": int(top["class"]) if top["std"] > 0 else None,  # no class moves: none is "max"
-                     "ratio_max": ratio})
+        rows.append(
+            {
+                **key,
+                "n_replicas": preds.shape[0],
+                "acc_std": acc_std,
+                "class_std_mean": float(c["std"].mean()),
+                "class_std_max": float(top["std"]),
+                "class_max": int(top["class"]) if top["std"] > 0 else None,  # no class moves: none is "max"
+                "ratio_max": ratio,
+            }
+        )
     return _sorted(_frame(rows, columns))
 
 
@@ -330,8 +418,21 @@ def subgroup_rates(runs: store.Runs) -> pd.DataFrame:
     attribute. ``replica`` is the store's replica id. ``n_subgroup`` = tp + fn = the test
     examples with that label and that attribute value; ``recall`` = tp / n_subgroup = 1 - fnr,
     the accuracy on the (label, attribute) subgroup."""
-    columns = CELL + ["replica", "class", "group", "n", "n_subgroup", "tp", "fp", "tn", "fn", "accuracy", "recall",
-                      "fpr", "fnr"]
+    columns = CELL + [
+        "replica",
+        "class",
+        "group",
+        "n",
+        "n_subgroup",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "accuracy",
+        "recall",
+        "fpr",
+        "fnr",
+    ]
     parts = []
     for cell in runs.iter_cells():
         if not cell.has_groups:
@@ -356,8 +457,20 @@ def subgroups(runs: store.Runs, rare_share: float = 0.5, rates: pd.DataFrame | N
     ``n_replicas``, and mean/std of ``recall`` (accuracy on the subgroup, 1 - FNR), ``fpr``
     (FP/(FP+TN) among the group's examples of other labels) and ``fnr`` (FN/(FN+TP)).
     """
-    columns = CELL + ["class", "group", "n_subgroup", "share", "rare", "n_replicas", "recall_mean", "recall_std",
-                      "fpr_mean", "fpr_std", "fnr_mean", "fnr_std"]
+    columns = CELL + [
+        "class",
+        "group",
+        "n_subgroup",
+        "share",
+        "rare",
+        "n_replicas",
+        "recall_mean",
+        "recall_std",
+        "fpr_mean",
+        "fpr_std",
+        "fnr_mean",
+        "fnr_std",
+    ]
     rates = subgroup_rates(runs) if rates is None else rates
     if rates.empty:
         return _frame([], columns)
@@ -397,9 +510,16 @@ def subgroup_noise(runs: store.Runs) -> pd.DataFrame:
                 if not mask.any():
                     continue
                 d = metrics.distribution_variance(preds[:, mask], labels[mask])
-                rows.append({**key, "class": int(c), "group": int(g), "n_subgroup": int(mask.sum()),
-                             "fnr_observed_std": math.sqrt(d["observed_var"]),
-                             "fnr_predicted_std": math.sqrt(d["predicted_var"])})
+                rows.append(
+                    {
+                        **key,
+                        "class": int(c),
+                        "group": int(g),
+                        "n_subgroup": int(mask.sum()),
+                        "fnr_observed_std": math.sqrt(d["observed_var"]),
+                        "fnr_predicted_std": math.sqrt(d["predicted_var"]),
+                    }
+                )
     return _sorted(_frame(rows, columns), ["class", "group"])
 
 
@@ -414,23 +534,38 @@ def subgroup_noise_summary(noise: pd.DataFrame, subs: pd.DataFrame) -> pd.DataFr
     merged = noise.merge(subs[keys + ["rare"]], on=keys)
     merged["subgroups"] = np.where(merged["rare"], "rare", "common")
     return merged.groupby(CELL + ["subgroups"], as_index=False)[["fnr_observed_std", "fnr_predicted_std"]].mean()[
-        columns]
+        columns
+    ]
 
 
 def rare_vs_common(subs: pd.DataFrame) -> pd.DataFrame:
     """Per cell: the mean over rare and over common subgroups of the across-replica std (and the
     mean) of FNR and FPR, with the number of subgroups averaged. ``subs`` is :func:`subgroups`'
     output. Subgroups whose rate is undefined (no positives) are left out of that rate's mean."""
-    columns = CELL + ["subgroups", "n_subgroups", "examples_mean", "fnr_std", "fpr_std", "fnr_mean", "fpr_mean",
-                      "n_replicas"]
+    columns = CELL + [
+        "subgroups",
+        "n_subgroups",
+        "examples_mean",
+        "fnr_std",
+        "fpr_std",
+        "fnr_mean",
+        "fpr_mean",
+        "n_replicas",
+    ]
     if subs.empty:
         return _frame([], columns)
     out = (
         subs.assign(subgroups=np.where(subs["rare"], "rare", "common"))
         .groupby(CELL + ["subgroups"], as_index=False)
-        .agg(n_subgroups=("class", "size"), examples_mean=("n_subgroup", "mean"), fnr_std=("fnr_std", "mean"),
-             fpr_std=("fpr_std", "mean"), fnr_mean=("fnr_mean", "mean"), fpr_mean=("fpr_mean", "mean"),
-             n_replicas=("n_replicas", "max"))
+        .agg(
+            n_subgroups=("class", "size"),
+            examples_mean=("n_subgroup", "mean"),
+            fnr_std=("fnr_std", "mean"),
+            fpr_std=("fpr_std", "mean"),
+            fnr_mean=("fnr_mean", "mean"),
+            fpr_mean=("fpr_mean", "mean"),
+            n_replicas=("n_replicas", "max"),
+        )
     )
     out["_rank"] = out["subgroups"].map({"rare": 0, "common": 1})
     return _sorted(out, ["_rank"]).drop(columns="_rank")[columns]
@@ -442,19 +577,36 @@ def per_example(runs: store.Runs) -> pd.DataFrame:
     ``frac_correct`` (share of replicas right on it), ``n_distinct`` (distinct predicted
     classes), ``modal_agreement`` (share predicting the most common class), ``modal_prediction``
     (that class, the smallest on ties), ``flips`` (not all replicas agree) and n_replicas."""
-    columns = CELL + ["example", "label", "group", "n_replicas", "frac_correct", "n_distinct", "modal_agreement",
-                      "modal_prediction", "flips"]
+    columns = CELL + [
+        "example",
+        "label",
+        "group",
+        "n_replicas",
+        "frac_correct",
+        "n_distinct",
+        "modal_agreement",
+        "modal_prediction",
+        "flips",
+    ]
     parts = []
     for cell in runs.iter_cells():
         inst = metrics.per_example_instability(cell.preds, cell.labels)
         votes = examples_votes(cell.predictions)
         modal = votes.sort_values(["example", "votes", "prediction"], ascending=[True, False, True]).drop_duplicates(
-            "example")
+            "example"
+        )
         # metrics numbers examples 0..N-1 by matrix column; map back to the store's example ids.
         inst["example"] = cell.examples[inst["example"].to_numpy()]
         inst["modal_prediction"] = inst["example"].map(modal.set_index("example")["prediction"]).astype(np.int64)
-        parts.append(inst.assign(**cell.key, label=cell.labels, group=cell.groups, n_replicas=cell.preds.shape[0],
-                                 flips=inst["n_distinct"] > 1))
+        parts.append(
+            inst.assign(
+                **cell.key,
+                label=cell.labels,
+                group=cell.groups,
+                n_replicas=cell.preds.shape[0],
+                flips=inst["n_distinct"] > 1,
+            )
+        )
     if not parts:
         return _frame([], columns)
     return _sorted(pd.concat(parts, ignore_index=True)[columns], ["example"])
@@ -464,8 +616,11 @@ def unstable_examples(examples: pd.DataFrame, setting: str, top_k: int) -> pd.Da
     """The at most ``top_k`` examples of :func:`per_example` rows on which the replicas of
     ``setting`` agree least (the smallest modal agreement, then the most distinct classes, the
     smallest share right, the smallest id), among those on which they do not all agree."""
-    chosen = examples[examples.setting == setting].sort_values(
-        ["modal_agreement", "n_distinct", "frac_correct", "example"], ascending=[True, False, True, True]).head(top_k)
+    chosen = (
+        examples[examples.setting == setting]
+        .sort_values(["modal_agreement", "n_distinct", "frac_correct", "example"], ascending=[True, False, True, True])
+        .head(top_k)
+    )
     return chosen[chosen["flips"].astype(bool)]
 
 
@@ -474,17 +629,30 @@ def churn_flips(runs: store.Runs, reference: int = 0) -> pd.DataFrame:
     the other replicas of the share of test examples that go correct -> wrong, wrong -> correct
     and wrong -> another wrong class (``metrics.churn_vs_reference``). Cells without the
     reference replica or with a single replica give no row."""
-    columns = CELL + ["n_replicas", "reference", "correct_to_wrong", "wrong_to_correct", "wrong_to_other_wrong",
-                      "churn"]
+    columns = CELL + [
+        "n_replicas",
+        "reference",
+        "correct_to_wrong",
+        "wrong_to_correct",
+        "wrong_to_other_wrong",
+        "churn",
+    ]
     rows = []
     for cell in runs.iter_cells():
         replicas = cell.replica_ids
         if reference not in replicas or len(replicas) < 2:
             continue
         d = metrics.churn_vs_reference(cell.preds, cell.labels, reference=replicas.index(reference))
-        rows.append({**cell.key, "n_replicas": len(replicas), "reference": reference,
-                     **{k: d[f"mean_{k}"] for k in ("correct_to_wrong", "wrong_to_correct", "wrong_to_other_wrong",
-                                                   "churn")}})
+        rows.append(
+            {
+                **cell.key,
+                "n_replicas": len(replicas),
+                "reference": reference,
+                **{
+                    k: d[f"mean_{k}"] for k in ("correct_to_wrong", "wrong_to_correct", "wrong_to_other_wrong", "churn")
+                },
+            }
+        )
     return _sorted(_frame(rows, columns))
 
 
@@ -505,9 +673,12 @@ def instability_summary(examples: pd.DataFrame) -> pd.DataFrame:
     if examples.empty:
         return _frame([], columns)
     out = examples.groupby(CELL, as_index=False).agg(
-        n_replicas=("n_replicas", "max"), n_examples=("example", "size"), n_flip=("flips", "sum"),
+        n_replicas=("n_replicas", "max"),
+        n_examples=("example", "size"),
+        n_flip=("flips", "sum"),
         n_always_wrong=("frac_correct", lambda s: int((s == 0).sum())),
-        n_sometimes_wrong=("frac_correct", lambda s: int(((s > 0) & (s < 1)).sum())))
+        n_sometimes_wrong=("frac_correct", lambda s: int(((s > 0) & (s < 1)).sum())),
+    )
     out["n_flip"] = out["n_flip"].astype(np.int64)
     out["share_flip"] = out["n_flip"] / out["n_examples"]
     return _sorted(out[columns])
@@ -519,17 +690,33 @@ def distribution_variance(runs: store.Runs) -> pd.DataFrame:
     per-example coin flips would give: finite-test-set noise), distribution_var (the excess,
     clipped at 0), their square roots as ``*_std`` (in accuracy units, comparable with acc_std)
     and ratio = observed_var / predicted_var (about 1 in Jordan's experiments)."""
-    columns = CELL + ["n_replicas", "n_examples", "observed_var", "predicted_var", "distribution_var",
-                      "distribution_var_raw", "observed_std", "predicted_std", "distribution_std", "ratio"]
+    columns = CELL + [
+        "n_replicas",
+        "n_examples",
+        "observed_var",
+        "predicted_var",
+        "distribution_var",
+        "distribution_var_raw",
+        "observed_std",
+        "predicted_std",
+        "distribution_std",
+        "ratio",
+    ]
     rows = []
     for cell in runs.iter_cells():
         if cell.preds.shape[0] < 2:
             continue
         d = metrics.distribution_variance(cell.preds, cell.labels)
-        rows.append({**cell.key, **d, "observed_std": math.sqrt(d["observed_var"]),
-                     "predicted_std": math.sqrt(d["predicted_var"]),
-                     "distribution_std": math.sqrt(d["distribution_var"]),
-                     "ratio": d["observed_var"] / d["predicted_var"] if d["predicted_var"] > 0 else float("nan")})
+        rows.append(
+            {
+                **cell.key,
+                **d,
+                "observed_std": math.sqrt(d["observed_var"]),
+                "predicted_std": math.sqrt(d["predicted_var"]),
+                "distribution_std": math.sqrt(d["distribution_var"]),
+                "ratio": d["observed_var"] / d["predicted_var"] if d["predicted_var"] > 0 else float("nan"),
+            }
+        )
     return _sorted(_frame(rows, columns))
 
 
@@ -547,9 +734,28 @@ def hardware_compare(runs: store.Runs, weights: bool = False) -> pd.DataFrame:
     ``l2_matched``/``l2_within_a``: the same for the final weights (with ``weights``).
     Also the mean and std of top-1 accuracy under each label.
     """
-    columns = ["dataset", "model", "setting", "hardware_a", "hardware_b", "n_a", "n_b", "n_matched", "n_identical",
-               "churn_matched", "churn_cross", "churn_within_a", "churn_within_b", "acc_mean_a", "acc_mean_b",
-               "acc_std_a", "acc_std_b", "l2_matched", "l2_within_a", "l2_within_b"]
+    columns = [
+        "dataset",
+        "model",
+        "setting",
+        "hardware_a",
+        "hardware_b",
+        "n_a",
+        "n_b",
+        "n_matched",
+        "n_identical",
+        "churn_matched",
+        "churn_cross",
+        "churn_within_a",
+        "churn_within_b",
+        "acc_mean_a",
+        "acc_mean_b",
+        "acc_std_a",
+        "acc_std_b",
+        "l2_matched",
+        "l2_within_a",
+        "l2_within_b",
+    ]
     by_base: dict[tuple, dict[str, store.Cell]] = {}
     for cell in runs.iter_cells():
         base = (cell.key["dataset"], cell.key["model"], cell.key["setting"])
@@ -565,25 +771,45 @@ def hardware_compare(runs: store.Runs, weights: bool = False) -> pd.DataFrame:
             matched = sorted(set(ra) & set(rb))
             both = np.vstack([pa, pb])
             d = metrics.pairwise_churn(both)
-            cross = float(d[: len(ra), len(ra):].mean())
+            cross = float(d[: len(ra), len(ra) :].mean())
             churn_m = [metrics.churn(np.vstack([pa[ra.index(k)], pb[rb.index(k)]])) for k in matched]
             reps_a, reps_b = cells[ha].replicas.set_index("replica"), cells[hb].replicas.set_index("replica")
-            same = [(reps_a.at[k, "weights_hash"] == reps_b.at[k, "weights_hash"])
-                    and (reps_a.at[k, "predictions_hash"] == reps_b.at[k, "predictions_hash"]) for k in matched]
+            same = [
+                (reps_a.at[k, "weights_hash"] == reps_b.at[k, "weights_hash"])
+                and (reps_a.at[k, "predictions_hash"] == reps_b.at[k, "predictions_hash"])
+                for k in matched
+            ]
             acc_a, acc_b = metrics.accuracy_summary(pa, ya), metrics.accuracy_summary(pb, yb)
-            row = {"dataset": ds, "model": model, "setting": setting, "hardware_a": ha, "hardware_b": hb,
-                   "n_a": len(ra), "n_b": len(rb), "n_matched": len(matched), "n_identical": int(sum(same)),
-                   "churn_matched": float(np.mean(churn_m)) if churn_m else nan, "churn_cross": cross,
-                   "churn_within_a": metrics.churn(pa) if len(ra) >= 2 else nan,
-                   "churn_within_b": metrics.churn(pb) if len(rb) >= 2 else nan,
-                   "acc_mean_a": acc_a["mean"], "acc_mean_b": acc_b["mean"], "acc_std_a": _acc_std(pa, ya),
-                   "acc_std_b": _acc_std(pb, yb), "l2_matched": nan, "l2_within_a": nan, "l2_within_b": nan}
+            row = {
+                "dataset": ds,
+                "model": model,
+                "setting": setting,
+                "hardware_a": ha,
+                "hardware_b": hb,
+                "n_a": len(ra),
+                "n_b": len(rb),
+                "n_matched": len(matched),
+                "n_identical": int(sum(same)),
+                "churn_matched": float(np.mean(churn_m)) if churn_m else nan,
+                "churn_cross": cross,
+                "churn_within_a": metrics.churn(pa) if len(ra) >= 2 else nan,
+                "churn_within_b": metrics.churn(pb) if len(rb) >= 2 else nan,
+                "acc_mean_a": acc_a["mean"],
+                "acc_mean_b": acc_b["mean"],
+                "acc_std_a": _acc_std(pa, ya),
+                "acc_std_b": _acc_std(pb, yb),
+                "l2_matched": nan,
+                "l2_within_a": nan,
+                "l2_within_b": nan,
+            }
             if weights:
                 wa, wb = _weights(reps_a.loc[ra, "path"]), _weights(reps_b.loc[rb, "path"])
                 l2 = [metrics.mean_pairwise_l2([wa[ra.index(k)], wb[rb.index(k)]]) for k in matched]
-                row.update(l2_matched=float(np.mean(l2)) if l2 else nan,
-                           l2_within_a=metrics.mean_pairwise_l2(wa) if len(wa) >= 2 else nan,
-                           l2_within_b=metrics.mean_pairwise_l2(wb) if len(wb) >= 2 else nan)
+                row.update(
+                    l2_matched=float(np.mean(l2)) if l2 else nan,
+                    l2_within_a=metrics.mean_pairwise_l2(wa) if len(wa) >= 2 else nan,
+                    l2_within_b=metrics.mean_pairwise_l2(wb) if len(wb) >= 2 else nan,
+                )
             rows.append(row)
     return _sorted(_frame(rows, columns), ["hardware_a", "hardware_b"])
 
@@ -648,8 +874,12 @@ def by_hardware(runs: store.Runs, weights: bool = True) -> pd.DataFrame:
     if not rows:
         return _frame([], columns)
     out = pd.DataFrame(rows)
-    out = _sorted(out[["dataset", "model", "setting", "hardware", "metric", "value", "_rank"]].rename(
-        columns={"hardware": "_hw"}), ["_rank", "_hw"])
+    out = _sorted(
+        out[["dataset", "model", "setting", "hardware", "metric", "value", "_rank"]].rename(
+            columns={"hardware": "_hw"}
+        ),
+        ["_rank", "_hw"],
+    )
     return out.rename(columns={"_hw": "hardware"}).drop(columns="_rank")[columns]
 
 
@@ -666,9 +896,15 @@ def runs_table(runs: store.Runs) -> pd.DataFrame:
         return ", ".join(str(v) for v in sorted(s.dropna().unique(), key=str)) or "-"
 
     out = r.groupby(CELL, as_index=False).agg(
-        replicas=("replica", "size"), epochs=("epochs", values), threads=("threads", values),
-        device=("device", values), precision=("precision", values), acc_mean=("test_accuracy", "mean"),
-        acc_min=("test_accuracy", "min"), acc_max=("test_accuracy", "max"))
+        replicas=("replica", "size"),
+        epochs=("epochs", values),
+        threads=("threads", values),
+        device=("device", values),
+        precision=("precision", values),
+        acc_mean=("test_accuracy", "mean"),
+        acc_min=("test_accuracy", "min"),
+        acc_max=("test_accuracy", "max"),
+    )
     return _sorted(out[columns])
 
 
@@ -679,13 +915,17 @@ def training_curves(runs: store.Runs) -> pd.DataFrame:
     h = runs.history
     if h.empty or "test_accuracy" not in h.columns:
         return _frame([], columns)
-    return (h.groupby(CELL + ["epoch"], as_index=False)
-            .agg(test_accuracy=("test_accuracy", "mean"), replicas=("replica", "nunique")))[columns]
+    return (
+        h.groupby(CELL + ["epoch"], as_index=False).agg(
+            test_accuracy=("test_accuracy", "mean"), replicas=("replica", "nunique")
+        )
+    )[columns]
 
 
 # ----------------------------------------------------------------------------- missing data
-def missing(runs: store.Runs, *, hardware: str, dataset: str, model: str, settings: Iterable[str],
-            min_replicas: int = 2) -> list[str]:
+def missing(
+    runs: store.Runs, *, hardware: str, dataset: str, model: str, settings: Iterable[str], min_replicas: int = 2
+) -> list[str]:
     """What a chapter needs and the store lacks: one line per cell of ``settings`` on
     (hardware, dataset, model) with fewer than ``min_replicas`` replicas (empty when all there)."""
     lines = []

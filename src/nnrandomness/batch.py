@@ -51,19 +51,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("plan", type=Path, help="a plan file (YAML), e.g. plans/default.yaml")
     parser.add_argument("--dry-run", action="store_true", help="validate, list the jobs and their state, run nothing")
     parser.add_argument("--workers", type=int, default=1, help="jobs running at once on the local pool (default 1)")
-    parser.add_argument("--cpus", type=int, default=os.cpu_count(),
-                        help="CPU slots the running jobs share; a job holds `threads` of them (default: all cores)")
-    parser.add_argument("--gpus", default=None,
-                        help="comma-separated GPU ids: each running job gets one as CUDA_VISIBLE_DEVICES")
-    parser.add_argument("--ray", default=None, metavar="ADDRESS",
-                        help='run the jobs as Ray tasks: "auto" (a running cluster), "local" (start one here), '
-                             "or a cluster address")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per job, overriding the plan's (and its cells') timeouts")
-    parser.add_argument("--retries", type=int, default=KERNEL_START_RETRIES,
-                        help=f"extra tries of a job whose kernel failed to start (default {KERNEL_START_RETRIES})")
+    parser.add_argument(
+        "--cpus",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU slots the running jobs share; a job holds `threads` of them (default: all cores)",
+    )
+    parser.add_argument(
+        "--gpus", default=None, help="comma-separated GPU ids: each running job gets one as CUDA_VISIBLE_DEVICES"
+    )
+    parser.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help='run the jobs as Ray tasks: "auto" (a running cluster), "local" (start one here), or a cluster address',
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds per job, overriding the plan's (and its cells') timeouts"
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=KERNEL_START_RETRIES,
+        help=f"extra tries of a job whose kernel failed to start (default {KERNEL_START_RETRIES})",
+    )
     parser.add_argument("--output-root", default=None, help="the run store, overriding the plan's output_root")
-    parser.add_argument("--executed-root", default=None,
-                        help="where executed notebooks go, overriding the plan's executed_root")
+    parser.add_argument(
+        "--executed-root", default=None, help="where executed notebooks go, overriding the plan's executed_root"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,8 +87,9 @@ def main(args: argparse.Namespace) -> int:
     from . import plan as plan_mod
 
     try:
-        plan = plan_mod.load_plan(args.plan, output_root=args.output_root, executed_root=args.executed_root,
-                                  timeout=args.timeout)
+        plan = plan_mod.load_plan(
+            args.plan, output_root=args.output_root, executed_root=args.executed_root, timeout=args.timeout
+        )
     except plan_mod.PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,8 +102,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     pending = [job for job in plan.jobs if states[job.name][0]]
-    print(f"plan {plan.name!r} ({args.plan}): {len(plan.jobs)} jobs, {len(plan.jobs) - len(pending)} complete, "
-          f"{len(pending)} to run")
+    print(
+        f"plan {plan.name!r} ({args.plan}): {len(plan.jobs)} jobs, {len(plan.jobs) - len(pending)} complete, "
+        f"{len(pending)} to run"
+    )
     if args.dry_run:
         _print_jobs(plan.jobs, states)
         return 0
@@ -116,8 +134,11 @@ def _option_problems(args, jobs, gpus) -> list[str]:
     if gpus is not None and args.ray:
         problems.append("--gpus is for the local pool; Ray assigns GPUs to tasks itself")
     if args.ray in (None, "local") and args.cpus:  # a cluster's own CPUs are Ray's to check
-        problems += [f"{job.name} needs {job.threads} CPU slots (threads) but --cpus is {args.cpus}"
-                     for job in jobs if job.threads > args.cpus]
+        problems += [
+            f"{job.name} needs {job.threads} CPU slots (threads) but --cpus is {args.cpus}"
+            for job in jobs
+            if job.threads > args.cpus
+        ]
     return problems
 
 
@@ -140,11 +161,16 @@ def store_state(job) -> tuple[list[int], list[str]]:
             missing.append(k)
             continue
         stored, wanted = manifest["spec"], job.spec(k).to_dict()
-        diff = [f"{f}: stored {stored.get(f)!r}, planned {v!r}" for f, v in wanted.items()
-                if f not in _IGNORED_SPEC_FIELDS and stored.get(f) != v]
+        diff = [
+            f"{f}: stored {stored.get(f)!r}, planned {v!r}"
+            for f, v in wanted.items()
+            if f not in _IGNORED_SPEC_FIELDS and stored.get(f) != v
+        ]
         if diff:
-            conflicts.append(f"replica-{k} in the store was trained with another recipe ({'; '.join(diff)}); "
-                             "remove it or use another output_root")
+            conflicts.append(
+                f"replica-{k} in the store was trained with another recipe ({'; '.join(diff)}); "
+                "remove it or use another output_root"
+            )
     return missing, conflicts
 
 
@@ -213,8 +239,20 @@ def run_job(job, *, retries: int = KERNEL_START_RETRIES, gpu: str | None = None)
 
 def _papermill(job, executed: Path, params: Path, env: dict, deadline: float) -> tuple[str, str]:
     """One papermill execution; (kind, reason) with kind ok | error | timeout | kernel-start."""
-    cmd = [sys.executable, "-m", "papermill", str(job.notebook), str(executed), "-f", str(params),
-           "--cwd", str(job.cwd), "--no-progress-bar", "--start-timeout", str(START_TIMEOUT)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(job.notebook),
+        str(executed),
+        "-f",
+        str(params),
+        "--cwd",
+        str(job.cwd),
+        "--no-progress-bar",
+        "--start-timeout",
+        str(START_TIMEOUT),
+    ]
     executed.unlink(missing_ok=True)
     # Same process group as the runner: killing the runner's group ends its jobs too. The kernel
     # runs in a session of its own but exits within a second of its papermill process.
@@ -259,8 +297,9 @@ def _report(bar, result: JobResult) -> None:
     bar.update(1)
 
 
-def run_local(jobs, *, workers: int, cpus: int, gpus: list[str] | None = None,
-              retries: int = KERNEL_START_RETRIES) -> list[JobResult]:
+def run_local(
+    jobs, *, workers: int, cpus: int, gpus: list[str] | None = None, retries: int = KERNEL_START_RETRIES
+) -> list[JobResult]:
     """Run jobs on a pool of `workers` threads, each waiting on its papermill process.
 
     A job starts when a worker is free, its `threads` fit in the free CPU slots and, with `gpus`,
@@ -271,8 +310,12 @@ def run_local(jobs, *, workers: int, cpus: int, gpus: list[str] | None = None,
     used = 0
     with _progress(len(jobs)) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
         while queue or running:
-            while (queue and len(running) < workers and used + queue[0].threads <= cpus
-                   and (free_gpus is None or free_gpus)):
+            while (
+                queue
+                and len(running) < workers
+                and used + queue[0].threads <= cpus
+                and (free_gpus is None or free_gpus)
+            ):
                 job = queue.popleft()
                 gpu = free_gpus.pop(0) if free_gpus is not None else None
                 running[pool.submit(run_job, job, retries=retries, gpu=gpu)] = (job, gpu)
@@ -311,7 +354,8 @@ def run_ray(jobs, *, address: str, cpus: int | None = None, retries: int = KERNE
         task = ray.remote(max_retries=0)(run_job)
         refs = {
             task.options(num_cpus=job.threads, num_gpus=1 if job.uses_gpu else 0, name=job.name).remote(
-                job, retries=retries): job
+                job, retries=retries
+            ): job
             for job in jobs
         }
         with _progress(len(jobs)) as bar:

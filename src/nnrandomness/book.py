@@ -111,8 +111,9 @@ class KernelStartError(RuntimeError):
     """The kernel did not start (no cell ran): worth one retry, unlike an error in a cell."""
 
 
-def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT_S, failed_dir: Path | None = None,
-                     kernel_log: Path | None = None) -> bool:
+def execute_notebook(
+    path: Path, timeout: int = CELL_TIMEOUT_S, failed_dir: Path | None = None, kernel_log: Path | None = None
+) -> bool:
     """Execute one notebook in place; returns whether its file changed. Raises on a cell error.
 
     failed_dir: where the executed copy of a failing notebook goes. kernel_log: file for the
@@ -200,8 +201,11 @@ def execute_all(root: Path, notebooks: list[Path], jobs: int = JOBS) -> None:
         rel = path.relative_to(root).as_posix()
         print(f"FAILED {rel}", flush=True)
         print(str(e)[-4000:], file=sys.stderr)
-        print(f"{rel} was not written. Executed copy: {failed_dir.relative_to(root)}/{path.name}; "
-              f"kernel log: {(log_dir / (path.stem + '.log')).relative_to(root)}", file=sys.stderr)
+        print(
+            f"{rel} was not written. Executed copy: {failed_dir.relative_to(root)}/{path.name}; "
+            f"kernel log: {(log_dir / (path.stem + '.log')).relative_to(root)}",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
     print(f"executed {n} notebook(s) in {time.perf_counter() - total:.1f} s ({jobs} at a time)", flush=True)
 
@@ -225,8 +229,10 @@ def check_assets(root: Path, mathjax_path: str | None = None) -> None:
     static = root / STATIC
     if mathjax_path is not None:
         if "://" in mathjax_path or mathjax_path.startswith("//"):
-            raise RuntimeError(f"mathjax_path {mathjax_path!r} is a URL: formulas would need the network; "
-                               "point it at the copy under _static/mathjax/")
+            raise RuntimeError(
+                f"mathjax_path {mathjax_path!r} is a URL: formulas would need the network; "
+                "point it at the copy under _static/mathjax/"
+            )
         if not (static / mathjax_path).is_file():
             raise RuntimeError(f"{STATIC}/{mathjax_path} is missing: see {STATIC}/{MATHJAX_DIR}/README")
     bundle = static / charts.BUNDLE_NAME
@@ -235,8 +241,10 @@ def check_assets(root: Path, mathjax_path: str | None = None) -> None:
     with open(bundle, encoding="utf-8") as f:
         first = f.readline().rstrip("\n")
     if first != charts.bundle_header():
-        raise RuntimeError(f"{bundle} was made for other versions than Altair/vl-convert in use "
-                           f"({first!r}); run `python -m nnrandomness.book` to rewrite it")
+        raise RuntimeError(
+            f"{bundle} was made for other versions than Altair/vl-convert in use "
+            f"({first!r}); run `python -m nnrandomness.book` to rewrite it"
+        )
 
 
 # ----------------------------------------------------------------------------- Sphinx hook
@@ -260,6 +268,7 @@ def _keep_mathjax_out(app, config) -> None:
 def _drop_thebe(app, pagename, templatename, context, doctree) -> None:
     """Jupyter Book always loads sphinx-thebe, whose scripts would fetch thebe from unpkg.com
     when a live-code button is pressed. The book has no such button (and no network): drop them."""
+
     def is_thebe(js) -> bool:
         filename = str(getattr(js, "filename", js) or "")
         body = getattr(js, "attributes", {}).get("body") or ""
@@ -305,8 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nnrandomness.book", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the book's folder (with _toc.yml); default: .")
     parser.add_argument("--no-execute", action="store_true", help="build from the committed outputs only")
-    parser.add_argument("--only", action="append", default=[], metavar="NOTEBOOK",
-                        help="execute only this notebook (stem or path; repeatable), then build")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NOTEBOOK",
+        help="execute only this notebook (stem or path; repeatable), then build",
+    )
     parser.add_argument("--jobs", type=int, default=JOBS, help=f"notebooks executed at once (default {JOBS})")
     args = parser.parse_args(argv)
     root = args.root.resolve()

@@ -41,8 +41,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import altair as alt
 import numpy as np
@@ -110,7 +110,7 @@ EMBED_OPTIONS = {
 }
 FALLBACK_NOTE = (
     "Interactive chart: it is drawn in the built book (make book). To see it here, offline, "
-    "run <code>alt.renderers.enable(\"svg\")</code> and re-run this cell."
+    'run <code>alt.renderers.enable("svg")</code> and re-run this cell.'
 )
 
 
@@ -257,11 +257,11 @@ def setting_scale(settings: Iterable[str] | None = None) -> alt.Scale:
     return alt.Scale(domain=domain, range=[SETTING_COLORS[s] for s in domain])
 
 
-def setting_color(field: str = "setting", settings: Iterable[str] | None = None, title: str = "setting",
-                  **kwargs) -> alt.Color:
+def setting_color(
+    field: str = "setting", settings: Iterable[str] | None = None, title: str = "setting", **kwargs
+) -> alt.Color:
     """``color=`` encoding for a column of setting names, the same colours in every chart."""
-    return alt.Color(f"{field}:N", scale=setting_scale(settings), sort=setting_sort(settings), title=title,
-                     **kwargs)
+    return alt.Color(f"{field}:N", scale=setting_scale(settings), sort=setting_sort(settings), title=title, **kwargs)
 
 
 def settings_legend(settings: Iterable[str] | None = None) -> alt.Chart:
@@ -271,8 +271,11 @@ def settings_legend(settings: Iterable[str] | None = None) -> alt.Chart:
     return (
         alt.Chart(frame, title="The settings, in the colours every chart gives them")
         .mark_square(size=300, opacity=1)
-        .encode(x=alt.X("setting:N", sort=order, title=None, axis=alt.Axis(labelAngle=0)),
-                color=setting_color(settings=order, legend=None), tooltip=["setting:N"])
+        .encode(
+            x=alt.X("setting:N", sort=order, title=None, axis=alt.Axis(labelAngle=0)),
+            color=setting_color(settings=order, legend=None),
+            tooltip=["setting:N"],
+        )
         .properties(width=60 * len(order), height=40)
     )
 
@@ -326,9 +329,18 @@ def setting_selection(name: str = "pick_setting") -> alt.Parameter:
     return alt.selection_point(fields=["setting"], bind="legend", name=name)
 
 
-def setting_points(frame: pd.DataFrame, value: str, *, lo: str | None = None, hi: str | None = None,
-                   axis_title: str, fmt: str = ".2%", title: str | None = None,
-                   tooltip: Iterable[alt.Tooltip] = (), settings: Iterable[str] | None = None) -> alt.LayerChart:
+def setting_points(
+    frame: pd.DataFrame,
+    value: str,
+    *,
+    lo: str | None = None,
+    hi: str | None = None,
+    axis_title: str,
+    fmt: str = ".2%",
+    title: str | None = None,
+    tooltip: Iterable[alt.Tooltip] = (),
+    settings: Iterable[str] | None = None,
+) -> alt.LayerChart:
     """One dot per setting (rows in the book's order, colours as everywhere) at ``value``, with a
     horizontal bar from ``lo`` to ``hi`` (a confidence interval) when given.
 
@@ -341,16 +353,25 @@ def setting_points(frame: pd.DataFrame, value: str, *, lo: str | None = None, hi
     y = alt.Y("setting:N", sort=present, title=None)
     tips = [alt.Tooltip("setting:N"), alt.Tooltip(f"{value}:Q", title=axis_title, format=fmt)]
     if lo and hi:
-        tips += [alt.Tooltip(f"{lo}:Q", title="95% CI low", format=fmt),
-                 alt.Tooltip(f"{hi}:Q", title="95% CI high", format=fmt)]
+        tips += [
+            alt.Tooltip(f"{lo}:Q", title="95% CI low", format=fmt),
+            alt.Tooltip(f"{hi}:Q", title="95% CI high", format=fmt),
+        ]
     tips += list(tooltip)
     color = setting_color(settings=present, legend=None)
-    point = alt.Chart().mark_point(filled=True, size=70).encode(
-        x=alt.X(f"{value}:Q", title=axis_title, axis=alt.Axis(format=fmt)), y=y, color=color, tooltip=tips)
+    point = (
+        alt.Chart()
+        .mark_point(filled=True, size=70)
+        .encode(x=alt.X(f"{value}:Q", title=axis_title, axis=alt.Axis(format=fmt)), y=y, color=color, tooltip=tips)
+    )
     layers = [point]
     if lo and hi:
-        layers.insert(0, alt.Chart().mark_rule(strokeWidth=2).encode(
-            x=alt.X(f"{lo}:Q"), x2=alt.X2(f"{hi}:Q"), y=y, color=color, tooltip=tips))
+        layers.insert(
+            0,
+            alt.Chart()
+            .mark_rule(strokeWidth=2)
+            .encode(x=alt.X(f"{lo}:Q"), x2=alt.X2(f"{hi}:Q"), y=y, color=color, tooltip=tips),
+        )
     chart = alt.layer(*layers, data=frame)
     return chart.properties(title=title) if title else chart
 
@@ -377,9 +398,11 @@ def prediction_grid(grid: pd.DataFrame) -> alt.LayerChart:
     )
     return (
         cells.mark_rect(stroke="white", strokeWidth=2).encode(
-            color=alt.Color("correct:N",
-                            scale=alt.Scale(domain=[True, False], range=["#56B4E9", "#E69F00"]),
-                            legend=alt.Legend(title="correct", orient="bottom")),
+            color=alt.Color(
+                "correct:N",
+                scale=alt.Scale(domain=[True, False], range=["#56B4E9", "#E69F00"]),
+                legend=alt.Legend(title="correct", orient="bottom"),
+            ),
             tooltip=["replica:N", "example:N", "prediction:N", "label:N", "correct:N"],
         )
         + cells.mark_text(fontSize=13).encode(text="prediction:N")
@@ -394,24 +417,48 @@ def divergence_growth(growth: pd.DataFrame, colours: dict[str, str], epochs, n_t
     comparison, in legend order, to the setting whose colour it takes; ``epochs`` are the axis ticks."""
     comparison_order = list(colours)
     base = alt.Chart(tidy_limit(growth)).encode(
-        x=alt.X("epochs:Q", scale=alt.Scale(type="log", base=2),
-                axis=alt.Axis(values=list(epochs)), title="epochs trained"),
-        color=alt.Color("comparison:N", sort=comparison_order, title=None,
-                        scale=alt.Scale(domain=comparison_order, range=[SETTING_COLORS[s] for s in colours.values()]),
-                        legend=alt.Legend(orient="bottom")),
-        tooltip=["comparison:N", "epochs:Q", alt.Tooltip("L2 distance:Q", format=".2e"),
-                 "differing predictions:Q",
-                 alt.Tooltip("reference accuracy:Q", format=".1%")],
+        x=alt.X(
+            "epochs:Q", scale=alt.Scale(type="log", base=2), axis=alt.Axis(values=list(epochs)), title="epochs trained"
+        ),
+        color=alt.Color(
+            "comparison:N",
+            sort=comparison_order,
+            title=None,
+            scale=alt.Scale(domain=comparison_order, range=[SETTING_COLORS[s] for s in colours.values()]),
+            legend=alt.Legend(orient="bottom"),
+        ),
+        tooltip=[
+            "comparison:N",
+            "epochs:Q",
+            alt.Tooltip("L2 distance:Q", format=".2e"),
+            "differing predictions:Q",
+            alt.Tooltip("reference accuracy:Q", format=".1%"),
+        ],
     )
-    distance = base.mark_line(point=True).encode(
-        y=alt.Y("L2 distance:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e"),
-                title="L2 distance to the reference's weights"),
-    ).properties(width=300, height=240, title="Weights")
-    flips = base.mark_line(point=True).encode(  # symlog: 0, a few and hundreds on one axis
-        y=alt.Y("differing predictions:Q", scale=alt.Scale(type="symlog"),
+    distance = (
+        base.mark_line(point=True)
+        .encode(
+            y=alt.Y(
+                "L2 distance:Q",
+                scale=alt.Scale(type="log"),
+                axis=alt.Axis(format=".0e"),
+                title="L2 distance to the reference's weights",
+            ),
+        )
+        .properties(width=300, height=240, title="Weights")
+    )
+    flips = (
+        base.mark_line(point=True)
+        .encode(  # symlog: 0, a few and hundreds on one axis
+            y=alt.Y(
+                "differing predictions:Q",
+                scale=alt.Scale(type="symlog"),
                 axis=alt.Axis(values=[0, 1, 2, 5, 10, 20, 50, 100, 200, n_test]),
-                title=f"test predictions that differ (of {n_test})"),
-    ).properties(width=300, height=240, title="Predictions")
+                title=f"test predictions that differ (of {n_test})",
+            ),
+        )
+        .properties(width=300, height=240, title="Predictions")
+    )
     return alt.hconcat(distance, flips)
 
 
@@ -421,54 +468,104 @@ def training_curves(curves: pd.DataFrame) -> alt.FacetChart:
     curves = curves.assign(panel=curves["hardware"] + " " + curves["dataset"] + "/" + curves["model"])
     present = setting_sort(curves["setting"])
     pick = setting_selection("pick_setting")
-    return alt.Chart(tidy_limit(curves)).mark_line().encode(
-        x=alt.X("epoch:Q", title="epoch"),
-        y=alt.Y("test_accuracy:Q", title="test accuracy (mean over replicas)", axis=alt.Axis(format=".0%")),
-        color=setting_color(settings=present),
-        opacity=_pick_opacity(pick),
-        tooltip=["panel:N", "setting:N", "epoch:Q", alt.Tooltip("test_accuracy:Q", format=".2%"),
-                 alt.Tooltip("replicas:Q")],
-    ).add_params(pick).properties(width=260, height=160).facet(
-        facet=alt.Facet("panel:N", title=None), columns=2).properties(title="Test accuracy during training")
+    return (
+        alt.Chart(tidy_limit(curves))
+        .mark_line()
+        .encode(
+            x=alt.X("epoch:Q", title="epoch"),
+            y=alt.Y("test_accuracy:Q", title="test accuracy (mean over replicas)", axis=alt.Axis(format=".0%")),
+            color=setting_color(settings=present),
+            opacity=_pick_opacity(pick),
+            tooltip=[
+                "panel:N",
+                "setting:N",
+                "epoch:Q",
+                alt.Tooltip("test_accuracy:Q", format=".2%"),
+                alt.Tooltip("replicas:Q"),
+            ],
+        )
+        .add_params(pick)
+        .properties(width=260, height=160)
+        .facet(facet=alt.Facet("panel:N", title=None), columns=2)
+        .properties(title="Test accuracy during training")
+    )
 
 
 def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
     """20_topline: the spread of top-1 accuracy per setting with its interval (left) beside
     predictive churn split into its two parts with the interval of the total (right).
     ``main`` holds analysis.topline rows of one (hardware, dataset, model)."""
-    acc = setting_points(main, "acc_std", lo="acc_std_lo", hi="acc_std_hi", axis_title="std of top-1 accuracy",
-                         title="Spread of top-1 accuracy",
-                         tooltip=[alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-                                  alt.Tooltip("n_replicas:Q", title="replicas")])
-    parts = main.melt(id_vars=["setting", "n_replicas", "churn"], value_vars=["one_correct", "both_wrong"],
-                      var_name="part", value_name="share")
+    acc = setting_points(
+        main,
+        "acc_std",
+        lo="acc_std_lo",
+        hi="acc_std_hi",
+        axis_title="std of top-1 accuracy",
+        title="Spread of top-1 accuracy",
+        tooltip=[
+            alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
+            alt.Tooltip("n_replicas:Q", title="replicas"),
+        ],
+    )
+    parts = main.melt(
+        id_vars=["setting", "n_replicas", "churn"],
+        value_vars=["one_correct", "both_wrong"],
+        var_name="part",
+        value_name="share",
+    )
     parts["part"] = parts["part"].map({"one_correct": "one right, one wrong", "both_wrong": "both wrong, differently"})
     order = setting_sort(main["setting"])
-    bars = alt.Chart(tidy_limit(parts)).mark_bar().encode(
-        x=alt.X("share:Q", stack="zero", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
-        y=alt.Y("setting:N", sort=order, title=None),
-        color=setting_color(settings=order, legend=None),
-        opacity=alt.Opacity("part:N", sort=["one right, one wrong", "both wrong, differently"],
-                            scale=alt.Scale(range=[1.0, 0.45]), title="pairs that differ"),
-        tooltip=["setting:N", "part:N", alt.Tooltip("share:Q", format=".2%"),
-                 alt.Tooltip("churn:Q", title="churn (total)", format=".2%"),
-                 alt.Tooltip("n_replicas:Q", title="replicas")],
+    bars = (
+        alt.Chart(tidy_limit(parts))
+        .mark_bar()
+        .encode(
+            x=alt.X("share:Q", stack="zero", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
+            y=alt.Y("setting:N", sort=order, title=None),
+            color=setting_color(settings=order, legend=None),
+            opacity=alt.Opacity(
+                "part:N",
+                sort=["one right, one wrong", "both wrong, differently"],
+                scale=alt.Scale(range=[1.0, 0.45]),
+                title="pairs that differ",
+            ),
+            tooltip=[
+                "setting:N",
+                "part:N",
+                alt.Tooltip("share:Q", format=".2%"),
+                alt.Tooltip("churn:Q", title="churn (total)", format=".2%"),
+                alt.Tooltip("n_replicas:Q", title="replicas"),
+            ],
+        )
     )
-    ci = alt.Chart(main).mark_rule(color="black").encode(
-        x="churn_lo:Q", x2="churn_hi:Q", y=alt.Y("setting:N", sort=order),
-        tooltip=["setting:N", alt.Tooltip("churn:Q", format=".2%"),
-                 alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
-                 alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%")])
+    ci = (
+        alt.Chart(main)
+        .mark_rule(color="black")
+        .encode(
+            x="churn_lo:Q",
+            x2="churn_hi:Q",
+            y=alt.Y("setting:N", sort=order),
+            tooltip=[
+                "setting:N",
+                alt.Tooltip("churn:Q", format=".2%"),
+                alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
+                alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%"),
+            ],
+        )
+    )
     churn = (bars + ci).properties(title="Predictive churn and its two parts")
     return alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
-        title="Accuracy spread and churn")
+        title="Accuracy spread and churn"
+    )
 
 
 def batchnorm_chart(bn: pd.DataFrame, model: str, bn_model: str) -> alt.HConcatChart:
     """20_topline: the spread of top-1 accuracy and churn with their intervals, one row of panels
     per model (without, then with BatchNorm). ``bn`` holds analysis.topline rows of both models."""
-    tips = ["model:N", alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-            alt.Tooltip("n_replicas:Q", title="replicas")]
+    tips = [
+        "model:N",
+        alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
+        alt.Tooltip("n_replicas:Q", title="replicas"),
+    ]
     panels = [
         setting_points(bn, m, lo=f"{m}_lo", hi=f"{m}_hi", axis_title=label, fmt=".1%", tooltip=tips)
         .properties(width=230, height=100)
@@ -486,33 +583,67 @@ def per_class_chart(classes: pd.DataFrame, spread: pd.DataFrame) -> alt.HConcatC
     pick = setting_selection("pick_setting")
     y = alt.Y("setting:N", sort=present, title=None)
     faded = _pick_opacity(pick, 1.0, 0.15)
-    tips = ["setting:N", alt.Tooltip("class:O", title="class"), alt.Tooltip("n_examples:Q", title="test examples"),
-            alt.Tooltip("mean:Q", title="mean accuracy", format=".2%"),
-            alt.Tooltip("std:Q", title="std across replicas", format=".2%"),
-            alt.Tooltip("n_replicas:Q", title="replicas")]
-    ticks = alt.Chart(tidy_limit(classes)).mark_tick(thickness=2, size=14).encode(
-        x=alt.X("std:Q", title="standard deviation across replicas", axis=alt.Axis(format=".0%")), y=y,
-        color=setting_color(settings=present), opacity=faded, tooltip=tips,
-    ).add_params(pick)
-    top1 = alt.Chart(spread).mark_point(shape="diamond", size=120, filled=True, color="black").encode(
-        x="acc_std:Q", y=y, opacity=faded,
-        tooltip=["setting:N", alt.Tooltip("acc_std:Q", title="std of top-1 accuracy", format=".2%"),
-                 alt.Tooltip("n_replicas:Q", title="replicas")])
+    tips = [
+        "setting:N",
+        alt.Tooltip("class:O", title="class"),
+        alt.Tooltip("n_examples:Q", title="test examples"),
+        alt.Tooltip("mean:Q", title="mean accuracy", format=".2%"),
+        alt.Tooltip("std:Q", title="std across replicas", format=".2%"),
+        alt.Tooltip("n_replicas:Q", title="replicas"),
+    ]
+    ticks = (
+        alt.Chart(tidy_limit(classes))
+        .mark_tick(thickness=2, size=14)
+        .encode(
+            x=alt.X("std:Q", title="standard deviation across replicas", axis=alt.Axis(format=".0%")),
+            y=y,
+            color=setting_color(settings=present),
+            opacity=faded,
+            tooltip=tips,
+        )
+        .add_params(pick)
+    )
+    top1 = (
+        alt.Chart(spread)
+        .mark_point(shape="diamond", size=120, filled=True, color="black")
+        .encode(
+            x="acc_std:Q",
+            y=y,
+            opacity=faded,
+            tooltip=[
+                "setting:N",
+                alt.Tooltip("acc_std:Q", title="std of top-1 accuracy", format=".2%"),
+                alt.Tooltip("n_replicas:Q", title="replicas"),
+            ],
+        )
+    )
     left = (ticks + top1).properties(width=280, title="Top-1 (diamond) and each class (ticks)")
-    right = alt.Chart(classes).mark_line(point=True).encode(
-        x=alt.X("class:O", title="class", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("std:Q", title="std of the class's accuracy", axis=alt.Axis(format=".0%")),
-        color=setting_color(settings=present, legend=None), tooltip=tips,
-    ).transform_filter(pick).properties(width=320, title="Per class, for the settings picked in the legend")
+    right = (
+        alt.Chart(classes)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("class:O", title="class", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("std:Q", title="std of the class's accuracy", axis=alt.Axis(format=".0%")),
+            color=setting_color(settings=present, legend=None),
+            tooltip=tips,
+        )
+        .transform_filter(pick)
+        .properties(width=320, title="Per class, for the settings picked in the legend")
+    )
     # The legend (and its click selection) belongs to the left view; the right one only filters.
-    return alt.hconcat(left, right).resolve_legend(color="independent").properties(
-        title="Spread of per-class accuracy against the top line")
+    return (
+        alt.hconcat(left, right)
+        .resolve_legend(color="independent")
+        .properties(title="Spread of per-class accuracy against the top line")
+    )
 
 
 def _subgroup_names(frame: pd.DataFrame, attribute: str) -> pd.DataFrame:
     """``frame`` with ``subgroup`` ('<label> / <attribute>=<value>') and ``kind`` (rare, common)."""
-    return frame.assign(subgroup=frame["class"].astype(str) + " / " + attribute + "=" + frame["group"].astype(str),
-                        kind=frame["rare"].map({True: "rare", False: "common"}))
+    return frame.assign(
+        subgroup=frame["class"].astype(str) + " / " + attribute + "=" + frame["group"].astype(str),
+        kind=frame["rare"].map({True: "rare", False: "common"}),
+    )
 
 
 def subgroup_spread(subs: pd.DataFrame, attribute: str) -> alt.HConcatChart:
@@ -522,26 +653,49 @@ def subgroup_spread(subs: pd.DataFrame, attribute: str) -> alt.HConcatChart:
     present = setting_sort(subs["setting"])
     pick = setting_selection("pick_setting")
     shown = _subgroup_names(subs, attribute)
-    tips = ["setting:N", "subgroup:N", "kind:N", alt.Tooltip("n_subgroup:Q", title="test examples"),
-            alt.Tooltip("fnr_mean:Q", title="FNR mean", format=".1%"),
-            alt.Tooltip("fnr_std:Q", title="FNR std", format=".1%"),
-            alt.Tooltip("fpr_mean:Q", title="FPR mean", format=".2%"),
-            alt.Tooltip("fpr_std:Q", title="FPR std", format=".2%"), alt.Tooltip("n_replicas:Q", title="replicas")]
-    shape = alt.Shape("kind:N", sort=["rare", "common"], scale=alt.Scale(range=["triangle-up", "circle"]),
-                      title="subgroup")
+    tips = [
+        "setting:N",
+        "subgroup:N",
+        "kind:N",
+        alt.Tooltip("n_subgroup:Q", title="test examples"),
+        alt.Tooltip("fnr_mean:Q", title="FNR mean", format=".1%"),
+        alt.Tooltip("fnr_std:Q", title="FNR std", format=".1%"),
+        alt.Tooltip("fpr_mean:Q", title="FPR mean", format=".2%"),
+        alt.Tooltip("fpr_std:Q", title="FPR std", format=".2%"),
+        alt.Tooltip("n_replicas:Q", title="replicas"),
+    ]
+    shape = alt.Shape(
+        "kind:N", sort=["rare", "common"], scale=alt.Scale(range=["triangle-up", "circle"]), title="subgroup"
+    )
     base = alt.Chart(tidy_limit(shown)).encode(opacity=_pick_opacity(pick, 0.9, 0.08), tooltip=tips)
     x = alt.X("n_subgroup:Q", title="test examples in the subgroup", scale=alt.Scale(type="log"))
     # The legends (and the click selection) belong to the left view; the right one follows it.
-    fnr = base.mark_point(filled=True, size=60).add_params(pick).encode(
-        color=setting_color(settings=present), shape=shape, x=x,
-        y=alt.Y("fnr_std:Q", title="std of FNR across replicas", axis=alt.Axis(format=".0%")),
-    ).properties(width=300, title="False negative rate")
-    fpr = base.mark_point(filled=True, size=60).encode(
-        color=setting_color(settings=present, legend=None), shape=shape.legend(None), x=x,
-        y=alt.Y("fpr_std:Q", title="std of FPR across replicas", axis=alt.Axis(format=".1%")),
-    ).properties(width=300, title="False positive rate")
-    return alt.hconcat(fnr, fpr).resolve_legend(color="independent", shape="independent").properties(
-        title="Spread of subgroup error rates against subgroup size")
+    fnr = (
+        base.mark_point(filled=True, size=60)
+        .add_params(pick)
+        .encode(
+            color=setting_color(settings=present),
+            shape=shape,
+            x=x,
+            y=alt.Y("fnr_std:Q", title="std of FNR across replicas", axis=alt.Axis(format=".0%")),
+        )
+        .properties(width=300, title="False negative rate")
+    )
+    fpr = (
+        base.mark_point(filled=True, size=60)
+        .encode(
+            color=setting_color(settings=present, legend=None),
+            shape=shape.legend(None),
+            x=x,
+            y=alt.Y("fpr_std:Q", title="std of FPR across replicas", axis=alt.Axis(format=".1%")),
+        )
+        .properties(width=300, title="False positive rate")
+    )
+    return (
+        alt.hconcat(fnr, fpr)
+        .resolve_legend(color="independent", shape="independent")
+        .properties(title="Spread of subgroup error rates against subgroup size")
+    )
 
 
 def subgroup_replicas(rates: pd.DataFrame, attribute: str, setting: str) -> alt.Chart:
@@ -550,15 +704,25 @@ def subgroup_replicas(rates: pd.DataFrame, attribute: str, setting: str) -> alt.
     the ``rare`` flag of analysis.subgroups."""
     one = _subgroup_names(rates, attribute)
     order = one.sort_values(["class", "group"])["subgroup"].unique().tolist()
-    return alt.Chart(tidy_limit(one[["subgroup", "kind", "replica", "fnr", "n_subgroup", "fn", "tp"]])).mark_tick(
-        thickness=2, size=12).encode(
-        x=alt.X("fnr:Q", title="false negative rate", axis=alt.Axis(format=".0%")),
-        y=alt.Y("subgroup:N", sort=order, title="label / attribute"),
-        color=alt.Color("kind:N", sort=["rare", "common"], scale=alt.Scale(range=["#D55E00", "#999999"]),
-                        title="subgroup"),
-        tooltip=["subgroup:N", "replica:Q", alt.Tooltip("fnr:Q", format=".1%"), alt.Tooltip("fn:Q", title="missed"),
-                 alt.Tooltip("n_subgroup:Q", title="test examples")],
-    ).properties(width=380, title=f"False negative rate of each subgroup in each {setting} replica")
+    return (
+        alt.Chart(tidy_limit(one[["subgroup", "kind", "replica", "fnr", "n_subgroup", "fn", "tp"]]))
+        .mark_tick(thickness=2, size=12)
+        .encode(
+            x=alt.X("fnr:Q", title="false negative rate", axis=alt.Axis(format=".0%")),
+            y=alt.Y("subgroup:N", sort=order, title="label / attribute"),
+            color=alt.Color(
+                "kind:N", sort=["rare", "common"], scale=alt.Scale(range=["#D55E00", "#999999"]), title="subgroup"
+            ),
+            tooltip=[
+                "subgroup:N",
+                "replica:Q",
+                alt.Tooltip("fnr:Q", format=".1%"),
+                alt.Tooltip("fn:Q", title="missed"),
+                alt.Tooltip("n_subgroup:Q", title="test examples"),
+            ],
+        )
+        .properties(width=380, title=f"False negative rate of each subgroup in each {setting} replica")
+    )
 
 
 def right_counts(examples: pd.DataFrame, summary: pd.DataFrame) -> alt.Chart:
@@ -568,18 +732,29 @@ def right_counts(examples: pd.DataFrame, summary: pd.DataFrame) -> alt.Chart:
     present = setting_sort(examples["setting"])
     right = (examples["frac_correct"] * examples["n_replicas"]).round().astype(int).rename("right")
     grid = pd.crosstab(examples["setting"], right).reindex(  # every (setting, count) pair, zeros included
-        columns=range(int(examples["n_replicas"].max()) + 1), fill_value=0)
+        columns=range(int(examples["n_replicas"].max()) + 1), fill_value=0
+    )
     counts = grid.stack().reset_index(name="examples").merge(summary[["setting", "n_replicas"]], on="setting")
     counts = counts[counts["right"] <= counts["n_replicas"]]
     pick = setting_selection("pick_setting")
-    return alt.Chart(tidy_limit(counts)).mark_line(point=True).encode(
-        x=alt.X("right:O", title="replicas that get the example right", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("examples:Q", title="test examples", scale=alt.Scale(type="symlog")),
-        color=setting_color(settings=present),
-        opacity=_pick_opacity(pick),
-        tooltip=["setting:N", alt.Tooltip("right:O", title="replicas right"), alt.Tooltip("examples:Q"),
-                 alt.Tooltip("n_replicas:Q", title="replicas")],
-    ).add_params(pick).properties(width=420, title="How many replicas get each test example right")
+    return (
+        alt.Chart(tidy_limit(counts))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("right:O", title="replicas that get the example right", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("examples:Q", title="test examples", scale=alt.Scale(type="symlog")),
+            color=setting_color(settings=present),
+            opacity=_pick_opacity(pick),
+            tooltip=[
+                "setting:N",
+                alt.Tooltip("right:O", title="replicas right"),
+                alt.Tooltip("examples:Q"),
+                alt.Tooltip("n_replicas:Q", title="replicas"),
+            ],
+        )
+        .add_params(pick)
+        .properties(width=420, title="How many replicas get each test example right")
+    )
 
 
 def unstable_examples(chosen: pd.DataFrame, images: np.ndarray, votes: pd.DataFrame, setting: str) -> alt.VConcatChart:
@@ -588,48 +763,78 @@ def unstable_examples(chosen: pd.DataFrame, images: np.ndarray, votes: pd.DataFr
     replicas of ``setting`` predict each class (``votes``: analysis.examples_votes rows)."""
     order = [f"#{e} (label {y})" for e, y in zip(chosen["example"], chosen["label"])]
     title = dict(zip(chosen["example"], order))
-    pixels = pd.DataFrame([
-        {"example": title[e], "row": r, "col": c, "value": int(images[e, :, r, c].mean())}
-        for e in chosen["example"] for r in range(images.shape[2]) for c in range(images.shape[3])
-    ])
-    picture = alt.Chart(tidy_limit(pixels)).mark_rect().encode(
-        x=alt.X("col:O", axis=None), y=alt.Y("row:O", axis=None),
-        color=alt.Color("value:Q", scale=alt.Scale(scheme="greys", domain=[0, 255]), legend=None),
-        tooltip=["example:N", "row:O", "col:O", alt.Tooltip("value:Q", title="pixel")],
-    ).properties(width=56, height=56).facet(
-        facet=alt.Facet("example:N", sort=order, title=None, header=alt.Header(labelFontSize=10)), columns=6)
-    votes = votes.assign(example=votes["example"].map(title),
-                         outcome=votes["correct"].map({True: "right", False: "wrong"}))
+    pixels = pd.DataFrame(
+        [
+            {"example": title[e], "row": r, "col": c, "value": int(images[e, :, r, c].mean())}
+            for e in chosen["example"]
+            for r in range(images.shape[2])
+            for c in range(images.shape[3])
+        ]
+    )
+    picture = (
+        alt.Chart(tidy_limit(pixels))
+        .mark_rect()
+        .encode(
+            x=alt.X("col:O", axis=None),
+            y=alt.Y("row:O", axis=None),
+            color=alt.Color("value:Q", scale=alt.Scale(scheme="greys", domain=[0, 255]), legend=None),
+            tooltip=["example:N", "row:O", "col:O", alt.Tooltip("value:Q", title="pixel")],
+        )
+        .properties(width=56, height=56)
+        .facet(facet=alt.Facet("example:N", sort=order, title=None, header=alt.Header(labelFontSize=10)), columns=6)
+    )
+    votes = votes.assign(
+        example=votes["example"].map(title), outcome=votes["correct"].map({True: "right", False: "wrong"})
+    )
     bars = alt.Chart(tidy_limit(votes)).encode(
         y=alt.Y("example:N", sort=order, title=None),
         x=alt.X("votes:Q", stack="zero", title=f"{setting} replicas predicting each class"),
         order=alt.Order("prediction:O"),
-        tooltip=["example:N", alt.Tooltip("prediction:O", title="predicted class"), "votes:Q", "outcome:N"])
+        tooltip=["example:N", alt.Tooltip("prediction:O", title="predicted class"), "votes:Q", "outcome:N"],
+    )
     bar = bars.mark_bar(stroke="white").encode(
-        color=alt.Color("outcome:N", sort=["right", "wrong"], scale=alt.Scale(range=["#0072B2", "#D55E00"]),
-                        title="prediction"))
+        color=alt.Color(
+            "outcome:N", sort=["right", "wrong"], scale=alt.Scale(range=["#0072B2", "#D55E00"]), title="prediction"
+        )
+    )
     text = bars.mark_text(dx=-7, color="white", fontWeight="bold").encode(
-        x=alt.X("votes:Q", stack="zero"), text="prediction:O")
+        x=alt.X("votes:Q", stack="zero"), text="prediction:O"
+    )
     return alt.vconcat(picture, (bar + text).properties(width=380)).properties(
-        title=f"The {len(chosen)} test examples the {setting} replicas agree on least")
+        title=f"The {len(chosen)} test examples the {setting} replicas agree on least"
+    )
 
 
 def variance_chart(dv: pd.DataFrame) -> alt.Chart:
     """23_per_example: the observed std of test accuracy across replicas (circles) beside the std
     independent per-example errors would give (diamonds), per setting (analysis.distribution_variance rows)."""
     present = setting_sort(dv["setting"])
-    long = dv.melt(id_vars=["setting", "n_replicas", "n_examples", "ratio"],
-                   value_vars=["observed_std", "predicted_std"], var_name="kind", value_name="std")
+    long = dv.melt(
+        id_vars=["setting", "n_replicas", "n_examples", "ratio"],
+        value_vars=["observed_std", "predicted_std"],
+        var_name="kind",
+        value_name="std",
+    )
     long["kind"] = long["kind"].map({"observed_std": "observed", "predicted_std": "predicted (independent examples)"})
-    return alt.Chart(tidy_limit(long)).mark_point(filled=True, size=80).encode(
-        x=alt.X("std:Q", title="standard deviation of test accuracy", axis=alt.Axis(format=".1%")),
-        y=alt.Y("setting:N", sort=present, title=None),
-        color=setting_color(settings=present, legend=None),
-        shape=alt.Shape("kind:N", scale=alt.Scale(range=["circle", "diamond"]), title=None),
-        tooltip=["setting:N", "kind:N", alt.Tooltip("std:Q", format=".2%"),
-                 alt.Tooltip("ratio:Q", title="variance ratio", format=".2f"),
-                 alt.Tooltip("n_replicas:Q", title="replicas"), alt.Tooltip("n_examples:Q", title="test examples")],
-    ).properties(width=380, title="Observed spread of accuracy against finite-test-set noise")
+    return (
+        alt.Chart(tidy_limit(long))
+        .mark_point(filled=True, size=80)
+        .encode(
+            x=alt.X("std:Q", title="standard deviation of test accuracy", axis=alt.Axis(format=".1%")),
+            y=alt.Y("setting:N", sort=present, title=None),
+            color=setting_color(settings=present, legend=None),
+            shape=alt.Shape("kind:N", scale=alt.Scale(range=["circle", "diamond"]), title=None),
+            tooltip=[
+                "setting:N",
+                "kind:N",
+                alt.Tooltip("std:Q", format=".2%"),
+                alt.Tooltip("ratio:Q", title="variance ratio", format=".2f"),
+                alt.Tooltip("n_replicas:Q", title="replicas"),
+                alt.Tooltip("n_examples:Q", title="test examples"),
+            ],
+        )
+        .properties(width=380, title="Observed spread of accuracy against finite-test-set noise")
+    )
 
 
 def hardware_churn(compare: pd.DataFrame) -> alt.FacetChart:
@@ -638,27 +843,42 @@ def hardware_churn(compare: pd.DataFrame) -> alt.FacetChart:
     one row per setting and one column per pair of labels (analysis.hardware_compare rows)."""
     long = compare.assign(pair=compare["hardware_a"] + " vs " + compare["hardware_b"]).melt(
         id_vars=["setting", "pair", "hardware_a", "hardware_b", "n_matched", "n_a", "n_b"],
-        value_vars=["churn_within_a", "churn_within_b", "churn_matched", "churn_cross"], var_name="kind",
-        value_name="churn")
+        value_vars=["churn_within_a", "churn_within_b", "churn_matched", "churn_cross"],
+        var_name="kind",
+        value_name="churn",
+    )
     rank = {"churn_within_a": 0, "churn_within_b": 1, "churn_matched": 2, "churn_cross": 3}
     long["rank"] = long["kind"].map(rank)
-    long["kind"] = [{0: f"within {a}", 1: f"within {b}", 2: f"{a} vs {b}, same seeds", 3: f"{a} vs {b}, all pairs"}[r]
-                    for r, a, b in zip(long["rank"], long["hardware_a"], long["hardware_b"])]
+    long["kind"] = [
+        {0: f"within {a}", 1: f"within {b}", 2: f"{a} vs {b}, same seeds", 3: f"{a} vs {b}, all pairs"}[r]
+        for r, a, b in zip(long["rank"], long["hardware_a"], long["hardware_b"])
+    ]
     long = long.dropna(subset=["churn"]).sort_values(["rank", "kind"])
     present = setting_sort(long["setting"])
-    return alt.Chart(tidy_limit(long)).mark_bar().encode(
-        x=alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
-        y=alt.Y("kind:N", sort=long["kind"].unique().tolist(), title=None),
-        color=setting_color(settings=present, legend=None),
-        # the tooling alone (same seeds) in full colour, the rest lighter
-        opacity=alt.when(alt.datum.rank == 2).then(alt.value(1.0)).otherwise(alt.value(0.4)),
-        row=alt.Row("setting:N", sort=present, title=None),
-        column=alt.Column("pair:N", title=None),
-        tooltip=["setting:N", "pair:N", "kind:N", alt.Tooltip("churn:Q", format=".2%"),
-                 alt.Tooltip("n_matched:Q", title="matched replicas"), alt.Tooltip("n_a:Q", title="replicas on a"),
-                 alt.Tooltip("n_b:Q", title="replicas on b")],
-    ).properties(width=320, height=90, title="Churn within one hardware label and across two").resolve_scale(
-        y="independent")
+    return (
+        alt.Chart(tidy_limit(long))
+        .mark_bar()
+        .encode(
+            x=alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
+            y=alt.Y("kind:N", sort=long["kind"].unique().tolist(), title=None),
+            color=setting_color(settings=present, legend=None),
+            # the tooling alone (same seeds) in full colour, the rest lighter
+            opacity=alt.when(alt.datum.rank == 2).then(alt.value(1.0)).otherwise(alt.value(0.4)),
+            row=alt.Row("setting:N", sort=present, title=None),
+            column=alt.Column("pair:N", title=None),
+            tooltip=[
+                "setting:N",
+                "pair:N",
+                "kind:N",
+                alt.Tooltip("churn:Q", format=".2%"),
+                alt.Tooltip("n_matched:Q", title="matched replicas"),
+                alt.Tooltip("n_a:Q", title="replicas on a"),
+                alt.Tooltip("n_b:Q", title="replicas on b"),
+            ],
+        )
+        .properties(width=320, height=90, title="Churn within one hardware label and across two")
+        .resolve_scale(y="independent")
+    )
 
 
 def glue_figure(chapter: str, slug: str, chart, text: str, *, n: int, hardware: str, cell: str) -> None:
@@ -704,11 +924,16 @@ def cost_color(configurations: list[str]) -> alt.Color:
 
 def _step_tooltips(*extra: alt.Tooltip) -> list:
     """Tooltips of one timed configuration: overhead, median and quartiles of its step times."""
-    return ["model:N", "configuration:N", alt.Tooltip("overhead_pct:Q", title="overhead %", format="+.1f"),
-            alt.Tooltip("median_ms:Q", title="median step (ms)", format=".1f"),
-            alt.Tooltip("q1_ms:Q", title="IQR low (ms)", format=".1f"),
-            alt.Tooltip("q3_ms:Q", title="IQR high (ms)", format=".1f"), *extra,
-            alt.Tooltip("n_steps:Q", title="timed steps")]
+    return [
+        "model:N",
+        "configuration:N",
+        alt.Tooltip("overhead_pct:Q", title="overhead %", format="+.1f"),
+        alt.Tooltip("median_ms:Q", title="median step (ms)", format=".1f"),
+        alt.Tooltip("q1_ms:Q", title="IQR low (ms)", format=".1f"),
+        alt.Tooltip("q3_ms:Q", title="IQR high (ms)", format=".1f"),
+        *extra,
+        alt.Tooltip("n_steps:Q", title="timed steps"),
+    ]
 
 
 def overhead_chart(timed: pd.DataFrame, model_order: list[str], hardware: str) -> alt.LayerChart:
@@ -719,26 +944,51 @@ def overhead_chart(timed: pd.DataFrame, model_order: list[str], hardware: str) -
     ``overhead_hi``, ``median_ms``, ``q1_ms``, ``q3_ms``, ``n_steps``, ``baseline_ms``.
     """
     configurations = cost_configurations(timed["configuration"])
-    plot = tidy_limit(timed[["model", "configuration", "overhead_pct", "overhead_lo", "overhead_hi", "median_ms",
-                             "q1_ms", "q3_ms", "n_steps", "baseline_ms"]])
+    plot = tidy_limit(
+        timed[
+            [
+                "model",
+                "configuration",
+                "overhead_pct",
+                "overhead_lo",
+                "overhead_hi",
+                "median_ms",
+                "q1_ms",
+                "q3_ms",
+                "n_steps",
+                "baseline_ms",
+            ]
+        ]
+    )
     tips = _step_tooltips(alt.Tooltip("baseline_ms:Q", title="baseline median (ms)", format=".1f"))
     x_scale = alt.Scale(**_COST_SCALE)
-    base_layer = alt.Chart(plot).encode(y=alt.Y("model:N", sort=model_order, title=None),
-                                        yOffset=alt.YOffset("configuration:N", sort=configurations),
-                                        color=cost_color(configurations), tooltip=tips)
+    base_layer = alt.Chart(plot).encode(
+        y=alt.Y("model:N", sort=model_order, title=None),
+        yOffset=alt.YOffset("configuration:N", sort=configurations),
+        color=cost_color(configurations),
+        tooltip=tips,
+    )
     iqr = base_layer.mark_rule(strokeWidth=2).encode(x=alt.X("overhead_lo:Q", scale=x_scale), x2="overhead_hi:Q")
     points = base_layer.mark_point(filled=True, size=60).encode(
-        x=alt.X("overhead_pct:Q", scale=x_scale, title="overhead over the baseline (%, symmetric log scale)",
-                axis=alt.Axis(values=[-100, -50, -10, 0, 10, 50, 100, 200, 500, 1000])))
+        x=alt.X(
+            "overhead_pct:Q",
+            scale=x_scale,
+            title="overhead over the baseline (%, symmetric log scale)",
+            axis=alt.Axis(values=[-100, -50, -10, 0, 10, 50, 100, 200, 500, 1000]),
+        )
+    )
     refs = pd.DataFrame({"overhead_pct": list(COST_REFERENCES.values()), "label": list(COST_REFERENCES)})
     ref_x, ref_tips = alt.X("overhead_pct:Q", scale=x_scale), [alt.Tooltip("label:N", title="reference")]
     rules = alt.Chart(refs).mark_rule(strokeDash=[4, 3], color="#555555").encode(x=ref_x, tooltip=ref_tips)
-    labels = alt.Chart(refs).mark_text(angle=270, align="right", baseline="bottom", dx=-4, dy=-2, fontSize=10,
-                                       color="#555555").encode(x=ref_x, y=alt.value(0), text="label:N",
-                                                               tooltip=ref_tips)
+    labels = (
+        alt.Chart(refs)
+        .mark_text(angle=270, align="right", baseline="bottom", dx=-4, dy=-2, fontSize=10, color="#555555")
+        .encode(x=ref_x, y=alt.value(0), text="label:N", tooltip=ref_tips)
+    )
     zero = alt.Chart(pd.DataFrame({"overhead_pct": [0]})).mark_rule(color="black").encode(x=ref_x)
     return alt.layer(zero, rules, labels, iqr, points).properties(
-        width=520, height=alt.Step(12), title=f"Step-time overhead per model and configuration ({hardware})")
+        width=520, height=alt.Step(12), title=f"Step-time overhead per model and configuration ({hardware})"
+    )
 
 
 def kernel_size_chart(medium: pd.DataFrame, configurations: Iterable[str], hardware: str) -> alt.Chart:
@@ -750,12 +1000,15 @@ def kernel_size_chart(medium: pd.DataFrame, configurations: Iterable[str], hardw
     shown = cost_configurations(configurations)
     offset = alt.XOffset("configuration:N", sort=shown)
     k_base = alt.Chart(tidy_limit(medium)).encode(
-        x=alt.X("k:O", title="kernel size k", axis=alt.Axis(labelAngle=0)), color=cost_color(shown),
-        tooltip=_step_tooltips())
+        x=alt.X("k:O", title="kernel size k", axis=alt.Axis(labelAngle=0)),
+        color=cost_color(shown),
+        tooltip=_step_tooltips(),
+    )
     return alt.layer(
         alt.Chart(pd.DataFrame({"y": [0]})).mark_rule(color="black").encode(y="y:Q"),
-        k_base.mark_line(point=True).encode(y=alt.Y("overhead_pct:Q", title="overhead over the baseline (%)"),
-                                            xOffset=offset),
+        k_base.mark_line(point=True).encode(
+            y=alt.Y("overhead_pct:Q", title="overhead over the baseline (%)"), xOffset=offset
+        ),
         k_base.mark_rule(strokeWidth=2).encode(y="overhead_lo:Q", y2="overhead_hi:Q", xOffset=offset),
     ).properties(width=360, height=220, title=f"MediumCNN(k): overhead against kernel size ({hardware})")
 
@@ -767,19 +1020,45 @@ def divergence_chart(histories: dict[str, pd.DataFrame], title: str) -> alt.HCon
     and the share of test predictions that differ."""
     factors = list(histories)
     history = pd.concat([h.assign(factor=name) for name, h in histories.items()], ignore_index=True)
-    color = alt.Color("factor:N", sort=factors, title="factor",
-                      scale=alt.Scale(domain=factors, range=list(DIVERGENCE_COLORS)))
-    tips = ["factor:N", "epoch:Q", "step:Q", alt.Tooltip("weight_l2:Q", title="weight L2", format=".3g"),
-            alt.Tooltip("n_disagree:Q", title="predictions that differ"),
-            alt.Tooltip("disagreement:Q", title="disagreement", format=".2%"),
-            alt.Tooltip("accuracy_a:Q", title="accuracy A", format=".2%"),
-            alt.Tooltip("accuracy_b:Q", title="accuracy B", format=".2%")]
+    color = alt.Color(
+        "factor:N", sort=factors, title="factor", scale=alt.Scale(domain=factors, range=list(DIVERGENCE_COLORS))
+    )
+    tips = [
+        "factor:N",
+        "epoch:Q",
+        "step:Q",
+        alt.Tooltip("weight_l2:Q", title="weight L2", format=".3g"),
+        alt.Tooltip("n_disagree:Q", title="predictions that differ"),
+        alt.Tooltip("disagreement:Q", title="disagreement", format=".2%"),
+        alt.Tooltip("accuracy_a:Q", title="accuracy A", format=".2%"),
+        alt.Tooltip("accuracy_b:Q", title="accuracy B", format=".2%"),
+    ]
     x = alt.X("epoch:Q", title="epoch")
-    l2 = alt.Chart(tidy_limit(history[history.weight_l2 > 0])).mark_line(point=True).encode(
-        x=x, y=alt.Y("weight_l2:Q", scale=alt.Scale(type="log"), title="L2 distance between the weights (log)",
-                     axis=alt.Axis(format=".0e")),
-        color=color, tooltip=tips).properties(width=300, height=220, title="Weight distance")
-    disagree = alt.Chart(tidy_limit(history)).mark_line(point=True).encode(
-        x=x, y=alt.Y("disagreement:Q", title="test predictions that differ", axis=alt.Axis(format=".2%")),
-        color=color, tooltip=tips).properties(width=300, height=220, title="Prediction disagreement")
+    l2 = (
+        alt.Chart(tidy_limit(history[history.weight_l2 > 0]))
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y(
+                "weight_l2:Q",
+                scale=alt.Scale(type="log"),
+                title="L2 distance between the weights (log)",
+                axis=alt.Axis(format=".0e"),
+            ),
+            color=color,
+            tooltip=tips,
+        )
+        .properties(width=300, height=220, title="Weight distance")
+    )
+    disagree = (
+        alt.Chart(tidy_limit(history))
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("disagreement:Q", title="test predictions that differ", axis=alt.Axis(format=".2%")),
+            color=color,
+            tooltip=tips,
+        )
+        .properties(width=300, height=220, title="Prediction disagreement")
+    )
     return alt.hconcat(l2, disagree).properties(title=title)

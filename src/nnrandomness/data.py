@@ -13,9 +13,9 @@ is an error saying where the files go. Nothing is ever downloaded.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.x_train.shape[-1])
 
-    def to(self, device) -> "Dataset":
+    def to(self, device) -> Dataset:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(
             self,
@@ -260,7 +260,7 @@ def _cifar_arrays(path: Path, batch: dict, label_key: bytes):
 
 
 def _cifar_dataset(name, train, test, classes, normalization, info) -> Dataset:
-    for (x, y), split in ((train, "train"), (test, "test")):
+    for (_x, y), split in ((train, "train"), (test, "test")):
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
             raise ValueError(f"{name}: {split} labels outside 0..{len(classes) - 1}")
     t = torch.from_numpy

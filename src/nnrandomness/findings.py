@@ -10,7 +10,7 @@ A value that is absent (None, NaN) always reads ``n/a``, so every name the prose
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -70,6 +70,7 @@ def as_text(v, kind: str) -> str:
 def ci_text(frame: pd.DataFrame, column: str, percent: bool = True, digits: int = 2) -> pd.Series:
     """``column`` with its interval (``<column>_lo``/``_hi``) as text for tables:
     ``'1.98 % [1.11, 2.31]'``; the value alone when there is no interval, 'n/a' when absent."""
+
     def one(v, lo, hi):
         if pd.isna(v):
             return "n/a"
@@ -82,12 +83,25 @@ def ci_text(frame: pd.DataFrame, column: str, percent: bool = True, digits: int 
     lo, hi = f"{column}_lo", f"{column}_hi"
     if frame.empty:
         return pd.Series([], dtype=object)
-    return pd.Series([one(v, a, b) for v, a, b in zip(frame[column], frame.get(lo, np.nan * frame[column]),
-                                                       frame.get(hi, np.nan * frame[column]))], index=frame.index)
+    return pd.Series(
+        [
+            one(v, a, b)
+            for v, a, b in zip(
+                frame[column], frame.get(lo, np.nan * frame[column]), frame.get(hi, np.nan * frame[column])
+            )
+        ],
+        index=frame.index,
+    )
 
 
-PROSE_COLUMNS = {"acc_mean": "pct", "acc_std": "pct", "churn": "pct", "one_correct": "pct", "both_wrong": "pct",
-                 "l2": "2f"}
+PROSE_COLUMNS = {
+    "acc_mean": "pct",
+    "acc_std": "pct",
+    "churn": "pct",
+    "one_correct": "pct",
+    "both_wrong": "pct",
+    "l2": "2f",
+}
 
 
 def _slug(setting: str) -> str:
@@ -169,9 +183,16 @@ def _value(v) -> float | None:
     return None if pd.isna(v) else float(v)
 
 
-def findings(runs: store.Runs, *, hardware: str = "cpu-1t", dataset: str = "digits", model: str = "smallcnn",
-             groups_dataset: str = "digits_groups", threads_hardware: str = "cpu-2t",
-             table: pd.DataFrame | None = None) -> dict:
+def findings(
+    runs: store.Runs,
+    *,
+    hardware: str = "cpu-1t",
+    dataset: str = "digits",
+    model: str = "smallcnn",
+    groups_dataset: str = "digits_groups",
+    threads_hardware: str = "cpu-2t",
+    table: pd.DataFrame | None = None,
+) -> dict:
     """The headline numbers of the study, as raw values (None where the runs are absent); names
     and meanings in :data:`FINDINGS`, formatted for the prose by :func:`format_findings`.
 
@@ -238,21 +259,32 @@ def format_findings(values: dict) -> dict[str, str]:
 # ----------------------------------------------------------------------------- per hardware label
 # The rows of the per-hardware table (analysis.by_hardware's metrics): metric -> (row label, kind).
 HARDWARE_METRICS = {
-    "acc_mean": ("accuracy, mean", "pct"), "acc_std": ("accuracy, std", "pct"), "churn": ("churn", "pct"),
-    "l2": ("mean L2 of final weights", "3f"), "class_std_max": ("per-class accuracy std, largest", "pct"),
-    "class_std_mean": ("per-class accuracy std, mean", "pct"), "n_flip": ("examples that flip", "int"),
-    "observed_var": ("accuracy variance, observed", "e"), "predicted_var": ("accuracy variance, predicted", "e"),
+    "acc_mean": ("accuracy, mean", "pct"),
+    "acc_std": ("accuracy, std", "pct"),
+    "churn": ("churn", "pct"),
+    "l2": ("mean L2 of final weights", "3f"),
+    "class_std_max": ("per-class accuracy std, largest", "pct"),
+    "class_std_mean": ("per-class accuracy std, mean", "pct"),
+    "n_flip": ("examples that flip", "int"),
+    "observed_var": ("accuracy variance, observed", "e"),
+    "predicted_var": ("accuracy variance, predicted", "e"),
     "fnr_std_rare": ("FNR std, rare subgroups (mean)", "pct"),
     "fnr_std_common": ("FNR std, common subgroups (mean)", "pct"),
 }
 # The numbers the hardware chapter's prose quotes for one cell, in glue order after every_cell:
 # glue name -> (label: 0 for a, 1 for b; the metric, or None for the label itself).
 HARDWARE_PROSE = {
-    "every_hardware_a": (0, None), "every_acc_std_a": (0, "acc_std"), "every_class_std_max_a": (0, "class_std_max"),
-    "every_n_flip_a": (0, "n_flip"), "every_observed_var_a": (0, "observed_var"),
+    "every_hardware_a": (0, None),
+    "every_acc_std_a": (0, "acc_std"),
+    "every_class_std_max_a": (0, "class_std_max"),
+    "every_n_flip_a": (0, "n_flip"),
+    "every_observed_var_a": (0, "observed_var"),
     "every_predicted_var_a": (0, "predicted_var"),
-    "every_hardware_b": (1, None), "every_acc_std_b": (1, "acc_std"), "every_class_std_max_b": (1, "class_std_max"),
-    "every_n_flip_b": (1, "n_flip"), "every_observed_var_b": (1, "observed_var"),
+    "every_hardware_b": (1, None),
+    "every_acc_std_b": (1, "acc_std"),
+    "every_class_std_max_b": (1, "class_std_max"),
+    "every_n_flip_b": (1, "n_flip"),
+    "every_observed_var_b": (1, "observed_var"),
     "every_predicted_var_b": (1, "predicted_var"),
 }
 
@@ -264,13 +296,16 @@ def hardware_table(per_hw: pd.DataFrame, labels: Iterable[str]) -> tuple[str, pd
     (``labels``: the hardware labels the store holds), else an empty note and the table."""
     if per_hw.empty:
         held = ", ".join(f"`{h}`" for h in sorted(set(labels))) or "no label"
-        return (f"**No cell is stored under two hardware labels** (the store holds {held}): there is nothing to "
-                "compare per label, and the values quoted below read n/a. Run the default plan's `cpu-2t` "
-                "replicas or a GPU plan, then re-execute this chapter."), None
+        return (
+            f"**No cell is stored under two hardware labels** (the store holds {held}): there is nothing to "
+            "compare per label, and the values quoted below read n/a. Run the default plan's `cpu-2t` "
+            "replicas or a GPU plan, then re-execute this chapter."
+        ), None
     t = per_hw.assign(cell=[analysis.cell_name(d, m) for d, m in zip(per_hw["dataset"], per_hw["model"])])
     t["text"] = [as_text(v, HARDWARE_METRICS[m][1]) for v, m in zip(t["value"], t["metric"])]
-    t["metric"] = pd.Categorical([HARDWARE_METRICS[m][0] for m in t["metric"]],
-                                 [label for label, _ in HARDWARE_METRICS.values()], ordered=True)
+    t["metric"] = pd.Categorical(
+        [HARDWARE_METRICS[m][0] for m in t["metric"]], [label for label, _ in HARDWARE_METRICS.values()], ordered=True
+    )
     t["setting"] = pd.Categorical(t["setting"], analysis.setting_order(t["setting"]), ordered=True)
     rows = (["cell"] if t["cell"].nunique() > 1 else []) + ["metric", "setting"]
     table = t.pivot(index=rows, columns="hardware", values="text").sort_index().fillna("")
@@ -289,8 +324,11 @@ def hardware_values(per_hw: pd.DataFrame) -> dict[str, str]:
         cells = per_hw.drop_duplicates(["dataset", "model", "setting"])
         noisy = cells[cells["setting"] == "ALGO"]  # the paper's main setting when it is there
         pick = (noisy if len(noisy) else cells).iloc[0]
-        one = per_hw[(per_hw["dataset"] == pick["dataset"]) & (per_hw["model"] == pick["model"])
-                     & (per_hw["setting"] == pick["setting"])]
+        one = per_hw[
+            (per_hw["dataset"] == pick["dataset"])
+            & (per_hw["model"] == pick["model"])
+            & (per_hw["setting"] == pick["setting"])
+        ]
         pair = sorted(one["hardware"].unique())[:2]
         out = {"every_cell": f"{analysis.cell_name(pick['dataset'], pick['model'])}, {pick['setting']}"}
     labels = pair or ["n/a", "n/a"]

@@ -66,8 +66,10 @@ _SETTINGS = {
 
 # Ops that return uninitialised memory (unless torch fills it): their bits carry no meaning,
 # so their outputs are not compared.
-_UNINITIALIZED_OPS = frozenset({"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty",
-                                "new_empty_strided"})
+_UNINITIALIZED_OPS = frozenset(
+    {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided"}
+)
+
 
 # ----------------------------------------------------------------------------- the op trace
 def _digest(value) -> str:
@@ -223,8 +225,15 @@ class _Replica:
 
     def predict(self, ds) -> np.ndarray:
         with noise.configure_determinism(self.backend):
-            logits, _ = train.evaluate(self.model, ds.x_test, ds.y_test, ds.normalization, self.spec.eval_batch_size,
-                                       self.spec.precision, self.pieces.device)
+            logits, _ = train.evaluate(
+                self.model,
+                ds.x_test,
+                ds.y_test,
+                ds.normalization,
+                self.spec.eval_batch_size,
+                self.spec.precision,
+                self.pieces.device,
+            )
         return logits.argmax(1).cpu().numpy()
 
 
@@ -298,17 +307,23 @@ class DivergenceReport:
             epoch = math.ceil(self.first_step / self.steps_per_epoch)
             lines.append(f"diverged at step {self.first_step} (epoch {epoch}): differs in {parts}")
         if self.first_op is not None:
-            lines.append(f"first divergent op: {self.describe_first_op()} "
-                         f"[op {self.first_op['index']} of {self.traced_ops}; {self.differing_ops} ops differ]")
+            lines.append(
+                f"first divergent op: {self.describe_first_op()} "
+                f"[op {self.first_op['index']} of {self.traced_ops}; {self.differing_ops} ops differ]"
+            )
         lines.append(f"weights first differ after step {self.first_weight_step}")
         last = self.history.iloc[-1]
-        lines.append(f"after epoch {int(last['epoch'])}: weight L2 {last['weight_l2']:.3g}, "
-                     f"{int(last['n_disagree'])} of {int(self.flips['n_test'].sum())} test predictions differ "
-                     f"({last['disagreement']:.2%})")
+        lines.append(
+            f"after epoch {int(last['epoch'])}: weight L2 {last['weight_l2']:.3g}, "
+            f"{int(last['n_disagree'])} of {int(self.flips['n_test'].sum())} test predictions differ "
+            f"({last['disagreement']:.2%})"
+        )
         flipped = self.flips[self.flips["n_flipped"] > 0]
         if len(flipped):
-            lines.append("flipped per class: " + ", ".join(f"{r.class_name}: {r.n_flipped}/{r.n_test}"
-                                                           for r in flipped.itertuples()))
+            lines.append(
+                "flipped per class: "
+                + ", ".join(f"{r.class_name}: {r.n_flipped}/{r.n_test}" for r in flipped.itertuples())
+            )
         return "\n".join(lines)
 
 
@@ -321,8 +336,10 @@ def _replica_specs(base: train.ReplicaSpec, factor: str, threads_b: int) -> tupl
     spec_b = dataclasses.replace(base, setting=setting_b)
     if factor == "threads":
         if base.threads is None or isinstance(threads_b, bool) or not isinstance(threads_b, int) or threads_b < 1:
-            raise ValueError(f"factor 'threads' needs an integer spec.threads and threads_b >= 1, "
-                             f"got {base.threads!r} and {threads_b!r}")
+            raise ValueError(
+                f"factor 'threads' needs an integer spec.threads and threads_b >= 1, "
+                f"got {base.threads!r} and {threads_b!r}"
+            )
         if threads_b == base.threads:
             raise ValueError(f"factor 'threads' needs threads_b different from spec.threads, both are {threads_b}")
         spec_b = dataclasses.replace(spec_b, threads=threads_b)
@@ -408,8 +425,13 @@ def locate_divergence(
         model=spec.model if model_factory is None else getattr(model_factory, "__name__", "custom"),
         spec=spec_a.to_dict(),
         replicas={
-            r.label: {"setting": r.spec.setting, "threads": r.spec.threads, "seeds": r.pieces.seeds,
-                      "backend": r.record, "perturbation": r.pieces.perturbation}
+            r.label: {
+                "setting": r.spec.setting,
+                "threads": r.spec.threads,
+                "seeds": r.pieces.seeds,
+                "backend": r.record,
+                "perturbation": r.pieces.perturbation,
+            }
             for r in pair
         },
         steps_per_epoch=steps_per_epoch,
@@ -473,8 +495,12 @@ def _flip_tables(pa: np.ndarray, pb: np.ndarray, ds) -> tuple[pd.DataFrame, pd.D
     frame = pd.DataFrame({"label": y, "flipped": pa != pb, "correct_a": pa == y, "correct_b": pb == y})
     flips = (
         frame.groupby("label")
-        .agg(n_test=("flipped", "size"), n_flipped=("flipped", "sum"), accuracy_a=("correct_a", "mean"),
-             accuracy_b=("correct_b", "mean"))
+        .agg(
+            n_test=("flipped", "size"),
+            n_flipped=("flipped", "sum"),
+            accuracy_a=("correct_a", "mean"),
+            accuracy_b=("correct_b", "mean"),
+        )
         .reindex(range(ds.num_classes), fill_value=0)
         .rename_axis("label")
         .reset_index()
@@ -485,8 +511,12 @@ def _flip_tables(pa: np.ndarray, pb: np.ndarray, ds) -> tuple[pd.DataFrame, pd.D
     frame["group"] = ds.g_test.cpu().numpy()
     subgroups = (
         frame.groupby(["label", "group"])
-        .agg(n_test=("flipped", "size"), n_flipped=("flipped", "sum"), accuracy_a=("correct_a", "mean"),
-             accuracy_b=("correct_b", "mean"))
+        .agg(
+            n_test=("flipped", "size"),
+            n_flipped=("flipped", "sum"),
+            accuracy_a=("correct_a", "mean"),
+            accuracy_b=("correct_b", "mean"),
+        )
         .reset_index()
     )
     return flips, subgroups
@@ -499,18 +529,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=d.dataset, help=f"dataset name (default {d.dataset})")
     parser.add_argument("--model", default=d.model, help=f"model name (default {d.model})")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size,
-                        help=f"examples per step (default {d.batch_size})")
+    parser.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"examples per step (default {d.batch_size})"
+    )
     parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    parser.add_argument("--augment", action="store_true",
-                        help="pad-and-crop augmentation (seeded, identical in A and B)")
+    parser.add_argument(
+        "--augment", action="store_true", help="pad-and-crop augmentation (seeded, identical in A and B)"
+    )
     parser.add_argument("--base-seed", type=int, default=d.base_seed, help="root of the per-source seeds")
     parser.add_argument("--device", default=d.device, help=f"device (default {d.device})")
-    parser.add_argument("--threads", type=int, default=d.threads,
-                        help=f"intra-op threads of replica A, and of B except under --factor threads "
-                        f"(default {d.threads}; CPU non-determinism under --factor impl needs >= 2)")
-    parser.add_argument("--threads-b", type=int, default=2,
-                        help="replica B's threads under --factor threads (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help=f"intra-op threads of replica A, and of B except under --factor threads "
+        f"(default {d.threads}; CPU non-determinism under --factor impl needs >= 2)",
+    )
+    parser.add_argument(
+        "--threads-b", type=int, default=2, help="replica B's threads under --factor threads (default 2)"
+    )
     parser.add_argument("--precision", default=d.precision, choices=noise.PRECISIONS)
     parser.add_argument("--data-root", default=None, help="root of real datasets (else $NNRANDOMNESS_DATA)")
     parser.add_argument("--no-trace", action="store_true", help="skip the op trace (faster; no first divergent op)")
@@ -519,9 +556,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     spec = train.ReplicaSpec(
-        dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        augment=args.augment, base_seed=args.base_seed, device=args.device, threads=args.threads,
-        precision=args.precision, data_root=args.data_root,
+        dataset=args.dataset,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        augment=args.augment,
+        base_seed=args.base_seed,
+        device=args.device,
+        threads=args.threads,
+        precision=args.precision,
+        data_root=args.data_root,
     )
     try:
         report = locate_divergence(spec, args.factor, threads_b=args.threads_b, trace=not args.no_trace, progress=True)

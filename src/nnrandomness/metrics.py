@@ -16,7 +16,7 @@ code differs from the definition used here, the docstring says so.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,9 +79,7 @@ def _check_preds_labels(preds, labels) -> tuple[np.ndarray, np.ndarray]:
     p = _check_preds(preds)
     y = _as_class_array(labels, "labels", 1)
     if y.shape[0] != p.shape[1]:
-        raise ValueError(
-            f"labels has length {y.shape[0]} but preds has N={p.shape[1]} examples"
-        )
+        raise ValueError(f"labels has length {y.shape[0]} but preds has N={p.shape[1]} examples")
     return p, y
 
 
@@ -272,17 +270,12 @@ def _flatten_replicas(
         if diff:
             key = sorted(diff)[0]
             where = "replica 0" if key in keys else f"replica {r}"
-            raise ValueError(
-                f"weights[{r}] key set differs from weights[0]: {key!r} only in {where}"
-            )
+            raise ValueError(f"weights[{r}] key set differs from weights[0]: {key!r} only in {where}")
     shapes = {k: np.shape(weights[0][k]) for k in keys}
     for r, w in enumerate(weights):
         for k in keys:
             if np.shape(w[k]) != shapes[k]:
-                raise ValueError(
-                    f"weights[{r}][{k!r}] has shape {np.shape(w[k])}, "
-                    f"weights[0] has {shapes[k]}"
-                )
+                raise ValueError(f"weights[{r}][{k!r}] has shape {np.shape(w[k])}, weights[0] has {shapes[k]}")
     selected = sorted(k for k in keys if include(k))
     if not selected:
         raise ValueError("include selected no parameters")
@@ -393,9 +386,7 @@ def per_class_summary(preds, labels, num_classes) -> pd.DataFrame:
     mean[present] = acc[:, present].mean(axis=0)
     if r >= 2:
         std[present] = [_sample_std(acc[:, k]) for k in np.flatnonzero(present)]  # equal values: exactly 0
-    return pd.DataFrame(
-        {"class": np.arange(c), "n_examples": n_per_class, "mean": mean, "std": std}
-    )
+    return pd.DataFrame({"class": np.arange(c), "n_examples": n_per_class, "mean": mean, "std": std})
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -425,9 +416,7 @@ def subgroup_rates(preds, labels, groups, positive=1) -> pd.DataFrame:
     p, y = _check_preds_labels(preds, labels)
     g_raw = np.asarray(groups)
     if g_raw.ndim != 1 or g_raw.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"groups must be 1-D with length N={y.shape[0]}, got shape {g_raw.shape}"
-        )
+        raise ValueError(f"groups must be 1-D with length N={y.shape[0]}, got shape {g_raw.shape}")
     if positive is None:
         classes = np.union1d(np.unique(y), np.unique(p))
     else:
@@ -436,9 +425,7 @@ def subgroup_rates(preds, labels, groups, positive=1) -> pd.DataFrame:
             or not isinstance(positive, (int, np.integer))
             or positive not in (0, 1)
         ):
-            raise ValueError(
-                f"positive must be 0, 1 or None (one-vs-rest), got {positive!r}"
-            )
+            raise ValueError(f"positive must be 0, 1 or None (one-vs-rest), got {positive!r}")
         for name, arr in (("labels", y), ("preds", p)):
             if arr.max() > 1:
                 raise ValueError(
@@ -461,9 +448,7 @@ def subgroup_rates(preds, labels, groups, positive=1) -> pd.DataFrame:
     def count(mask: np.ndarray, code: np.ndarray) -> np.ndarray:
         # (R, K, G) counts of mask over cells (replica, class code, group).
         cells = (rep * n_c + code) * n_g + g
-        return np.bincount(
-            cells[mask], minlength=r * n_c * n_g
-        ).reshape(r, n_c, n_g)
+        return np.bincount(cells[mask], minlength=r * n_c * n_g).reshape(r, n_c, n_g)
 
     y_full = np.broadcast_to(y_code, p.shape)
     tp = count(correct & y_in, y_full)

@@ -8,7 +8,7 @@ independent noise source. Dropout draws its masks from the *dropout* generator
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -96,7 +96,9 @@ class BasicBlock(nn.Module):
         self.bn2 = _bn(out_channels)
         self.relu = nn.ReLU()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), _bn(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), _bn(out_channels)
+            )
         else:
             self.shortcut = nn.Identity()
 
@@ -124,7 +126,9 @@ class ResNet18(nn.Module):
             blocks += [BasicBlock(c, width, stride), BasicBlock(width, width, 1)]
             c = width
         self.layers = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), SeededDropout(dropout), nn.Linear(c, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), SeededDropout(dropout), nn.Linear(c, num_classes)
+        )
 
     def forward(self, x):
         return self.head(self.layers(self.stem(x)))
@@ -153,7 +157,9 @@ class MediumCNN(nn.Module):
             ]
             c = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), SeededDropout(dropout), nn.Linear(c, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), SeededDropout(dropout), nn.Linear(c, num_classes)
+        )
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -318,7 +324,9 @@ def check_input_size(name: str, image_size: int) -> None:
     check_model(name)
     minimum = MIN_IMAGE_SIZE.get(name, 1)
     if image_size < minimum:
-        raise ValueError(f"model {name!r} needs input images of at least {minimum}x{minimum}, got {image_size}x{image_size}")
+        raise ValueError(
+            f"model {name!r} needs input images of at least {minimum}x{minimum}, got {image_size}x{image_size}"
+        )
 
 
 def build_model(

@@ -114,34 +114,53 @@ def _path_safe(value) -> str | None:
 # ----------------------------------------------------------------------------- the parameters
 # In the order of the parameters cell. The help texts hold no "=": papermill's inspector cannot
 # parse a line with two of them (it warns "Unable to parse line N" and leaves the name out).
-PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
-    Parameter("dataset", (str,), "a name in data.LOADERS: digits (embedded), digits_groups, cifar10, ...",
-              check=_registered("dataset")),
-    Parameter("model", (str,), "a name in models.MODELS: smallcnn, smallcnn_bn, resnet18, ...",
-              check=_registered("model")),
-    Parameter("settings", (list,), "noise settings to train, one cell of the study each", check=_settings),
-    Parameter("replicas", (int,), "replicas per setting, indices 0 .. replicas-1", check=_integer(1)),
-    Parameter("epochs", (int,), "training epochs", 20, _integer(1)),
-    Parameter("batch_size", (int,), "training examples per step", 128, _integer(1)),
-    Parameter("lr", (float, int), "Adam learning rate", 4e-4, _positive),  # the paper's
-    Parameter("lr_milestones", (list,), "epochs at which the learning rate is multiplied by 0.1", [50, 100],
-              _milestones),
-    Parameter("dropout", (float, int), "dropout probability before the last layer, in [0, 1)", 0.0, _probability),
-    Parameter("augment", (bool,), "pad-and-crop augmentation on the device (+ flips for photos)", False),
-    Parameter("base_seed", (int,), "root of every per-source seed", 0, _integer(0)),
-    Parameter("device", (str,), "torch device: cpu, cuda, cuda:1, ...", "cpu", _device),
-    # Pinned to 1 rather than left to torch: the thread count is a tooling factor that changes bits.
-    Parameter("threads", (int,), "torch intra-op CPU threads (a tooling factor: it changes CPU bits)", 1,
-              _integer(1)),
-    Parameter("precision", (str,), "fp32, tf32 or bf16", "fp32", noise.precision_error),
-    Parameter("eval_batch_size", (int,),
-              "test examples per evaluation batch (fixed: batch composition changes float results)", 500,
-              _integer(1)),
-    Parameter("data_root", (str,), "root of the real datasets; empty: $NNRANDOMNESS_DATA", ""),
-    Parameter("output_root", (str,), "the run store; empty: a fresh temporary directory"),
-    Parameter("hardware", (str,), "hardware label, a path component of the store; empty: derived from device and "
-              "threads", "", _path_safe),
-)}
+PARAMETERS: dict[str, Parameter] = {
+    p.name: p
+    for p in (
+        Parameter(
+            "dataset",
+            (str,),
+            "a name in data.LOADERS: digits (embedded), digits_groups, cifar10, ...",
+            check=_registered("dataset"),
+        ),
+        Parameter(
+            "model", (str,), "a name in models.MODELS: smallcnn, smallcnn_bn, resnet18, ...", check=_registered("model")
+        ),
+        Parameter("settings", (list,), "noise settings to train, one cell of the study each", check=_settings),
+        Parameter("replicas", (int,), "replicas per setting, indices 0 .. replicas-1", check=_integer(1)),
+        Parameter("epochs", (int,), "training epochs", 20, _integer(1)),
+        Parameter("batch_size", (int,), "training examples per step", 128, _integer(1)),
+        Parameter("lr", (float, int), "Adam learning rate", 4e-4, _positive),  # the paper's
+        Parameter(
+            "lr_milestones", (list,), "epochs at which the learning rate is multiplied by 0.1", [50, 100], _milestones
+        ),
+        Parameter("dropout", (float, int), "dropout probability before the last layer, in [0, 1)", 0.0, _probability),
+        Parameter("augment", (bool,), "pad-and-crop augmentation on the device (+ flips for photos)", False),
+        Parameter("base_seed", (int,), "root of every per-source seed", 0, _integer(0)),
+        Parameter("device", (str,), "torch device: cpu, cuda, cuda:1, ...", "cpu", _device),
+        # Pinned to 1 rather than left to torch: the thread count is a tooling factor that changes bits.
+        Parameter(
+            "threads", (int,), "torch intra-op CPU threads (a tooling factor: it changes CPU bits)", 1, _integer(1)
+        ),
+        Parameter("precision", (str,), "fp32, tf32 or bf16", "fp32", noise.precision_error),
+        Parameter(
+            "eval_batch_size",
+            (int,),
+            "test examples per evaluation batch (fixed: batch composition changes float results)",
+            500,
+            _integer(1),
+        ),
+        Parameter("data_root", (str,), "root of the real datasets; empty: $NNRANDOMNESS_DATA", ""),
+        Parameter("output_root", (str,), "the run store; empty: a fresh temporary directory"),
+        Parameter(
+            "hardware",
+            (str,),
+            "hardware label, a path component of the store; empty: derived from device and threads",
+            "",
+            _path_safe,
+        ),
+    )
+}
 # A plan's recipe where it leaves keys out (read-only: every job shares it).
 RECIPE_DEFAULTS = MappingProxyType({n: p.default for n, p in PARAMETERS.items() if p.default is not None})
 
@@ -187,8 +206,11 @@ def value_errors(values: Mapping) -> list[str]:
 
     "epochs must be ...": the name leads, except where the message names the value itself ("unknown model ...").
     """
-    return [e if e.startswith("unknown ") else f"{n} {e}" for n in PARAMETERS
-            if n in values and (e := value_error(n, values[n]))]
+    return [
+        e if e.startswith("unknown ") else f"{n} {e}"
+        for n in PARAMETERS
+        if n in values and (e := value_error(n, values[n]))
+    ]
 
 
 def setting_error(setting: str, values: Mapping) -> str | None:
@@ -214,12 +236,15 @@ def check_parameters(values: Mapping, *, unknown=(), check_machine: bool = True)
     """
     errors = []
     if unknown:
-        errors.append(f"unknown parameter {', '.join(map(repr, sorted(unknown)))}: papermill injected it or a "
-                      "parameter is misspelt (a name of your own that holds plain data: start it with _); "
-                      f"valid parameters: {', '.join(PARAMETERS)}")
+        errors.append(
+            f"unknown parameter {', '.join(map(repr, sorted(unknown)))}: papermill injected it or a "
+            "parameter is misspelt (a name of your own that holds plain data: start it with _); "
+            f"valid parameters: {', '.join(PARAMETERS)}"
+        )
     errors += [f"missing parameter {n!r} ({p.help})" for n, p in PARAMETERS.items() if n not in values]
-    errors += [f"unknown parameter {n!r}; valid parameters: {', '.join(PARAMETERS)}" for n in values
-               if n not in PARAMETERS]
+    errors += [
+        f"unknown parameter {n!r}; valid parameters: {', '.join(PARAMETERS)}" for n in values if n not in PARAMETERS
+    ]
     errors += value_errors(values)
     if not errors:
         errors += [e for s in values["settings"] if (e := setting_error(s, values))]
@@ -238,8 +263,10 @@ def _machine_errors(values: Mapping) -> list[str]:
         errors.append(str(e))
     device = torch.device(values["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
-        errors.append(f"device {values['device']!r}: this machine has no CUDA device (torch.cuda.is_available() is "
-                      'False); use device "cpu" or run on a GPU host')
+        errors.append(
+            f"device {values['device']!r}: this machine has no CUDA device (torch.cuda.is_available() is "
+            'False); use device "cpu" or run on a GPU host'
+        )
     elif device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         errors.append(f"device {values['device']!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
@@ -247,8 +274,11 @@ def _machine_errors(values: Mapping) -> list[str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if values["threads"] > cores:
         # A warning, not an error: legal and reproducible, only slow (2 busy cores at 4 threads ran 3.4x slower).
-        warnings.warn(f"threads={values['threads']} is more than the {cores} CPU cores this process may use: "
-                      "training will be much slower (the results stay valid for the hardware label)", stacklevel=3)
+        warnings.warn(
+            f"threads={values['threads']} is more than the {cores} CPU cores this process may use: "
+            "training will be much slower (the results stay valid for the hardware label)",
+            stacklevel=3,
+        )
     return errors
 
 
@@ -271,8 +301,11 @@ def unknown_names(namespace: Mapping, parameters) -> set[str]:
     so that its check passes again when re-run after "Run all"; IPython's history (In, Out) is no
     parameter either.
     """
-    return {name for name, value in namespace.items() if not name.startswith("_") and name not in parameters
-            and name not in _IPYTHON_NAMES and _plain(value)}
+    return {
+        name
+        for name, value in namespace.items()
+        if not name.startswith("_") and name not in parameters and name not in _IPYTHON_NAMES and _plain(value)
+    }
 
 
 # IPython's own names in a kernel's namespace: its input and output history.
@@ -296,6 +329,8 @@ def hardware(values: Mapping) -> str:
     if values["hardware"]:
         return values["hardware"]
     if environment.device_type(values["device"]) == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"cannot derive the hardware label of device {values['device']!r} on a machine without "
-                         "CUDA; run on the GPU host or give the hardware label")
+        raise ValueError(
+            f"cannot derive the hardware label of device {values['device']!r} on a machine without "
+            "CUDA; run on the GPU host or give the hardware label"
+        )
     return environment.hardware_label(values["device"], values["threads"])

@@ -136,8 +136,13 @@ def notebook_parameter_names(path: Path) -> list[str]:
     if len(cells) != 1:
         raise ValueError(f"{path}: expected one cell tagged 'parameters', found {len(cells)}")
     source = "".join(cells[0]["source"])
-    return [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
-            for t in node.targets if isinstance(t, ast.Name)]
+    return [
+        t.id
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    ]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -218,24 +223,40 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
         for dataset in cell["datasets"]:
             for model in cell["models"]:
                 for setting in cell["settings"]:
-                    values = {**recipe, "dataset": dataset, "model": model, "settings": [setting],
-                              "output_root": str(raw["output_root"])}
+                    values = {
+                        **recipe,
+                        "dataset": dataset,
+                        "model": model,
+                        "settings": [setting],
+                        "output_root": str(raw["output_root"]),
+                    }
                     values["hardware"], problem = _hardware(values, check_data)
                     job = Job(
-                        values["hardware"], dataset, model, setting, values, notebook,
+                        values["hardware"],
+                        dataset,
+                        model,
+                        setting,
+                        values,
+                        notebook,
                         executed_root / values["hardware"] / dataset / model / f"{setting}.ipynb",
-                        float(overrides.get("timeout") or cell.get("timeout", timeout)), where, cwd,
+                        float(overrides.get("timeout") or cell.get("timeout", timeout)),
+                        where,
+                        cwd,
                     )
                     # Each value was judged in the first pass; what is left is the setting against the recipe.
                     found = [e for e in (problem, params.setting_error(setting, values)) if e]
                     if job.name in jobs:
-                        found.append(f"the same job as {jobs[job.name].origin}; a store cell can be planned once "
-                                     "(remove one, or give one of them another hardware label)")
+                        found.append(
+                            f"the same job as {jobs[job.name].origin}; a store cell can be planned once "
+                            "(remove one, or give one of them another hardware label)"
+                        )
                     for message in found:
                         problems.setdefault((where, message), []).append(job.name)
                     jobs.setdefault(job.name, job)
-    errors = [f"{where} ({names[0]}{f' and {len(names) - 1} more jobs' if len(names) > 1 else ''}): {message}"
-              for (where, message), names in problems.items()]
+    errors = [
+        f"{where} ({names[0]}{f' and {len(names) - 1} more jobs' if len(names) > 1 else ''}): {message}"
+        for (where, message), names in problems.items()
+    ]
     if errors:
         raise PlanError(str(path), errors)
 
@@ -279,8 +300,9 @@ def _cell_errors(cell: dict, where: str) -> list[str]:
         elif not isinstance(values, list) or not values:
             errors.append(f"{where}.{axis} must be a non-empty list, got {values!r}")
         else:
-            errors += [f"{where}.{axis}[{j}] {e}" for j, v in enumerate(values)
-                       if (e := params.name_error(axis[:-1], v))]  # datasets[j] names a dataset
+            errors += [
+                f"{where}.{axis}[{j}] {e}" for j, v in enumerate(values) if (e := params.name_error(axis[:-1], v))
+            ]  # datasets[j] names a dataset
             if len(set(map(str, values))) < len(values):
                 errors.append(f"{where}.{axis} lists a name twice: {values!r}")
     return errors
@@ -294,8 +316,10 @@ def _notebook_errors(notebook: Path) -> list[str]:
     except (ValueError, SyntaxError, KeyError, json.JSONDecodeError) as e:
         return [f"notebook {str(notebook)!r}: cannot read its parameters cell: {e}"]
     if sorted(names) != sorted(params.PARAMETERS):
-        return [f"notebook {str(notebook)!r}: its parameters cell defines {sorted(names)}, the runner passes "
-                f"{sorted(params.PARAMETERS)}"]
+        return [
+            f"notebook {str(notebook)!r}: its parameters cell defines {sorted(names)}, the runner passes "
+            f"{sorted(params.PARAMETERS)}"
+        ]
     return []
 
 

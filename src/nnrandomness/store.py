@@ -254,8 +254,15 @@ class Runs:
         for key, frame in p.groupby(CELL, sort=True):
             preds, labels, groups = prediction_matrix(frame)
             reps = replicas[key].sort_values("replica", ignore_index=True)
-            yield Cell(dict(zip(CELL, key)), preds.astype(np.int64), labels.astype(np.int64),
-                       groups.astype(np.int64), reps, frame, _recorded_meaning(key[-1], reps))
+            yield Cell(
+                dict(zip(CELL, key)),
+                preds.astype(np.int64),
+                labels.astype(np.int64),
+                groups.astype(np.int64),
+                reps,
+                frame,
+                _recorded_meaning(key[-1], reps),
+            )
 
 
 def _recorded_meaning(name: str, replicas: pd.DataFrame) -> dict:
@@ -263,8 +270,9 @@ def _recorded_meaning(name: str, replicas: pd.DataFrame) -> dict:
     arguments of noise.NoiseSetting besides the name)."""
     meanings = {(tuple(v), bool(d), bool(u)) for v, d, u in zip(*(replicas[c] for c in MEANING))}
     if len(meanings) != 1:
-        raise ValueError(f"the replicas of setting {name} record {len(meanings)} different meanings: "
-                         f"{sorted(meanings)}")
+        raise ValueError(
+            f"the replicas of setting {name} record {len(meanings)} different meanings: {sorted(meanings)}"
+        )
     varied, deterministic, perturb_ulp = meanings.pop()
     return {"varied": frozenset(varied), "deterministic": deterministic, "perturb_ulp": perturb_ulp}
 
@@ -291,12 +299,18 @@ def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filte
             problems.append((str(path), str(e)))
             continue
         except (KeyError, TypeError):
-            problems.append((str(path), ("the manifest records no meaning of its setting (varied, deterministic, "
-                                         "perturb_ulp)")))
+            problems.append(
+                (str(path), ("the manifest records no meaning of its setting (varied, deterministic, perturb_ulp)"))
+            )
             continue
         s = m["spec"]
-        key = {"hardware": m["hardware"], "dataset": s["dataset"], "model": s["model"], "setting": s["setting"],
-               "replica": s["replica"]}
+        key = {
+            "hardware": m["hardware"],
+            "dataset": s["dataset"],
+            "model": s["model"],
+            "setting": s["setting"],
+            "replica": s["replica"],
+        }
         rows.append(
             {
                 **key,
@@ -329,6 +343,7 @@ def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filte
         import warnings
 
         warnings.warn(f"skipped {len(problems)} incomplete or damaged replica(s): {problems[:3]}", stacklevel=2)
+
     def order(df: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
         return df[KEYS + [c for c in df.columns if c not in KEYS]].sort_values(KEYS + extra, ignore_index=True)
 
@@ -338,8 +353,9 @@ def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filte
     return Runs(replicas, predictions, history, problems)
 
 
-def prediction_matrix(predictions: pd.DataFrame,
-                      column: str = "prediction") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prediction_matrix(
+    predictions: pd.DataFrame, column: str = "prediction"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(R, N) matrix of one cell's predictions (rows by ascending replica id, columns by example
     id), with labels (N,) and groups (N,)."""
     wide = predictions.pivot(index="replica", columns="example", values=column)

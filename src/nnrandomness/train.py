@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -67,7 +67,7 @@ class ReplicaSpec:
         return d
 
     @classmethod
-    def from_parameters(cls, values: Mapping, setting: str, replica: int = 0) -> "ReplicaSpec":
+    def from_parameters(cls, values: Mapping, setting: str, replica: int = 0) -> ReplicaSpec:
         """The spec of one replica of `setting` under the training notebook's parameters `values`.
 
         The one mapping from parameters to a spec: the notebook and the runner (`plan.Job.spec`) use it.
@@ -80,8 +80,11 @@ class ReplicaSpec:
         """The notebook parameters this spec's fields hold, written as the notebook writes them."""
         values = {n: getattr(self, n) for n in _PARAMETER_FIELDS}
         milestones = self.lr_milestones
-        values.update(settings=[self.setting], data_root=self.data_root or "",
-                      lr_milestones=list(milestones) if isinstance(milestones, (tuple, list)) else milestones)
+        values.update(
+            settings=[self.setting],
+            data_root=self.data_root or "",
+            lr_milestones=list(milestones) if isinstance(milestones, (tuple, list)) else milestones,
+        )
         if self.threads is None:  # a spec may leave torch's thread count alone; a notebook may not
             del values["threads"]
         return values

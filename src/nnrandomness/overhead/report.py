@@ -18,8 +18,10 @@ from .timing import BASELINE
 DETERMINISTIC = ("det_full", "det_no_fill")
 MEDIUMCNN_PREFIX = "mediumcnn_k"  # MediumCNN(k) is registered as mediumcnn_k<k>
 # Ops on torch's list that this study meets, and how (the chapter's table says so beside them).
-STUDY_OPS = {"torch.nn.AdaptiveAvgPool2d": "vgg16, vgg19 (7x7 pooling, GPU)",
-             "torch.nn.NLLLoss": "avoided: the loss is one-hot x log-softmax"}
+STUDY_OPS = {
+    "torch.nn.AdaptiveAvgPool2d": "vgg16, vgg19 (7x7 pooling, GPU)",
+    "torch.nn.NLLLoss": "avoided: the loss is one-hot x log-softmax",
+}
 
 
 def _pct(value: float) -> str:
@@ -86,12 +88,14 @@ def cost_numbers(results: pd.DataFrame) -> dict[str, str]:
 def overhead_caption(results: pd.DataFrame, manifest: dict, hardware: str) -> str:
     """Caption of the overhead-per-model figure: what is shown, n, hardware, CPU, torch and sizes."""
     env, first = manifest["environment"], results.iloc[0]
-    return ("Overhead of each configuration over the baseline's median step time (dot) and the interquartile range "
-            "of its step times relative to the same median (bar), per model, smallest model on top; dashed: the "
-            "paper's maximum GPU overheads and the memory fill's reported share. "
-            f"n = {_n_steps(results)} timed steps per configuration; {hardware} ({env['cpu_model']}, torch "
-            f"{env['torch']}); batch {int(first['batch_size'])} at {int(first['image_size'])}x"
-            f"{int(first['image_size'])} pixels, {int(first['num_classes'])} classes.")
+    return (
+        "Overhead of each configuration over the baseline's median step time (dot) and the interquartile range "
+        "of its step times relative to the same median (bar), per model, smallest model on top; dashed: the "
+        "paper's maximum GPU overheads and the memory fill's reported share. "
+        f"n = {_n_steps(results)} timed steps per configuration; {hardware} ({env['cpu_model']}, torch "
+        f"{env['torch']}); batch {int(first['batch_size'])} at {int(first['image_size'])}x"
+        f"{int(first['image_size'])} pixels, {int(first['num_classes'])} classes."
+    )
 
 
 def _n_steps(results: pd.DataFrame) -> int:
@@ -120,9 +124,11 @@ def kernel_size_numbers(results: pd.DataFrame) -> dict[str, str]:
 
 
 def kernel_size_caption(results: pd.DataFrame, hardware: str) -> str:
-    return ("Overhead of each configuration over the baseline for MediumCNN with kernel size k (dot), with the "
-            "interquartile range of its step times relative to the baseline's median (bar). "
-            f"n = {_n_steps(results)} timed steps per configuration; {hardware}.")
+    return (
+        "Overhead of each configuration over the baseline for MediumCNN with kernel size k (dot), with the "
+        "interquartile range of its step times relative to the baseline's median (bar). "
+        f"n = {_n_steps(results)} timed steps per configuration; {hardware}."
+    )
 
 
 # ----------------------------------------------------------------------------- across hardware
@@ -137,8 +143,9 @@ def across_hardware(sweeps: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def hardware_note(labels) -> str:
     """The sentence that says which hardware labels the store holds."""
     labels = list(labels)
-    return (f"the store holds {len(labels)} label(s): {', '.join(labels)}."
-            + (" Only one so far: the comparison fills in as GPU sweeps are added." if len(labels) < 2 else ""))
+    return f"the store holds {len(labels)} label(s): {', '.join(labels)}." + (
+        " Only one so far: the comparison fills in as GPU sweeps are added." if len(labels) < 2 else ""
+    )
 
 
 # ----------------------------------------------------------------------------- unsupported ops
@@ -161,12 +168,16 @@ def _documented_items(doc: str) -> list[str]:
 def documented_ops(doc: str, torch_version: str) -> pd.DataFrame:
     """The ops torch documents as throwing under the deterministic flag: op, condition, source,
     device ("CUDA" where the condition names it, else "any") and how this study meets it."""
-    documented = pd.DataFrame([
-        {"op": re.sub(r":\w+:`([^`]+)`", r"\1", item).split(" ", 1)[0],
-         "condition": re.sub(r":\w+:`([^`]+)`|``", r"\1", item).split(" ", 1)[1] if " " in item else "always",
-         "source": f"torch {torch_version.split('+')[0]} docs"}
-        for item in _documented_items(doc)
-    ])
+    documented = pd.DataFrame(
+        [
+            {
+                "op": re.sub(r":\w+:`([^`]+)`", r"\1", item).split(" ", 1)[0],
+                "condition": re.sub(r":\w+:`([^`]+)`|``", r"\1", item).split(" ", 1)[1] if " " in item else "always",
+                "source": f"torch {torch_version.split('+')[0]} docs",
+            }
+            for item in _documented_items(doc)
+        ]
+    )
     documented["device"] = np.where(documented["condition"].str.contains("CUDA"), "CUDA", "any")
     documented["in this study"] = documented["op"].map(STUDY_OPS).fillna("")
     return documented
@@ -175,8 +186,15 @@ def documented_ops(doc: str, torch_version: str) -> pd.DataFrame:
 def unsupported_ops(results: pd.DataFrame, hardware: str, documented: pd.DataFrame) -> pd.DataFrame:
     """The ops the sweep found without a deterministic implementation, then the documented ones."""
     hit = results[results.status == "unsupported"]
-    swept = pd.DataFrame({"op": hit["unsupported_op"], "condition": hit["error"], "source": f"sweep ({hardware})",
-                          "device": hit["device"], "in this study": hit["model"]})
+    swept = pd.DataFrame(
+        {
+            "op": hit["unsupported_op"],
+            "condition": hit["error"],
+            "source": f"sweep ({hardware})",
+            "device": hit["device"],
+            "in this study": hit["model"],
+        }
+    )
     return pd.concat([swept, documented], ignore_index=True).set_index("op")
 
 
@@ -187,8 +205,12 @@ def _drift(report) -> dict[str, str]:
     """Weight distance after the first and the last epoch, and the predictions that differ at the end."""
     first, last = report.history.iloc[1], report.history.iloc[-1]
     n_test = int(report.flips["n_test"].sum())
-    return {"l2_epoch1": f"{first['weight_l2']:.1e}", "l2_final": f"{last['weight_l2']:.1e}",
-            "flips": f"{int(last['n_disagree'])} of {n_test}", "flips_pct": f"{last['disagreement']:.2%}"}
+    return {
+        "l2_epoch1": f"{first['weight_l2']:.1e}",
+        "l2_final": f"{last['weight_l2']:.1e}",
+        "flips": f"{int(last['n_disagree'])} of {n_test}",
+        "flips_pct": f"{last['disagreement']:.2%}",
+    }
 
 
 def divergence_numbers(reports: dict) -> dict[str, str]:
@@ -216,19 +238,22 @@ def divergence_numbers(reports: dict) -> dict[str, str]:
 
 def divergence_caption(reports: dict, epochs: int, dataset: str, model: str) -> str:
     th = reports["threads"]
-    return ("Left: L2 distance between the two replicas' weights after each epoch, on a log scale (a pair whose "
-            "weights never differ has no point on it). Right: share of test predictions on which the two replicas "
-            f"differ. n = 2 replicas per factor, {th.steps_per_epoch * epochs} steps; cpu, threads "
-            f"{th.replicas['A']['threads']} (and {th.replicas['B']['threads']} for replica B under threads); "
-            f"{dataset}/{model}.")
+    return (
+        "Left: L2 distance between the two replicas' weights after each epoch, on a log scale (a pair whose "
+        "weights never differ has no point on it). Right: share of test predictions on which the two replicas "
+        f"differ. n = 2 replicas per factor, {th.steps_per_epoch * epochs} steps; cpu, threads "
+        f"{th.replicas['A']['threads']} (and {th.replicas['B']['threads']} for replica B under threads); "
+        f"{dataset}/{model}."
+    )
 
 
 def flipped_table(reports: dict) -> pd.DataFrame | str:
     """Per factor, the classes (or class x group subgroups, where the dataset has groups) with at
     least one test prediction that differs at the end; a sentence when there are none."""
-    flipped = pd.concat([
-        (r.subgroups if r.subgroups is not None else r.flips).assign(factor=name) for name, r in reports.items()
-    ], ignore_index=True)
+    flipped = pd.concat(
+        [(r.subgroups if r.subgroups is not None else r.flips).assign(factor=name) for name, r in reports.items()],
+        ignore_index=True,
+    )
     flipped = flipped[flipped.n_flipped > 0]
     if not len(flipped):
         return "no test prediction differs at the end for any factor"

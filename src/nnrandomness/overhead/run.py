@@ -32,9 +32,23 @@ from .timing import CONFIGURATIONS, run_child_job
 # Where it is, relative to the working directory (the repository root, as for a plan's `notebook:`);
 # `--notebook-path` and `run_notebook(notebook=...)` take another.
 NOTEBOOK = Path("notebooks") / "overhead_run.ipynb"
-NOTEBOOK_PARAMETERS = ("device", "hardware", "models", "configurations", "image_size", "image_size_per_model",
-                       "batch_size", "num_classes", "steps", "warmup", "repeats", "threads", "precision", "seed",
-                       "output_root")
+NOTEBOOK_PARAMETERS = (
+    "device",
+    "hardware",
+    "models",
+    "configurations",
+    "image_size",
+    "image_size_per_model",
+    "batch_size",
+    "num_classes",
+    "steps",
+    "warmup",
+    "repeats",
+    "threads",
+    "precision",
+    "seed",
+    "output_root",
+)
 
 
 def notebook_plan_from(namespace) -> Plan:
@@ -70,18 +84,30 @@ def notebook_plan(values: dict, *, unknown=()) -> Plan:
     if not isinstance(values.get("image_size_per_model", {}), dict):
         errors.append(f"image_size_per_model must be a mapping model -> pixels, got {values['image_size_per_model']!r}")
     if not errors:  # every value has its type: check them together
-        plan = Plan(models=tuple(values["models"]), configurations=tuple(values["configurations"]),
-                    image_size=values["image_size"], image_size_per_model=dict(values["image_size_per_model"]),
-                    batch_size=values["batch_size"], num_classes=values["num_classes"],
-                    precisions=(values["precision"],), threads=(values["threads"],), steps=values["steps"],
-                    warmup=values["warmup"], repeats=values["repeats"], seed=values["seed"])
+        plan = Plan(
+            models=tuple(values["models"]),
+            configurations=tuple(values["configurations"]),
+            image_size=values["image_size"],
+            image_size_per_model=dict(values["image_size_per_model"]),
+            batch_size=values["batch_size"],
+            num_classes=values["num_classes"],
+            precisions=(values["precision"],),
+            threads=(values["threads"],),
+            steps=values["steps"],
+            warmup=values["warmup"],
+            repeats=values["repeats"],
+            seed=values["seed"],
+        )
         try:
             plan.workloads(values["device"])  # models, sizes, configurations, device, threads, precision
         except (ValueError, RuntimeError) as e:
             errors.append(str(e))
     if unknown:
-        errors.insert(0, f"unknown parameter(s) {', '.join(map(repr, sorted(unknown)))}: papermill injected it or "
-                         f"a parameter is misspelt; valid parameters: {', '.join(NOTEBOOK_PARAMETERS)}")
+        errors.insert(
+            0,
+            f"unknown parameter(s) {', '.join(map(repr, sorted(unknown)))}: papermill injected it or "
+            f"a parameter is misspelt; valid parameters: {', '.join(NOTEBOOK_PARAMETERS)}",
+        )
     if errors:
         raise ValueError("invalid notebook parameters:\n  " + "\n  ".join(errors))
     return plan
@@ -90,11 +116,21 @@ def notebook_plan(values: dict, *, unknown=()) -> Plan:
 def notebook_parameters(plan: Plan, device: str, threads: int | None, precision: str, root: str | Path) -> dict:
     """The notebook's parameters for one (threads, precision) of `plan`: plain YAML-able values."""
     return {
-        "device": device, "hardware": environment.hardware_label(device, threads), "models": list(plan.models),
-        "configurations": list(plan.configurations), "image_size": plan.image_size,
-        "image_size_per_model": dict(plan.image_size_per_model), "batch_size": plan.batch_size,
-        "num_classes": plan.num_classes, "steps": plan.steps, "warmup": plan.warmup, "repeats": plan.repeats,
-        "threads": threads, "precision": precision, "seed": plan.seed, "output_root": str(Path(root).resolve()),
+        "device": device,
+        "hardware": environment.hardware_label(device, threads),
+        "models": list(plan.models),
+        "configurations": list(plan.configurations),
+        "image_size": plan.image_size,
+        "image_size_per_model": dict(plan.image_size_per_model),
+        "batch_size": plan.batch_size,
+        "num_classes": plan.num_classes,
+        "steps": plan.steps,
+        "warmup": plan.warmup,
+        "repeats": plan.repeats,
+        "threads": threads,
+        "precision": precision,
+        "seed": plan.seed,
+        "output_root": str(Path(root).resolve()),
     }
 
 
@@ -116,9 +152,15 @@ def run_notebook(parameters: dict, *, notebook: str | Path = NOTEBOOK, timeout: 
     with tempfile.TemporaryDirectory(prefix="overhead-notebook-") as tmp:
         out = Path(tmp) / notebook.name
         try:
-            papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(notebook.parent),
-                                       progress_bar=False, start_timeout=executed.START_TIMEOUT,
-                                       **({"execution_timeout": timeout} if timeout else {}))
+            papermill.execute_notebook(
+                str(notebook),
+                str(out),
+                parameters=parameters,
+                cwd=str(notebook.parent),
+                progress_bar=False,
+                start_timeout=executed.START_TIMEOUT,
+                **({"execution_timeout": timeout} if timeout else {}),
+            )
         finally:
             executed.keep(out, target)
     return target
@@ -157,23 +199,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", help="square input side in pixels")
     parser.add_argument("--batch-size", help="examples per step")
     parser.add_argument("--num-classes", help="classes of the synthetic task (default 1000)")
-    parser.add_argument("--precisions",
-                        help=f"comma-separated baseline precisions; valid: {', '.join(noise.PRECISIONS)}")
+    parser.add_argument(
+        "--precisions", help=f"comma-separated baseline precisions; valid: {', '.join(noise.PRECISIONS)}"
+    )
     parser.add_argument("--threads", help="comma-separated intra-op thread counts ('none': leave torch's)")
     parser.add_argument("--steps", help="timed steps per block")
     parser.add_argument("--warmup", help="untimed steps at the start of every block")
     parser.add_argument("--repeats", help="interleaved blocks per configuration")
     parser.add_argument("--seed", help="init and synthetic-batch seed")
-    parser.add_argument("--root", default=DEFAULT_ROOT,
-                        help=f"overhead store root: sweeps go to <root>/overhead/<hardware>/ (default {DEFAULT_ROOT}, "
-                             "where the cost chapter reads them)")
+    parser.add_argument(
+        "--root",
+        default=DEFAULT_ROOT,
+        help=f"overhead store root: sweeps go to <root>/overhead/<hardware>/ (default {DEFAULT_ROOT}, "
+        "where the cost chapter reads them)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the results, write nothing")
-    parser.add_argument("--notebook", action="store_true",
-                        help="run the sweep by executing the overhead notebook with papermill, once per "
-                             "thread count; results and <root>/executed/overhead/<hardware>.ipynb go under --root")
-    parser.add_argument("--notebook-path", type=Path, default=NOTEBOOK,
-                        help=f"the overhead notebook that --notebook executes (default {NOTEBOOK}, relative to the "
-                             "working directory)")
+    parser.add_argument(
+        "--notebook",
+        action="store_true",
+        help="run the sweep by executing the overhead notebook with papermill, once per "
+        "thread count; results and <root>/executed/overhead/<hardware>.ipynb go under --root",
+    )
+    parser.add_argument(
+        "--notebook-path",
+        type=Path,
+        default=NOTEBOOK,
+        help=f"the overhead notebook that --notebook executes (default {NOTEBOOK}, relative to the working directory)",
+    )
     parser.add_argument("--child-job", help=argparse.SUPPRESS)  # internal: see time_in_child
 
 
@@ -206,8 +258,20 @@ def main(args: argparse.Namespace) -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     frame = sweep(plan, args.device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    shown = frame[["model", "threads", "precision", "configuration", "status", "median_ms", "q1_ms", "q3_ms",
-                   "overhead_pct", "unsupported_op"]]
+    shown = frame[
+        [
+            "model",
+            "threads",
+            "precision",
+            "configuration",
+            "status",
+            "median_ms",
+            "q1_ms",
+            "q3_ms",
+            "overhead_pct",
+            "unsupported_op",
+        ]
+    ]
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     print(f"{len(frame)} rows in {wall:.0f} s wall, {cpu:.0f} s CPU")
@@ -223,16 +287,23 @@ def _main_notebook(plan: Plan, args: argparse.Namespace) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     if args.no_write:
-        print("nnrandomness overhead: error: --notebook always writes (use --root for a scratch store)",
-              file=sys.stderr)
+        print(
+            "nnrandomness overhead: error: --notebook always writes (use --root for a scratch store)", file=sys.stderr
+        )
         return 2
     if len(plan.precisions) != 1:
-        print(f"nnrandomness overhead: error: --notebook runs one precision per hardware label, got "
-              f"{list(plan.precisions)}; pick one with --precisions", file=sys.stderr)
+        print(
+            f"nnrandomness overhead: error: --notebook runs one precision per hardware label, got "
+            f"{list(plan.precisions)}; pick one with --precisions",
+            file=sys.stderr,
+        )
         return 2
     if not args.notebook_path.is_file():
-        print(f"nnrandomness overhead: error: no overhead notebook at {args.notebook_path} (run from the repository "
-              "root, or pass --notebook-path)", file=sys.stderr)
+        print(
+            f"nnrandomness overhead: error: no overhead notebook at {args.notebook_path} (run from the repository "
+            "root, or pass --notebook-path)",
+            file=sys.stderr,
+        )
         return 2
     failed = 0
     for threads in plan.threads:
@@ -244,6 +315,8 @@ def _main_notebook(plan: Plan, args: argparse.Namespace) -> int:
             failed += 1
             print(f"failed  {params['hardware']}: {e.ename}: {e.evalue}; executed notebook: {target}", file=sys.stderr)
         else:
-            print(f"done    {params['hardware']}: {results_dir(params['output_root'], params['hardware'])}; "
-                  f"executed notebook: {target}")
+            print(
+                f"done    {params['hardware']}: {results_dir(params['output_root'], params['hardware'])}; "
+                f"executed notebook: {target}"
+            )
     return 1 if failed else 0

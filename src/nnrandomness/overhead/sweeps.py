@@ -46,9 +46,19 @@ class Plan:
         for name in self.models:
             for threads in self.threads:
                 for precision in self.precisions:
-                    w = Workload(name, self.image_size_per_model.get(name, self.image_size), self.batch_size,
-                                 self.num_classes, device, precision, threads, self.steps, self.warmup, self.repeats,
-                                 self.seed)
+                    w = Workload(
+                        name,
+                        self.image_size_per_model.get(name, self.image_size),
+                        self.batch_size,
+                        self.num_classes,
+                        device,
+                        precision,
+                        threads,
+                        self.steps,
+                        self.warmup,
+                        self.repeats,
+                        self.seed,
+                    )
                     w.validate()
                     out.append(w)
         return out

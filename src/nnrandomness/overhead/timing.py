@@ -91,25 +91,54 @@ class Configuration:
 CONFIGURATIONS: dict[str, Configuration] = {
     c.name: c
     for c in [
-        Configuration(BASELINE, "non-deterministic kernels, cuDNN autotuning on (the paper's fast setting)",
-                      cudnn_benchmark=True),
-        Configuration("det_full", "use_deterministic_algorithms(True), cuDNN deterministic, benchmark off, "
-                      "uninitialised memory NaN-filled (torch's default under the flag)", deterministic=True),
-        Configuration("det_no_fill", "det_full without filling uninitialised memory "
-                      "(torch.utils.deterministic.fill_uninitialized_memory = False)",
-                      deterministic=True, fill_uninitialized_memory=False),
-        Configuration("cudnn_det_only", "cuDNN deterministic and benchmark off, torch's flag off",
-                      cudnn_benchmark=False, cudnn_deterministic=True, device_types=("cuda",)),
-        Configuration("benchmark_off_only", "cuDNN autotuning off, nothing else", cudnn_benchmark=False,
-                      device_types=("cuda",)),
-        Configuration("workspace", "baseline with CUBLAS_WORKSPACE_CONFIG=':4096:8' (timed in a child process)",
-                      cudnn_benchmark=True, cublas_workspace_config=":4096:8", device_types=("cuda",)),
-        Configuration("tf32", "baseline with TF32 matmul and convolution", cudnn_benchmark=True, precision="tf32",
-                      device_types=("cuda",)),
+        Configuration(
+            BASELINE, "non-deterministic kernels, cuDNN autotuning on (the paper's fast setting)", cudnn_benchmark=True
+        ),
+        Configuration(
+            "det_full",
+            "use_deterministic_algorithms(True), cuDNN deterministic, benchmark off, "
+            "uninitialised memory NaN-filled (torch's default under the flag)",
+            deterministic=True,
+        ),
+        Configuration(
+            "det_no_fill",
+            "det_full without filling uninitialised memory "
+            "(torch.utils.deterministic.fill_uninitialized_memory = False)",
+            deterministic=True,
+            fill_uninitialized_memory=False,
+        ),
+        Configuration(
+            "cudnn_det_only",
+            "cuDNN deterministic and benchmark off, torch's flag off",
+            cudnn_benchmark=False,
+            cudnn_deterministic=True,
+            device_types=("cuda",),
+        ),
+        Configuration(
+            "benchmark_off_only", "cuDNN autotuning off, nothing else", cudnn_benchmark=False, device_types=("cuda",)
+        ),
+        Configuration(
+            "workspace",
+            "baseline with CUBLAS_WORKSPACE_CONFIG=':4096:8' (timed in a child process)",
+            cudnn_benchmark=True,
+            cublas_workspace_config=":4096:8",
+            device_types=("cuda",),
+        ),
+        Configuration(
+            "tf32",
+            "baseline with TF32 matmul and convolution",
+            cudnn_benchmark=True,
+            precision="tf32",
+            device_types=("cuda",),
+        ),
         Configuration("bf16", "baseline under bf16 autocast", cudnn_benchmark=True, precision="bf16"),
         Configuration("compile", "baseline with the model under torch.compile", cudnn_benchmark=True, compile=True),
-        Configuration("det_compile", "det_full with the model under torch.compile (Inductor autotuning off)",
-                      deterministic=True, compile=True),
+        Configuration(
+            "det_compile",
+            "det_full with the model under torch.compile (Inductor autotuning off)",
+            deterministic=True,
+            compile=True,
+        ),
     ]
 }
 
@@ -160,8 +189,15 @@ class Workload:
 
     def validate(self) -> None:
         models.check_input_size(self.model, self.image_size)
-        for name, minimum in (("image_size", 1), ("batch_size", 1), ("num_classes", 2), ("steps", 1),
-                              ("warmup", 0), ("repeats", 1), ("seed", 0)):
+        for name, minimum in (
+            ("image_size", 1),
+            ("batch_size", 1),
+            ("num_classes", 2),
+            ("steps", 1),
+            ("warmup", 0),
+            ("repeats", 1),
+            ("seed", 0),
+        ):
             if e := params.integer_error(getattr(self, name), minimum):
                 raise ValueError(f"{name} {e}")
         # noise.validate_backend leaves threads to params' rule (one check, see params).
@@ -254,8 +290,9 @@ def time_configurations(
 
         return step
 
-    results = {n: {"status": "ok", "times_ms": [], "record": None, "unsupported_op": None, "error": None}
-               for n in names}
+    results = {
+        n: {"status": "ok", "times_ms": [], "record": None, "unsupported_op": None, "error": None} for n in names
+    }
     for _ in range(workload.repeats):
         for name in names:
             res = results[name]
@@ -276,8 +313,11 @@ def time_configurations(
                     res["times_ms"] += _time_steps(step, workload.steps, device)
             except RuntimeError as e:
                 op = unsupported_op(e)
-                res.update(status="unsupported" if op else "error", unsupported_op=op,
-                           error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                res.update(
+                    status="unsupported" if op else "error",
+                    unsupported_op=op,
+                    error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                )
     if compiled is not None:
         torch._dynamo.reset()  # its caches hold the model: free it before the next one
     return results
@@ -285,9 +325,28 @@ def time_configurations(
 
 # ----------------------------------------------------------------------------- rows
 ROW_COLUMNS = [
-    "model", "image_size", "batch_size", "num_classes", "device", "hardware", "threads", "precision",
-    "configuration", "status", "n_steps", "repeats", "steps_per_repeat", "warmup_steps", "median_ms", "q1_ms",
-    "q3_ms", "overhead_pct", "same_process", "unsupported_op", "error", "flags",
+    "model",
+    "image_size",
+    "batch_size",
+    "num_classes",
+    "device",
+    "hardware",
+    "threads",
+    "precision",
+    "configuration",
+    "status",
+    "n_steps",
+    "repeats",
+    "steps_per_repeat",
+    "warmup_steps",
+    "median_ms",
+    "q1_ms",
+    "q3_ms",
+    "overhead_pct",
+    "same_process",
+    "unsupported_op",
+    "error",
+    "flags",
 ]
 
 
@@ -309,7 +368,8 @@ def measure(workload: Workload, names: list[str], *, model_factory: ModelFactory
         if device.type not in cfg.device_types:
             not_applicable.append(n)
         elif device.type == "cuda" and cfg.cublas_workspace_config not in (
-            None, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+            None,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
         ):
             child.append(n)
         else:
@@ -327,20 +387,39 @@ def measure(workload: Workload, names: list[str], *, model_factory: ModelFactory
     rows = []
     for n in names:
         row = {
-            "model": workload.model, "image_size": workload.image_size, "batch_size": workload.batch_size,
-            "num_classes": workload.num_classes, "device": str(device), "hardware": workload.hardware,
-            "threads": threads, "precision": workload.precision, "configuration": n, "repeats": workload.repeats,
-            "steps_per_repeat": workload.steps, "warmup_steps": workload.warmup, "same_process": n not in child,
-            "n_steps": 0, "median_ms": np.nan, "q1_ms": np.nan, "q3_ms": np.nan, "overhead_pct": np.nan,
-            "unsupported_op": None, "error": None, "flags": None,
+            "model": workload.model,
+            "image_size": workload.image_size,
+            "batch_size": workload.batch_size,
+            "num_classes": workload.num_classes,
+            "device": str(device),
+            "hardware": workload.hardware,
+            "threads": threads,
+            "precision": workload.precision,
+            "configuration": n,
+            "repeats": workload.repeats,
+            "steps_per_repeat": workload.steps,
+            "warmup_steps": workload.warmup,
+            "same_process": n not in child,
+            "n_steps": 0,
+            "median_ms": np.nan,
+            "q1_ms": np.nan,
+            "q3_ms": np.nan,
+            "overhead_pct": np.nan,
+            "unsupported_op": None,
+            "error": None,
+            "flags": None,
         }
         if n in not_applicable:
             row["status"] = "not_applicable"
             row["error"] = f"not applicable: {n} only changes anything on {', '.join(CONFIGURATIONS[n].device_types)}"
         else:
             res = results[n]
-            row.update(status=res["status"], unsupported_op=res["unsupported_op"], error=res["error"],
-                       flags=json.dumps(res["record"], sort_keys=True, default=str) if res["record"] else None)
+            row.update(
+                status=res["status"],
+                unsupported_op=res["unsupported_op"],
+                error=res["error"],
+                flags=json.dumps(res["record"], sort_keys=True, default=str) if res["record"] else None,
+            )
             if res["times_ms"] and res["status"] == "ok":
                 row.update(summarize(res["times_ms"]))
                 if base_median is not None:
