@@ -45,7 +45,10 @@ def pytest_terminal_summary(terminalreporter, config):
     from nnrandomness.environment import float_machine
 
     here, lines = float_machine(), []
+    asked = [(config.invocation_params.dir / a.split("::")[0]).resolve() for a in config.args]
     for path in sorted((config.rootpath / "notebooks").glob("*.ipynb")):
+        if not any(a == path or a in path.parents for a in asked):
+            continue  # not part of this run
         nb = nbformat.read(path, as_version=4)
         if (cells := same_cpu_cells(nb)) and recorded_machine(nb) != here:
             lines.append(f"{path.name}: cells {cells} (recorded on {recorded_machine(nb)!r})")

@@ -297,14 +297,8 @@ def identity(runs: store.Runs) -> pd.DataFrame:
     """Bit-identity of every cell: one row per cell with n_replicas, the numbers of distinct
     weights and predictions hashes, the (shortened) hash when there is one, whether the setting
     promises identity and whether it holds."""
-    columns = CELL + [
-        "n_replicas",
-        "n_weight_hashes",
-        "n_prediction_hashes",
-        "weights_hash",
-        "expects_identical",
-        "identical",
-    ]
+    hashes = ["n_weight_hashes", "n_prediction_hashes", "weights_hash"]
+    columns = [*CELL, "n_replicas", *hashes, "expects_identical", "identical"]
     rows = []
     for cell in runs.iter_cells():
         reps = cell.replicas
@@ -629,7 +623,8 @@ def churn_flips(runs: store.Runs, reference: int = 0) -> pd.DataFrame:
     the other replicas of the share of test examples that go correct -> wrong, wrong -> correct
     and wrong -> another wrong class (``metrics.churn_vs_reference``). Cells without the
     reference replica or with a single replica give no row."""
-    columns = CELL + [
+    columns = [
+        *CELL,
         "n_replicas",
         "reference",
         "correct_to_wrong",

@@ -61,6 +61,7 @@ __all__ = [
     "ID_PREFIX",
     "MAX_ROWS",
     "RENDERER",
+    "REPLICAS_TOOLTIP",
     "SETTING_COLORS",
     "accuracy_churn",
     "batchnorm_chart",
@@ -255,6 +256,10 @@ def setting_scale(settings: Iterable[str] | None = None) -> alt.Scale:
     """Colour scale of the settings; pass the settings present to keep the legend short."""
     domain = setting_sort(settings)
     return alt.Scale(domain=domain, range=[SETTING_COLORS[s] for s in domain])
+
+
+# The replicas behind a point or bar, in every tooltip that shows a per-cell statistic.
+REPLICAS_TOOLTIP = alt.Tooltip("n_replicas:Q", title="replicas")
 
 
 def setting_color(
@@ -504,7 +509,7 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
         title="Spread of top-1 accuracy",
         tooltip=[
             alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-            alt.Tooltip("n_replicas:Q", title="replicas"),
+            REPLICAS_TOOLTIP,
         ],
     )
     parts = main.melt(
@@ -533,7 +538,7 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
                 "part:N",
                 alt.Tooltip("share:Q", format=".2%"),
                 alt.Tooltip("churn:Q", title="churn (total)", format=".2%"),
-                alt.Tooltip("n_replicas:Q", title="replicas"),
+                REPLICAS_TOOLTIP,
             ],
         )
     )
@@ -564,7 +569,7 @@ def batchnorm_chart(bn: pd.DataFrame, model: str, bn_model: str) -> alt.HConcatC
     tips = [
         "model:N",
         alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-        alt.Tooltip("n_replicas:Q", title="replicas"),
+        REPLICAS_TOOLTIP,
     ]
     panels = [
         setting_points(bn, m, lo=f"{m}_lo", hi=f"{m}_hi", axis_title=label, fmt=".1%", tooltip=tips)
@@ -589,7 +594,7 @@ def per_class_chart(classes: pd.DataFrame, spread: pd.DataFrame) -> alt.HConcatC
         alt.Tooltip("n_examples:Q", title="test examples"),
         alt.Tooltip("mean:Q", title="mean accuracy", format=".2%"),
         alt.Tooltip("std:Q", title="std across replicas", format=".2%"),
-        alt.Tooltip("n_replicas:Q", title="replicas"),
+        REPLICAS_TOOLTIP,
     ]
     ticks = (
         alt.Chart(tidy_limit(classes))
@@ -613,7 +618,7 @@ def per_class_chart(classes: pd.DataFrame, spread: pd.DataFrame) -> alt.HConcatC
             tooltip=[
                 "setting:N",
                 alt.Tooltip("acc_std:Q", title="std of top-1 accuracy", format=".2%"),
-                alt.Tooltip("n_replicas:Q", title="replicas"),
+                REPLICAS_TOOLTIP,
             ],
         )
     )
@@ -662,7 +667,7 @@ def subgroup_spread(subs: pd.DataFrame, attribute: str) -> alt.HConcatChart:
         alt.Tooltip("fnr_std:Q", title="FNR std", format=".1%"),
         alt.Tooltip("fpr_mean:Q", title="FPR mean", format=".2%"),
         alt.Tooltip("fpr_std:Q", title="FPR std", format=".2%"),
-        alt.Tooltip("n_replicas:Q", title="replicas"),
+        REPLICAS_TOOLTIP,
     ]
     shape = alt.Shape(
         "kind:N", sort=["rare", "common"], scale=alt.Scale(range=["triangle-up", "circle"]), title="subgroup"
@@ -749,7 +754,7 @@ def right_counts(examples: pd.DataFrame, summary: pd.DataFrame) -> alt.Chart:
                 "setting:N",
                 alt.Tooltip("right:O", title="replicas right"),
                 alt.Tooltip("examples:Q"),
-                alt.Tooltip("n_replicas:Q", title="replicas"),
+                REPLICAS_TOOLTIP,
             ],
         )
         .add_params(pick)
@@ -824,14 +829,9 @@ def variance_chart(dv: pd.DataFrame) -> alt.Chart:
             y=alt.Y("setting:N", sort=present, title=None),
             color=setting_color(settings=present, legend=None),
             shape=alt.Shape("kind:N", scale=alt.Scale(range=["circle", "diamond"]), title=None),
-            tooltip=[
-                "setting:N",
-                "kind:N",
-                alt.Tooltip("std:Q", format=".2%"),
-                alt.Tooltip("ratio:Q", title="variance ratio", format=".2f"),
-                alt.Tooltip("n_replicas:Q", title="replicas"),
-                alt.Tooltip("n_examples:Q", title="test examples"),
-            ],
+            tooltip=["setting:N", "kind:N", alt.Tooltip("std:Q", format=".2%")]
+            + [alt.Tooltip("ratio:Q", title="variance ratio", format=".2f"), REPLICAS_TOOLTIP]
+            + [alt.Tooltip("n_examples:Q", title="test examples")],
         )
         .properties(width=380, title="Observed spread of accuracy against finite-test-set noise")
     )
