@@ -206,11 +206,11 @@ def _require(name: str, root, subdir: str, files=(), dirs=(), what: str = "") ->
     expected = f"{subdir}/ under the data root holding {listing}" + (f" ({what})" if what else "")
     base = data_root(root)
     if base is None:
-        raise missing(name, None, expected)
+        raise not_found_error(name, None, expected)
     where = base / subdir
     absent = [f for f in files if not (where / f).is_file()] + [d + "/" for d in dirs if not (where / d).is_dir()]
     if absent:
-        raise missing(name, where, f"{expected}; missing there: {', '.join(absent)}")
+        raise not_found_error(name, where, f"{expected}; missing there: {', '.join(absent)}")
     return where
 
 
@@ -224,7 +224,7 @@ def _read_images(name: str, paths: list[Path], size: int, transform) -> np.ndarr
             with Image.open(path) as im:
                 rgb = im.convert("RGB")
         except FileNotFoundError:
-            raise missing(name, path.parent, f"the image file {path.name}") from None
+            raise not_found_error(name, path.parent, f"the image file {path.name}") from None
         out[i] = np.asarray(transform(rgb)).transpose(2, 0, 1)
     return out
 
@@ -548,8 +548,8 @@ def data_root(root=None) -> Path | None:
     return Path(root) if root else None
 
 
-def missing(name: str, where: Path | None, expected: str) -> FileNotFoundError:
-    """The error for a dataset that is not on disk: where it was looked for and what goes there."""
+def not_found_error(name: str, where: Path | None, expected: str) -> FileNotFoundError:
+    """The error (for the caller to raise) of a dataset not on disk: where it was looked for, what goes there."""
     where_text = str(where) if where is not None else f"<no data root: pass data_root or set ${DATA_ROOT_ENV}>"
     return FileNotFoundError(
         f"dataset {name!r} not found at {where_text}. Expected: {expected}. "
