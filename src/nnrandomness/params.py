@@ -71,7 +71,10 @@ def quote(value) -> str:
     """`value`'s repr for a message, at most QUOTE_LIMIT characters (then "..."): every message that
     quotes a value from a plan or the notebook's parameters goes through here. reprlib looks at a
     bounded part of a nested value, so quoting a huge one (a YAML alias bomb) costs nothing."""
-    text = _REPR.repr(value)
+    try:  # a string's own prefix (reprlib would keep its head and tail)
+        text = repr(value[: QUOTE_LIMIT + 1]) if isinstance(value, str) else _REPR.repr(value)
+    except ValueError:  # an int over Python's 4300-digit str limit
+        text = f"<{type(value).__name__} too long to print>"
     return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
 
 
@@ -137,6 +140,12 @@ def _settings(value) -> str | None:
     return next((e for s in value if (e := name_error("setting", s))), None)
 
 
+def _precision(value) -> str | None:
+    # The rule is the backend's (noise.precision_error); the value it quotes is bounded here.
+    e = noise.precision_error(value)
+    return e and e.replace(repr(value), quote(value), 1)
+
+
 def _device(value) -> str | None:
     if environment.device_type(value) not in environment.DEVICE_TYPES:
         return (
@@ -192,7 +201,7 @@ PARAMETERS: dict[str, Parameter] = {
         Parameter(
             "threads", (int,), "torch intra-op CPU threads (a tooling factor: it changes CPU bits)", 1, _integer(1)
         ),
-        Parameter("precision", (str,), "fp32, tf32 or bf16", "fp32", noise.precision_error),
+        Parameter("precision", (str,), "fp32, tf32 or bf16", "fp32", _precision),
         Parameter(
             "eval_batch_size",
             (int,),
@@ -246,9 +255,17 @@ def value_error(name: str, value) -> str | None:
     if (isinstance(value, bool) and bool not in p.types) or not isinstance(value, p.types):
         if not (number and p.types == (int,)):  # a float for an integer: the rule names the range
             return f"must be {_type_name(p.types)}, got {quote(value)}{_type_hint(name, p.types, value)}"
-    if float in p.types and not math.isfinite(value):
+    if float in p.types and not _finite(value):
         return f"must be a finite number, got {quote(value)}"
     return p.check(value) if p.check else None
+
+
+def _finite(number) -> bool:
+    """A float that is not inf or nan; an int that a float can hold (10**1000 cannot: OverflowError)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def value_errors(values: Mapping) -> list[str]:

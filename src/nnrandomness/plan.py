@@ -244,8 +244,8 @@ def load_plan(
         raise PlanError(str(path), [f"cannot read the plan: {e}"]) from None
     except PlanTooLarge as e:
         raise PlanError(str(path), [str(e)]) from None
-    except yaml.YAMLError as e:
-        raise PlanError(str(path), [f"not valid YAML: {e}"]) from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an int over Python's 4300-digit limit
+        raise PlanError(str(path), [f"not valid YAML: {str(e)[:500]}"]) from None
     overrides = {"output_root": output_root, "executed_root": executed_root, "timeout": timeout}
     return expand(raw, path, {k: v for k, v in overrides.items() if v is not None}, check_data)
 
@@ -408,7 +408,11 @@ def _cell_errors(cell: dict, where: str) -> list[str]:
 
 
 def _notebook_errors(notebook: Path) -> list[str]:
-    if not notebook.is_file():
+    try:
+        found = notebook.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        return [f"notebook {params.quote(str(notebook))}: {e.strerror}"]
+    if not found:
         return [f"notebook {params.quote(str(notebook))} not found (relative paths are resolved against {Path.cwd()})"]
     try:
         names = notebook_parameter_names(notebook)
