@@ -119,7 +119,7 @@ HUGE = "x" * 100_000
     [
         [HUGE],  # the plan is no mapping
         {**VALID, HUGE: 1},  # an unknown key
-        {**VALID, "name": [HUGE] * 100},  # a non-string name
+        {**VALID, "name": ["x" * 1000] * 100},  # a non-string name
         {**VALID, "timeout": HUGE},
         {**VALID, "defaults": [HUGE]},
         {**VALID, "cells": HUGE},
