@@ -133,8 +133,9 @@ HUGE = "x" * 100_000
         {**VALID, "cells": [{"datasets": [HUGE], "models": ["smallcnn"], "settings": ["CONTROL"]}]},
         {**VALID, "cells": [{"datasets": ["digits", "digits", HUGE], "models": ["smallcnn"], "settings": ["ALGO"]}]},
         {**VALID, "notebook": HUGE},
+        yaml.safe_dump(VALID) + "timeout: " + "9" * 5000,  # over Python's 4300 digits: a ValueError in yaml
     ],
-    ids=range(16),
+    ids=range(17),
 )
 def test_plan_messages_quote_a_bounded_prefix(tmp_path, raw):
     with pytest.raises(PlanError) as e:

@@ -17,7 +17,10 @@ them). Everything that handles the notebook's parameters reads this module:
 The spec is built in `train`, not here: this module stands below `train` and knows nothing of the
 spec class; the fields are named like the parameters, so the mapping holds no list of its own.
 Each rule is written once, here, except the precision's: it lives with the backend
-(`noise.precision_error`), which must refuse an unknown precision too.
+(`noise.precision_error`), which must refuse an unknown precision too, and the rule of a name
+that becomes a path component, which lives with the store (`store.path_component_error`), which
+must refuse such a name too. Counts have named upper bounds (`MAX_REPLICAS`, ...), and every
+message quotes at most a bounded prefix of a value (`quote`).
 """
 
 from __future__ import annotations

@@ -28,12 +28,16 @@ of the notebook that trains that setting's replicas. The recipe keys are the not
 (`params`: their types, defaults and rules); the hardware label is derived per job from device and
 threads (`params.hardware`) unless the recipe gives `hardware`.
 
-`load_plan` validates the whole plan before returning it: unknown keys, wrong types, unknown
-names, non-positive counts (each value by its parameter's rule, `params.value_error`), every
+`load_plan` reads the YAML within bounds (`MAX_PLAN_ALIASES`, `MAX_PLAN_NODES`: an alias bomb is
+refused before it expands) and validates the whole plan before returning it: unknown keys, wrong
+types, unknown names, names that are no path component, counts out of range (each value by its
+parameter's rule, `params.value_error`; the plan's jobs and replicas by `params.MAX_JOBS` and
+`params.MAX_PLAN_REPLICAS`), every
 job's setting against its recipe (`params.setting_error`), missing datasets (`data.check_dataset`),
 duplicated jobs and the notebook's parameters cell. Every problem is
 collected and raised together as a `PlanError`, each message naming its place in the plan
-(e.g. ``cells[1].settings[2]``) and the valid choices. This module reads files only; running
+(e.g. ``cells[1].settings[2]``) and the valid choices, quoting at most a bounded prefix of a
+value (`params.quote`). This module reads files only; running
 jobs is `batch`'s concern.
 """
 
