@@ -186,7 +186,7 @@ def test_manifest_without_meaning_is_a_problem(root):
     _record(root / "cpu-1t/digits_groups/smallcnn/ALGO/replica-0")
     with pytest.warns(UserWarning, match="skipped 1"):
         runs = store.load_runs(root)
-    assert runs.replicas["replica"].tolist() == [1] and "records no meaning" in runs.problems[0][1]
+    assert runs.replicas["replica"].tolist() == [1] and "missing key 'setting'" in runs.problems[0][1]
 
 
 def test_select(root):

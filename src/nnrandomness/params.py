@@ -17,7 +17,10 @@ them). Everything that handles the notebook's parameters reads this module:
 The spec is built in `train`, not here: this module stands below `train` and knows nothing of the
 spec class; the fields are named like the parameters, so the mapping holds no list of its own.
 Each rule is written once, here, except the precision's: it lives with the backend
-(`noise.precision_error`), which must refuse an unknown precision too.
+(`noise.precision_error`), which must refuse an unknown precision too, and the rule of a name
+that becomes a path component, which lives with the store (`store.path_component_error`), which
+must refuse such a name too. Counts have named upper bounds (`MAX_REPLICAS`, ...), and every
+message quotes at most a bounded prefix of a value (`quote`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ from types import MappingProxyType
 
 import torch
 
-from . import data, environment, models, noise
+from . import data, environment, models, noise, store
 
 
 @dataclass(frozen=True)
@@ -49,17 +53,55 @@ class Parameter:
     check: Callable[[object], str | None] | None = None  # the value's own rule, once its type is right
 
 
+# ----------------------------------------------------------------------------- upper bounds
+# Generous limits on what one plan or one notebook run may ask for: beyond them a typo
+# (replicas: 100000000) would make the runner's --dry-run walk the store for hours.
+MAX_REPLICAS = 10_000  # replicas per setting
+MAX_EPOCHS = 100_000  # training epochs
+MAX_JOBS = 10_000  # jobs of one plan (hardware x dataset x model x setting)
+MAX_PLAN_REPLICAS = 1_000_000  # replicas of one plan, all jobs together (what --dry-run looks up)
+
+
+# ----------------------------------------------------------------------------- quoting a value
+QUOTE_LIMIT = 80  # characters of a value that a message quotes
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 10
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = QUOTE_LIMIT
+
+
+def quote(value) -> str:
+    """`value`'s repr for a message, at most QUOTE_LIMIT characters (then "..."): every message that
+    quotes a value from a plan or the notebook's parameters goes through here. reprlib looks at a
+    bounded part of a nested value, so quoting a huge one (a YAML alias bomb) costs nothing."""
+    try:  # a string's own prefix (reprlib would keep its head and tail)
+        text = repr(value[: QUOTE_LIMIT + 1]) if isinstance(value, str) else _REPR.repr(value)
+    except ValueError:  # an int over Python's 4300-digit str limit
+        text = f"<{type(value).__name__} too long to print>"
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
+
+
 # ----------------------------------------------------------------------------- the rules of one value
-def integer_error(value, minimum: int) -> str | None:
-    """Why `value` is not an integer >= minimum (None when it is); bool is no integer here."""
+def integer_error(value, minimum: int, maximum: int | None = None, limit: str = "") -> str | None:
+    """Why `value` is not an integer >= minimum (and <= maximum, the constant named `limit`); None
+    when it is. bool is no integer here."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return f"must be an integer >= {minimum}, got {value!r}"
+        return f"must be an integer >= {minimum}, got {quote(value)}"
+    if maximum is not None and value > maximum:
+        return f"must be at most {maximum} (params.{limit}), got {quote(value)}"
     return None
 
 
-def _integer(minimum: int) -> Callable[[object], str | None]:
+def _integer(minimum: int, maximum: int | None = None, limit: str = "") -> Callable[[object], str | None]:
     # A float such as 2.5 is judged by this rule, not by the type check: the message names the range.
-    return lambda value: integer_error(value, minimum)
+    return lambda value: integer_error(value, minimum, maximum, limit)
+
+
+def path_component_error(value) -> str | None:
+    """Why `value` cannot name a directory of the run store or of the executed notebooks (None when it
+    can): the store's one rule (`store.path_component_error`: no empty string, "." or "..", no "/"
+    or "\\", no NUL or other control character), for the hardware label, dataset, model and setting."""
+    return store.path_component_error(value)
 
 
 # What the name parameters name, by kind: dataset, model, setting.
@@ -69,9 +111,11 @@ REGISTRIES: dict[str, Mapping] = {"dataset": data.LOADERS, "model": models.MODEL
 def name_error(what: str, value) -> str | None:
     """Why `value` is not the name of a registered `what` (dataset, model, setting); None when it is."""
     if not isinstance(value, str):
-        return f"must be a {what} name (a string), got {value!r}"
+        return f"must be a {what} name (a string), got {quote(value)}"
+    if e := path_component_error(value):  # every registered name passes: this guards the registries
+        return f"{what} name {quote(value)} {e}"
     if value not in REGISTRIES[what]:
-        return f"unknown {what} {value!r}; valid {what}s: {', '.join(REGISTRIES[what])}"
+        return f"unknown {what} {quote(value)}; valid {what}s: {', '.join(REGISTRIES[what])}"
     return None
 
 
@@ -80,16 +124,16 @@ def _registered(what: str) -> Callable[[object], str | None]:
 
 
 def _positive(value) -> str | None:
-    return None if value > 0 else f"must be a positive number, got {value!r}"
+    return None if value > 0 else f"must be a positive number, got {quote(value)}"
 
 
 def _probability(value) -> str | None:
-    return None if 0 <= value < 1 else f"must be in [0, 1), got {value!r}"
+    return None if 0 <= value < 1 else f"must be in [0, 1), got {quote(value)}"
 
 
 def _milestones(value) -> str | None:
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in value):
-        return f"must be a list of positive epoch numbers, got {value!r}"
+        return f"must be a list of positive epoch numbers, got {quote(value)}"
     return None
 
 
@@ -99,15 +143,28 @@ def _settings(value) -> str | None:
     return next((e for s in value if (e := name_error("setting", s))), None)
 
 
+def _precision(value) -> str | None:
+    # The rule is the backend's (noise.precision_error); the value it quotes is bounded here.
+    e = noise.precision_error(value)
+    return e and e.replace(repr(value), quote(value), 1)
+
+
 def _device(value) -> str | None:
     if environment.device_type(value) not in environment.DEVICE_TYPES:
-        return f"unknown device {value!r}; valid devices: {', '.join(environment.DEVICE_TYPES)} (optionally ':index')"
+        return (
+            f"unknown device {quote(value)}; valid devices: {', '.join(environment.DEVICE_TYPES)} (optionally ':index')"
+        )
     return None
 
 
-def _path_safe(value) -> str | None:
-    if not re.fullmatch(r"[A-Za-z0-9._+-]*", value):
-        return f"must be a path-safe label (letters, digits, . _ + -), got {value!r}"
+def _hardware_label(value) -> str | None:
+    """Empty (derived from device and threads), else a path component of letters, digits, . _ + -."""
+    if not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9._+-]+", value):
+        return f"must be a path-safe label (letters, digits, . _ + -), got {quote(value)}"
+    if e := path_component_error(value):
+        return f"{e}, got {quote(value)}"
     return None
 
 
@@ -127,8 +184,13 @@ PARAMETERS: dict[str, Parameter] = {
             "model", (str,), "a name in models.MODELS: smallcnn, smallcnn_bn, resnet18, ...", check=_registered("model")
         ),
         Parameter("settings", (list,), "noise settings to train, one cell of the study each", check=_settings),
-        Parameter("replicas", (int,), "replicas per setting, indices 0 .. replicas-1", check=_integer(1)),
-        Parameter("epochs", (int,), "training epochs", 20, _integer(1)),
+        Parameter(
+            "replicas",
+            (int,),
+            "replicas per setting, indices 0 .. replicas-1",
+            check=_integer(1, MAX_REPLICAS, "MAX_REPLICAS"),
+        ),
+        Parameter("epochs", (int,), "training epochs", 20, _integer(1, MAX_EPOCHS, "MAX_EPOCHS")),
         Parameter("batch_size", (int,), "training examples per step", 128, _integer(1)),
         Parameter("lr", (float, int), "Adam learning rate", 4e-4, _positive),  # the paper's
         Parameter(
@@ -142,7 +204,7 @@ PARAMETERS: dict[str, Parameter] = {
         Parameter(
             "threads", (int,), "torch intra-op CPU threads (a tooling factor: it changes CPU bits)", 1, _integer(1)
         ),
-        Parameter("precision", (str,), "fp32, tf32 or bf16", "fp32", noise.precision_error),
+        Parameter("precision", (str,), "fp32, tf32 or bf16", "fp32", _precision),
         Parameter(
             "eval_batch_size",
             (int,),
@@ -157,7 +219,7 @@ PARAMETERS: dict[str, Parameter] = {
             (str,),
             "hardware label, a path component of the store; empty: derived from device and threads",
             "",
-            _path_safe,
+            _hardware_label,
         ),
     )
 }
@@ -178,8 +240,8 @@ def _type_hint(name: str, types: tuple[type, ...], value) -> str:
     if float in types:
         return " (YAML reads 2e-3 as a string: write 0.002)"
     if list in types:
-        try:
-            written = value if isinstance(json.loads(value), list) else "[...]"
+        try:  # the text itself where it is a short JSON list
+            written = value if len(value) <= QUOTE_LIMIT and isinstance(json.loads(value), list) else "[...]"
         except ValueError:
             written = "[...]"
         return f" (papermill's -p passes text: give a list with -y '{name}: {written}')"
@@ -195,10 +257,18 @@ def value_error(name: str, value) -> str | None:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if (isinstance(value, bool) and bool not in p.types) or not isinstance(value, p.types):
         if not (number and p.types == (int,)):  # a float for an integer: the rule names the range
-            return f"must be {_type_name(p.types)}, got {value!r}{_type_hint(name, p.types, value)}"
-    if float in p.types and not math.isfinite(value):
-        return f"must be a finite number, got {value!r}"
+            return f"must be {_type_name(p.types)}, got {quote(value)}{_type_hint(name, p.types, value)}"
+    if float in p.types and not _finite(value):
+        return f"must be a finite number, got {quote(value)}"
     return p.check(value) if p.check else None
+
+
+def _finite(number) -> bool:
+    """A float that is not inf or nan; an int that a float can hold (10**1000 cannot: OverflowError)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def value_errors(values: Mapping) -> list[str]:
@@ -237,13 +307,15 @@ def check_parameters(values: Mapping, *, unknown=(), check_machine: bool = True)
     errors = []
     if unknown:
         errors.append(
-            f"unknown parameter {', '.join(map(repr, sorted(unknown)))}: papermill injected it or a "
+            f"unknown parameter {', '.join(map(quote, sorted(unknown)))}: papermill injected it or a "
             "parameter is misspelt (a name of your own that holds plain data: start it with _); "
             f"valid parameters: {', '.join(PARAMETERS)}"
         )
     errors += [f"missing parameter {n!r} ({p.help})" for n, p in PARAMETERS.items() if n not in values]
     errors += [
-        f"unknown parameter {n!r}; valid parameters: {', '.join(PARAMETERS)}" for n in values if n not in PARAMETERS
+        f"unknown parameter {quote(n)}; valid parameters: {', '.join(PARAMETERS)}"
+        for n in values
+        if n not in PARAMETERS
     ]
     errors += value_errors(values)
     if not errors:
@@ -264,13 +336,13 @@ def _machine_errors(values: Mapping) -> list[str]:
     device = torch.device(values["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         errors.append(
-            f"device {values['device']!r}: this machine has no CUDA device (torch.cuda.is_available() is "
+            f"device {quote(values['device'])}: this machine has no CUDA device (torch.cuda.is_available() is "
             'False); use device "cpu" or run on a GPU host'
         )
     elif device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        errors.append(f"device {values['device']!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        errors.append(f"device {quote(values['device'])}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        errors.append(f"device {values['device']!r}: this machine has no MPS device")
+        errors.append(f"device {quote(values['device'])}: this machine has no MPS device")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if values["threads"] > cores:
         # A warning, not an error: legal and reproducible, only slow (2 busy cores at 4 threads ran 3.4x slower).
@@ -330,7 +402,7 @@ def hardware(values: Mapping) -> str:
         return values["hardware"]
     if environment.device_type(values["device"]) == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"cannot derive the hardware label of device {values['device']!r} on a machine without "
+            f"cannot derive the hardware label of device {quote(values['device'])} on a machine without "
             "CUDA; run on the GPU host or give the hardware label"
         )
     return environment.hardware_label(values["device"], values["threads"])

@@ -28,12 +28,16 @@ of the notebook that trains that setting's replicas. The recipe keys are the not
 (`params`: their types, defaults and rules); the hardware label is derived per job from device and
 threads (`params.hardware`) unless the recipe gives `hardware`.
 
-`load_plan` validates the whole plan before returning it: unknown keys, wrong types, unknown
-names, non-positive counts (each value by its parameter's rule, `params.value_error`), every
+`load_plan` reads the YAML within bounds (`MAX_PLAN_ALIASES`, `MAX_PLAN_NODES`: an alias bomb is
+refused before it expands) and validates the whole plan before returning it: unknown keys, wrong
+types, unknown names, names that are no path component, counts out of range (each value by its
+parameter's rule, `params.value_error`; the plan's jobs and replicas by `params.MAX_JOBS` and
+`params.MAX_PLAN_REPLICAS`), every
 job's setting against its recipe (`params.setting_error`), missing datasets (`data.check_dataset`),
 duplicated jobs and the notebook's parameters cell. Every problem is
 collected and raised together as a `PlanError`, each message naming its place in the plan
-(e.g. ``cells[1].settings[2]``) and the valid choices. This module reads files only; running
+(e.g. ``cells[1].settings[2]``) and the valid choices, quoting at most a bounded prefix of a
+value (`params.quote`). This module reads files only; running
 jobs is `batch`'s concern.
 """
 
@@ -145,6 +149,82 @@ def notebook_parameter_names(path: Path) -> list[str]:
     ]
 
 
+# ----------------------------------------------------------------------------- reading YAML
+# YAML aliases repeat a node without repeating its text: 9 levels of 9 aliases are 82 aliases in a
+# few hundred bytes and expand into 9**9 (387 million) nodes, which grow to gigabytes before any
+# check could run. A plan is refused, before anything is built from it, when it holds more
+# aliases or expands into more nodes (scalars, lists, mappings; keys included) than these.
+MAX_PLAN_ALIASES = 1_000
+MAX_PLAN_NODES = 1_000_000  # a plan at params.MAX_JOBS with one cell per job stays far below
+
+
+class PlanTooLarge(yaml.YAMLError):
+    """A YAML document over MAX_PLAN_ALIASES or MAX_PLAN_NODES, refused before it is constructed."""
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """yaml's SafeLoader (no python tags) that counts aliases while it composes the node graph and
+    counts the nodes the graph expands into (each shared node once, by memo) before constructing it."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_PLAN_ALIASES:
+                raise PlanTooLarge(f"the plan holds more than {MAX_PLAN_ALIASES} YAML aliases (plan.MAX_PLAN_ALIASES)")
+        return super().compose_node(parent, index)
+
+    def construct_document(self, node):
+        size = expanded_size(node)
+        if size > MAX_PLAN_NODES:
+            raise PlanTooLarge(
+                f"the plan expands into {size} YAML nodes (through its aliases), more than "
+                f"{MAX_PLAN_NODES} (plan.MAX_PLAN_NODES)"
+            )
+        return super().construct_document(node)
+
+
+def expanded_size(node: yaml.Node) -> int:
+    """The number of nodes `node` stands for once every alias is replaced by what it names.
+
+    Each distinct node is counted once (memo by identity), so a bomb costs as little as its text;
+    a node that contains itself (a recursive alias) has no finite size and is refused.
+    """
+    sizes: dict[int, int | None] = {}  # id -> size; None while the node is being counted
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            if sizes[id(n)] is None:
+                raise PlanTooLarge("the plan holds a recursive YAML alias (a node that contains itself)")
+            return sizes[id(n)]
+        sizes[id(n)] = None
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        else:
+            children = []
+        sizes[id(n)] = 1 + sum(map(size, children))
+        return sizes[id(n)]
+
+    return size(node)
+
+
+def read_yaml(text: str):
+    """The YAML document `text`, parsed safely (no python tags) and within MAX_PLAN_ALIASES and
+    MAX_PLAN_NODES; PlanTooLarge (a yaml.YAMLError) when it is over them or nested too deeply."""
+    loader = _PlanLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise PlanTooLarge("the plan is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 # ----------------------------------------------------------------------------- loading
 def load_plan(
     path: str | Path,
@@ -163,11 +243,13 @@ def load_plan(
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except OSError as e:
         raise PlanError(str(path), [f"cannot read the plan: {e}"]) from None
-    except yaml.YAMLError as e:
-        raise PlanError(str(path), [f"not valid YAML: {e}"]) from None
+    except PlanTooLarge as e:
+        raise PlanError(str(path), [str(e)]) from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an int over Python's 4300-digit limit
+        raise PlanError(str(path), [f"not valid YAML: {str(e)[:500]}"]) from None
     overrides = {"output_root": output_root, "executed_root": executed_root, "timeout": timeout}
     return expand(raw, path, {k: v for k, v in overrides.items() if v is not None}, check_data)
 
@@ -180,13 +262,15 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
     setting against its recipe (`params.setting_error`) and hardware label; the datasets' files.
     """
     if not isinstance(raw, dict):
-        raise PlanError(str(path), [f"the plan must be a mapping of keys ({', '.join(PLAN_KEYS)}), got {raw!r}"])
+        raise PlanError(
+            str(path), [f"the plan must be a mapping of keys ({', '.join(PLAN_KEYS)}), got {params.quote(raw)}"]
+        )
     raw = {**raw, **overrides}
-    errors = [f"unknown key {k!r}; valid keys: {', '.join(PLAN_KEYS)}" for k in raw if k not in PLAN_KEYS]
+    errors = [f"unknown key {params.quote(k)}; valid keys: {', '.join(PLAN_KEYS)}" for k in raw if k not in PLAN_KEYS]
     errors += [f"missing required key {k!r} ({PLAN_KEYS[k]})" for k in REQUIRED_PLAN_KEYS if k not in raw]
     for key in ("name", "description", "notebook", "output_root", "executed_root"):
         if key in raw and not (isinstance(raw[key], (str, Path)) and str(raw[key])):
-            errors.append(f"{key} must be a non-empty string, got {raw[key]!r}")
+            errors.append(f"{key} must be a non-empty string, got {params.quote(raw[key])}")
     timeout = raw.get("timeout", DEFAULT_TIMEOUT)
     if e := _timeout_error(timeout):
         errors.append(f"timeout {e}")
@@ -196,19 +280,23 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
     if isinstance(defaults, dict):
         errors += _recipe_errors(defaults, "defaults", allowed=RECIPE_KEYS)
     else:
-        errors.append(f"defaults must be a mapping of recipe keys, got {defaults!r}")
+        errors.append(f"defaults must be a mapping of recipe keys, got {params.quote(defaults)}")
     cells = raw.get("cells", [])
     if not isinstance(cells, list) or "cells" in raw and not cells:
-        errors.append(f"cells must be a non-empty list of cells, got {cells!r}")
+        errors.append(f"cells must be a non-empty list of cells, got {params.quote(cells)}")
         cells = []
     for i, cell in enumerate(cells):
         if not isinstance(cell, dict):
-            errors.append(f"cells[{i}] must be a mapping with keys datasets, models, settings, ..., got {cell!r}")
+            errors.append(
+                f"cells[{i}] must be a mapping with keys datasets, models, settings, ..., got {params.quote(cell)}"
+            )
             continue
         errors += _cell_errors(cell, f"cells[{i}]")
         if "replicas" not in cell and "replicas" not in (defaults if isinstance(defaults, dict) else {}):
             errors.append(f"cells[{i}]: missing key 'replicas' (give it in the cell or in defaults)")
     if errors:
+        raise PlanError(str(path), errors)
+    if errors := _size_errors(cells, defaults):  # before expanding: --dry-run would look up every replica
         raise PlanError(str(path), errors)
 
     # Second pass: expand. A problem shared by several jobs of a cell is reported once.
@@ -273,9 +361,24 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
     return Plan(str(raw["name"]), path, str(raw.get("description", "")), list(jobs.values()))
 
 
+def _size_errors(cells: list[dict], defaults: dict) -> list[str]:
+    """The plan's jobs and replicas against params.MAX_JOBS and params.MAX_PLAN_REPLICAS (valid cells)."""
+    jobs = [len(c["datasets"]) * len(c["models"]) * len(c["settings"]) for c in cells]
+    replicas = sum(n * c.get("replicas", defaults.get("replicas")) for n, c in zip(jobs, cells))
+    errors = []
+    if sum(jobs) > params.MAX_JOBS:
+        errors.append(f"the plan expands into {sum(jobs)} jobs, more than {params.MAX_JOBS} (params.MAX_JOBS)")
+    if replicas > params.MAX_PLAN_REPLICAS:
+        errors.append(
+            f"the plan's jobs train {replicas} replicas, more than {params.MAX_PLAN_REPLICAS} "
+            "(params.MAX_PLAN_REPLICAS)"
+        )
+    return errors
+
+
 def _timeout_error(value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        return f"must be a positive number of seconds, got {value!r}"
+        return f"must be a positive number of seconds, got {params.quote(value)}"
     return None
 
 
@@ -283,7 +386,7 @@ def _recipe_errors(recipe: dict, where: str, allowed) -> list[str]:
     errors = []
     for key, value in recipe.items():
         if key not in allowed:
-            errors.append(f"{where}: unknown key {key!r}; valid keys: {', '.join(allowed)}")
+            errors.append(f"{where}: unknown key {params.quote(key)}; valid keys: {', '.join(allowed)}")
         elif key in RECIPE_KEYS and (e := params.value_error(key, value)):  # the axes: see _cell_errors
             errors.append(f"{where}.{key} {e}")
     return errors
@@ -298,27 +401,32 @@ def _cell_errors(cell: dict, where: str) -> list[str]:
         if values is None:
             errors.append(f"{where}: missing key {axis!r}")
         elif not isinstance(values, list) or not values:
-            errors.append(f"{where}.{axis} must be a non-empty list, got {values!r}")
+            errors.append(f"{where}.{axis} must be a non-empty list, got {params.quote(values)}")
         else:
             errors += [
                 f"{where}.{axis}[{j}] {e}" for j, v in enumerate(values) if (e := params.name_error(axis[:-1], v))
             ]  # datasets[j] names a dataset
             if len(set(map(str, values))) < len(values):
-                errors.append(f"{where}.{axis} lists a name twice: {values!r}")
+                errors.append(f"{where}.{axis} lists a name twice: {params.quote(values)}")
     return errors
 
 
 def _notebook_errors(notebook: Path) -> list[str]:
-    if not notebook.is_file():
-        return [f"notebook {str(notebook)!r} not found (relative paths are resolved against {Path.cwd()})"]
+    try:
+        found = notebook.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        return [f"notebook {params.quote(str(notebook))}: {e.strerror}"]
+    if not found:
+        return [f"notebook {params.quote(str(notebook))} not found (relative paths are resolved against {Path.cwd()})"]
     try:
         names = notebook_parameter_names(notebook)
     except (ValueError, SyntaxError, KeyError, json.JSONDecodeError) as e:
-        return [f"notebook {str(notebook)!r}: cannot read its parameters cell: {e}"]
+        return [f"notebook {params.quote(str(notebook))}: cannot read its parameters cell: {e}"]
     if sorted(names) != sorted(params.PARAMETERS):
+        missing, extra = sorted(set(params.PARAMETERS) - set(names)), sorted(set(names) - set(params.PARAMETERS))
         return [
-            f"notebook {str(notebook)!r}: its parameters cell defines {sorted(names)}, the runner passes "
-            f"{sorted(params.PARAMETERS)}"
+            f"notebook {params.quote(str(notebook))}: its parameters cell does not define the parameters the "
+            f"runner passes: missing {params.quote(missing)}, not a parameter {params.quote(extra)}"
         ]
     return []
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,44 @@ FILES = ("predictions.parquet", "history.parquet", "weights.safetensors")
 MANIFEST_VERSION = 1
 
 
+# ----------------------------------------------------------------------------- path components
+# The longest file name most file systems take (NAME_MAX, in bytes).
+MAX_COMPONENT_BYTES = 255
+
+
+def path_component_error(name) -> str | None:
+    """Why `name` cannot be one component of a store path (None when it can).
+
+    The one rule for every name that becomes a directory or file name (hardware label, dataset,
+    model, setting; `params` judges the notebook's and the plans' values with it): a non-empty
+    string of at most MAX_COMPONENT_BYTES bytes (UTF-8), neither "." nor "..", without a path
+    separator ("/" or "\\"), NUL or any other control character. Such a name stays one directory
+    below its parent: it can neither climb out of the store nor name the store itself.
+    """
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if not name:
+        return "must not be empty"
+    if name in (".", ".."):
+        return f"must not be {name!r} (it names a directory of the path itself)"
+    if "/" in name or "\\" in name:
+        return "must not hold a path separator ('/' or '\\')"
+    if any(unicodedata.category(c) == "Cc" for c in name):  # NUL, newline, escape, DEL, ...
+        return "must not hold NUL or another control character"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
+        return f"must be at most {MAX_COMPONENT_BYTES} bytes long (MAX_COMPONENT_BYTES)"
+    return None
+
+
 def replica_dir(root, hardware: str, dataset: str, model: str, setting: str, replica: int) -> Path:
+    """``<root>/<hardware>/<dataset>/<model>/<setting>/replica-<k>``; ValueError for a name that is
+    no path component (`path_component_error`) or a replica that is no integer >= 0, so that no
+    name can place a replica outside `root` (the callers check first: this is the last line)."""
+    for what, name in zip(CELL, (hardware, dataset, model, setting)):
+        if e := path_component_error(name):
+            raise ValueError(f"{what} {e} (a path component of the store)")
+    if isinstance(replica, bool) or not isinstance(replica, int) or replica < 0:
+        raise ValueError(f"replica must be an integer >= 0, got {type(replica).__name__}")
     return Path(root) / hardware / dataset / model / setting / f"replica-{replica}"
 
 
@@ -134,20 +172,96 @@ def write_replica(root, hardware: str, result) -> Path:
 
 
 # ----------------------------------------------------------------------------- reading
+# What a manifest must hold for its readers (load_runs, the runner's store state, the chapters),
+# as far as they read it: key -> type, or a nested schema for a mapping. Other keys may be present
+# (older or newer writers add some); a null where a type is due is malformed. The setting's
+# meaning (varied, deterministic, perturb_ulp) is how the view interprets a replica.
+MANIFEST_SCHEMA: dict = {
+    "manifest_version": int,
+    "hardware": str,
+    "spec": {
+        "dataset": str,
+        "model": str,
+        "setting": str,
+        "replica": int,
+        "base_seed": int,
+        "epochs": int,
+        "threads": int,
+        "device": str,
+        "precision": str,
+    },
+    "setting": {"name": str, "varied": list, "deterministic": bool, "perturb_ulp": bool},
+    "environment": dict,
+    "timings": dict,
+    "final": dict,
+    "weights_hash": str,
+    "predictions_hash": str,
+    "files": {name: str for name in FILES},
+}
+
+
+def manifest_error(manifest) -> str | None:
+    """Why a parsed manifest does not have the shape of MANIFEST_SCHEMA (None when it does): the first
+    problem, named by its place (e.g. ``spec.dataset``). Also: the setting's sources are names, final
+    and timings map names to numbers (or null), and the hardware label is a path component."""
+    if e := _shape_error(manifest, MANIFEST_SCHEMA, ""):
+        return e
+    if not all(isinstance(v, str) for v in manifest["setting"]["varied"]):
+        return "setting.varied must be a list of source names (strings)"
+    for key in ("final", "timings"):  # the view copies numbers from both
+        if not all(v is None or _json_type(v) == "a number" for v in manifest[key].values()):
+            return f"{key} must map names to numbers"
+    if e := path_component_error(manifest["hardware"]):
+        return f"hardware {e}"
+    return None
+
+
+def _shape_error(value, schema: dict, where: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{where or 'the manifest'} must be an object, got {_json_type(value)}"
+    for key, expected in schema.items():
+        place = f"{where}.{key}" if where else key
+        if key not in value:
+            return f"missing key {place!r}"
+        if isinstance(expected, dict):
+            if e := _shape_error(value[key], expected, place):
+                return e
+        elif (isinstance(value[key], bool) and expected is not bool) or not isinstance(value[key], expected):
+            return f"{place} must be {_TYPE_NAMES[expected]}, got {_json_type(value[key])}"
+    return None
+
+
+# The JSON names of the schema's types, for messages (a message names a type, never the value).
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "true/false", list: "a list", dict: "an object"}
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
 def read_manifest(path: Path, verify: bool = True) -> dict:
-    """The manifest of a replica directory; raises ValueError when it is missing, unreadable,
-    or (with verify) when a file fails its checksum."""
+    """The manifest of a replica directory; raises ValueError when it is missing, unreadable, not of
+    the shape of MANIFEST_SCHEMA (`manifest_error`), or (with verify) when a file fails its checksum."""
     path = Path(path)
     mf = path / MANIFEST
     if not mf.exists():
         raise ValueError("no manifest (incomplete or interrupted replica)")
     try:
         manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"unreadable manifest: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"unreadable manifest: {str(e)[:200]}") from None
+    except OSError as e:
+        raise ValueError(f"unreadable manifest: {e.strerror or e}") from None
+    if e := manifest_error(manifest):
+        raise ValueError(f"malformed manifest: {e}")
     for name in FILES:
-        if name not in manifest.get("files", {}):
-            raise ValueError(f"manifest lists no checksum for {name}")
         if not (path / name).exists():
             raise ValueError(f"{name} is missing")
         if verify and sha256_file(path / name) != manifest["files"][name]:
@@ -282,28 +396,26 @@ def iter_replica_dirs(root, **filters):
     unknown = set(filters) - set(CELL)
     if unknown:
         raise ValueError(f"unknown filter(s) {sorted(unknown)}; valid filters: {', '.join(CELL)}")
+    for k, v in filters.items():  # a filter such as hardware=".." would read beside the store
+        if v and (e := path_component_error(v)):
+            raise ValueError(f"filter {k} {e}")
     pattern = "/".join(str(filters.get(k) or "*") for k in CELL) + "/replica-*"
     yield from sorted(p for p in Path(root).glob(pattern) if p.is_dir())
 
 
 def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filters) -> Runs:
-    """Load every complete replica under `root`. Incomplete or damaged ones (and manifests that
-    record no meaning of their setting) are reported in `problems` (and a warning is printed),
+    """Load every complete replica under `root`. Incomplete or damaged ones (a manifest missing,
+    unreadable or of the wrong shape, e.g. recording no meaning of its setting; a file failing its
+    checksum) are reported in `problems` with their path and reason (and a warning is printed),
     never returned as results."""
     rows, preds, hists, problems = [], [], [], []
     for path in iter_replica_dirs(root, **filters):
-        try:
+        try:  # a manifest of the wrong shape is refused here, before anything below reads it
             m = read_manifest(path, verify)
-            meaning = {k: m["setting"][k] for k in MEANING}
         except ValueError as e:
             problems.append((str(path), str(e)))
             continue
-        except (KeyError, TypeError):
-            problems.append(
-                (str(path), ("the manifest records no meaning of its setting (varied, deterministic, perturb_ulp)"))
-            )
-            continue
-        s = m["spec"]
+        meaning, s = m["setting"], m["spec"]
         key = {
             "hardware": m["hardware"],
             "dataset": s["dataset"],
