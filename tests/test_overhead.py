@@ -243,6 +243,24 @@ def test_a_damaged_result_is_refused(tmp_path):
         overhead.read_results(tmp_path, "cpu-1t")
 
 
+@pytest.mark.parametrize(
+    "manifest, message",
+    [
+        ("null", "malformed manifest"),
+        ("[1, 2]", "malformed manifest"),
+        ('{"files": null}', "malformed manifest"),
+        ('{"files": {"results.parquet": 3}}', "malformed manifest"),
+        ("{not json", "unreadable manifest"),
+    ],
+)
+def test_a_malformed_manifest_is_refused_by_name(tmp_path, manifest, message):
+    (d,) = overhead.write_results(_frame(), tmp_path, env={})
+    (d / overhead.MANIFEST).write_text(manifest)
+    with pytest.raises(ValueError, match=message) as info:
+        overhead.read_results(tmp_path, "cpu-1t")
+    assert str(d / overhead.MANIFEST) in str(info.value)
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_the_plan_file_is_valid(device):
     plan = overhead.load_plan(REPO / "plans" / "overhead.yaml", device)

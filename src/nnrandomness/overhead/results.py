@@ -74,8 +74,16 @@ def read_results(root: str | Path, hardware: str) -> tuple[pd.DataFrame, dict]:
     d = results_dir(root, hardware)
     if not (d / MANIFEST).exists():
         raise ValueError(f"{d}: no manifest (missing or interrupted overhead run)")
-    manifest = json.loads((d / MANIFEST).read_text())
-    if store.sha256_file(d / RESULTS) != manifest["files"][RESULTS]:
+    try:
+        manifest = json.loads((d / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{d / MANIFEST}: unreadable manifest: {e}") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not isinstance(files.get(RESULTS), str):
+        raise ValueError(f"{d / MANIFEST}: malformed manifest (no checksum of {RESULTS})")
+    if not (d / RESULTS).is_file():
+        raise ValueError(f"{d / RESULTS} is missing")
+    if store.sha256_file(d / RESULTS) != files[RESULTS]:
         raise ValueError(f"{d / RESULTS} fails its SHA-256 checksum")
     return pd.read_parquet(d / RESULTS), manifest
 
