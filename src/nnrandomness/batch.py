@@ -154,21 +154,34 @@ def _dispatch(jobs, args, gpus, wait_lock: bool) -> list[JobResult]:
 
 
 def writable_problems(jobs) -> list[str]:
-    """Create every job's store directory (its setting's, which `run_job` locks) and executed
-    notebook directory, and write a file in each: one problem per directory that refuses, naming it.
-    Checked before any kernel starts (a job would otherwise fail its kernel seconds later, or
-    fail only when keeping its notebook, after the training was done)."""
-    dirs = {job.replica_dir(0).parent: "output root" for job in jobs}
-    dirs.update({job.executed.parent: "executed root" for job in jobs})
+    """Create the store and the executed notebooks' folder, then each job's directories in them
+    (its setting's in the store, which `run_job` locks), and write a file in each: one problem per
+    refusing root (its jobs' directories are not tried), naming it. Checked before any kernel
+    starts: a job would otherwise fail its kernel seconds later, or fail only when keeping its
+    notebook, after the training was done."""
+    executed_root = Path(os.path.commonpath([job.executed.parent for job in jobs]))
+    checks = [
+        ("output root", root, [job.replica_dir(0).parent for job in jobs if job.output_root == root])
+        for root in dict.fromkeys(job.output_root for job in jobs)
+    ]
+    checks.append(("executed root", executed_root, [job.executed.parent for job in jobs]))
     problems = []
-    for path, what in dirs.items():
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as e:
-            problems.append(f"the {what} is not writable: {path}: {e.strerror or e}")
+    for what, root, dirs in checks:
+        problem = next(filter(None, map(_unwritable, [root, *dict.fromkeys(dirs)])), None)
+        if problem:
+            problems.append(f"the {what} is not writable: {problem}")
     return problems
+
+
+def _unwritable(path: Path) -> str | None:
+    """None when `path` is (made) a directory where a file can be written; else 'path: why'."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    return None
 
 
 def _option_problems(args, jobs, gpus) -> list[str]:
