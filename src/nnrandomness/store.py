@@ -10,7 +10,9 @@ Layout: ``<root>/<hardware>/<dataset>/<model>/<setting>/replica-<k>/`` holding
   valid manifest, or whose files fail their checksums, is incomplete and never read as a result.
 
 While a replica trains, its epoch checkpoint lives in the same directory; it is removed once
-the manifest is in place.
+the manifest is in place. Every file lands by `write_file` (temporary, fsync, rename; a full disk
+named with what was kept), and the writers of a store take `lock` on a directory (a job's
+setting, a replica) so that two processes never write the same replica.
 """
 
 from __future__ import annotations
