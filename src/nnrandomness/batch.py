@@ -159,6 +159,8 @@ def writable_problems(jobs) -> list[str]:
     refusing root (its jobs' directories are not tried), naming it. Checked before any kernel
     starts: a job would otherwise fail its kernel seconds later, or fail only when keeping its
     notebook, after the training was done."""
+    if not jobs:
+        return []
     executed_root = Path(os.path.commonpath([job.executed.parent for job in jobs]))
     checks = [
         ("output root", root, [job.replica_dir(0).parent for job in jobs if job.output_root == root])
@@ -329,7 +331,8 @@ def sweep_job_temporaries() -> list[Path]:
 
 
 def _papermill(job, executed: Path, params: Path, env: dict, deadline: float) -> tuple[str, str]:
-    """One papermill execution; (kind, reason) with kind ok | error | timeout | kernel-start."""
+    """One papermill execution; (kind, reason) with kind ok | error | timeout | kernel-start | stopped
+    (the runner got SIGTERM/SIGINT)."""
     cmd = [
         sys.executable,
         "-c",
