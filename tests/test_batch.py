@@ -8,12 +8,14 @@ The scheduler's CPU/GPU accounting is checked with a stand-in for `run_job` (no 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -140,42 +142,112 @@ def test_another_recipe_on_the_same_store_is_refused(reference, tmp_path, capsys
     assert "replica-0 in the store was trained with another recipe (epochs: stored 3, planned 4)" in err
 
 
-def test_killed_plan_resumes_to_the_same_bits(reference, tmp_path):
-    """SIGKILL the runner's whole process group while the second job trains, run the plan again:
-    the store ends up bitwise equal to the uninterrupted run and the finished job is not re-run."""
-    _, _, ref = reference
-    cmd = [sys.executable, "-m", "nnrandomness", "run", str(SMOKE), "--workers", "1", *roots(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs, executed = tmp_path / "runs" / "cpu-1t/digits/smallcnn", tmp_path / "executed" / "cpu-1t/digits/smallcnn"
+def start_runner(tmp_path: Path, *args) -> subprocess.Popen:
+    """`nnrandomness run` in a session of its own, its temporary folders under tmp_path/tmp."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "nnrandomness", "run", str(SMOKE), *map(str, args), *roots(tmp_path)]
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, text=True)
+
+
+def wait_for_training(proc: subprocess.Popen, replica: Path) -> list[psutil.Process]:
+    """Wait until `replica` is complete (the job is training); the runner's process tree then."""
     deadline = time.monotonic() + 240
+    while not store.is_complete(replica):
+        assert proc.poll() is None, "the runner finished before it could be killed"
+        assert time.monotonic() < deadline, "the job never started training"
+        time.sleep(0.01)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    commands = [" ".join(p.cmdline()) for p in tree]
+    assert len(tree) >= 2 and any("ipykernel" in c for c in commands), commands  # papermill and its kernel
+    return tree
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for an init that may never reap it)."""
     try:
-        while not store.is_complete(runs / "ALGO" / "replica-0"):  # the second job is half way
-            assert proc.poll() is None, "the runner finished before it could be killed"
-            assert time.monotonic() < deadline, "the second job never started training"
-            time.sleep(0.01)
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_tree_ends(tree: list[psutil.Process], seconds: float = 5) -> None:
+    """Papermill and the kernel end within `seconds` of their runner, by themselves."""
+    deadline = time.monotonic() + seconds
+    while any(map(running, tree)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = [p for p in tree if running(p)]
+    for p in alive:  # not to leave them running after a failure
+        p.kill()
+    assert not alive, f"outlived the runner: {alive}"
+
+
+def test_killed_plan_resumes_to_the_same_bits(reference, tmp_path, monkeypatch):
+    """SIGKILL the runner alone while the second job trains: its papermill (PR_SET_PDEATHSIG) and
+    kernel (which watches the runner) end by themselves within seconds; the next run sweeps the
+    dead runner's temporary folder, resumes, and the store ends up bitwise equal to the
+    uninterrupted run; the finished job is not re-run."""
+    _, _, ref = reference
+    proc = start_runner(tmp_path, "--workers", 1)
+    runs, executed = tmp_path / "runs" / "cpu-1t/digits/smallcnn", tmp_path / "executed" / "cpu-1t/digits/smallcnn"
+    try:
+        tree = wait_for_training(proc, runs / "ALGO" / "replica-0")  # the second job is half way
     finally:
-        # The job's kernel runs in a session of its own (jupyter_client starts it so), out of
-        # reach of killpg: left alone it would go on training for a moment and could finish the
-        # job by itself. Kill the whole tree at once, as a machine going down would.
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        os.killpg(proc.pid, signal.SIGKILL)
-        for child in tree:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait()
-        psutil.wait_procs(tree, timeout=10)
+        proc.kill()  # the runner only: SIGKILL cannot be caught, its children must notice by themselves
+        proc.communicate()
+    assert_tree_ends(tree)
     assert (executed / "CONTROL.ipynb").exists() and not (executed / "ALGO.ipynb").exists()
     assert not store.is_complete(runs / "ALGO" / "replica-2")
+    stale = list((tmp_path / "tmp").glob(f"nnrandomness-job-{proc.pid}-*"))
+    assert len(stale) == 1, "the killed runner's temporary folder"
     control = (executed / "CONTROL.ipynb").stat().st_mtime_ns
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     code, out = run(SMOKE, "--workers", 1, *roots(tmp_path))
     assert code == 0, out
     jobs = summary(out)
     assert jobs[JOBS[0]][0] == "skipped" and jobs[JOBS[1]][0] == "done"
     assert (executed / "CONTROL.ipynb").stat().st_mtime_ns == control
     assert hashes(tmp_path / "runs") == hashes(ref / "runs") and len(hashes(ref / "runs")) == 6
+    assert list((tmp_path / "tmp").glob("nnrandomness-job-*")) == []  # swept, and the new run's own removed
+
+
+def test_a_terminated_runner_stops_its_jobs_and_cleans_up(tmp_path):
+    """SIGTERM: the runner kills its jobs' process groups, keeps no half-run notebook, removes its
+    temporary folders and exits with 128 + 15, within seconds."""
+    proc = start_runner(tmp_path, "--workers", 1)
+    runs = tmp_path / "runs" / "cpu-1t/digits/smallcnn"
+    try:
+        tree = wait_for_training(proc, runs / "CONTROL" / "replica-0")
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        proc.communicate(timeout=20)
+        seconds = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and seconds < 10, seconds
+    assert_tree_ends(tree)
+    assert list((tmp_path / "tmp").glob("nnrandomness-job-*")) == []
+    assert not (tmp_path / "executed" / "cpu-1t/digits/smallcnn" / "CONTROL.ipynb").exists()
+    assert not store.is_complete(runs / "CONTROL" / "replica-2")
+
+
+def test_two_runners_on_one_store_split_the_work(reference, tmp_path):
+    """Two runners started together on one store: each job is run by one of them (the other
+    finds it locked, goes on, and at the end finds it done by the other); both succeed and the
+    store is the uninterrupted run's."""
+    _, _, ref = reference
+    first = start_runner(tmp_path, "--workers", 1)
+    second = start_runner(tmp_path, "--workers", 1)
+    outs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outs
+    tables = [summary(out) for out in outs]
+    for job in JOBS:
+        statuses = sorted(t[job][0] for t in tables)
+        assert statuses == ["done", "skipped"], (job, outs)
+        skipped = next(t[job] for t in tables if t[job][0] == "skipped")
+        assert "done by another runner" in " ".join(skipped) or "complete in the store" in " ".join(skipped)
+    assert hashes(tmp_path / "runs") == hashes(ref / "runs")
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -312,13 +384,69 @@ class TestFailures:
         assert not (tmp_path / "runs").exists()
 
 
+# ----------------------------------------------------------------------------- roots and locks (no kernels)
+@pytest.fixture
+def no_jobs(monkeypatch):
+    """run_job replaced by a recorder: a test that fails must do so before any job starts."""
+    started = []
+    monkeypatch.setattr(batch, "run_job", lambda job, **kwargs: started.append(job.name))
+    return started
+
+
+def test_an_output_root_that_cannot_be_created_stops_the_plan_before_any_job(tmp_path, no_jobs, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _ = run(SMOKE, "--output-root", blocker / "runs", "--executed-root", tmp_path / "executed")
+    assert code == 2 and no_jobs == []
+    err = capsys.readouterr().err
+    assert err.count("not writable") == 1 and f"the output root is not writable: {blocker}/runs: Not a directory" in err
+
+
+def test_a_read_only_executed_root_stops_the_plan_before_any_job(tmp_path, no_jobs, capsys, monkeypatch):
+    """A permission or read-only error on the probe file (injected: the tests run as root, whom
+    chmod does not stop) is found before any kernel starts, not after the training."""
+    real = tempfile.TemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):
+        if Path(dir).is_relative_to(tmp_path / "executed"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(batch.tempfile, "TemporaryFile", refuse)
+    code, _ = run(SMOKE, *roots(tmp_path))
+    assert code == 2 and no_jobs == []
+    err = capsys.readouterr().err
+    assert (
+        f"the executed root is not writable: {tmp_path}/executed/cpu-1t/digits/smallcnn: Read-only file system" in err
+    )
+    assert "output root" not in err  # the store is fine
+
+
+def test_a_job_locked_by_another_runner_is_left_to_it(tmp_path):
+    job = plan.load_plan(SMOKE, output_root=tmp_path / "runs", executed_root=tmp_path / "executed").jobs[0]
+    with store.lock(job.replica_dir(0).parent) as held:
+        assert held
+        result = batch.run_job(job)
+    assert (result.status, result.reason) == ("elsewhere", batch.ELSEWHERE)
+    assert not (tmp_path / "executed").exists()  # no kernel, no notebook
+
+
+def test_stale_temporary_folders_of_dead_runners_are_swept(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, mine = tmp_path / "nnrandomness-job-999999999-abc", tmp_path / f"nnrandomness-job-{os.getpid()}-abc"
+    for d in (dead, mine):
+        (d / "sub").mkdir(parents=True)
+    assert batch.sweep_job_temporaries() == [dead]
+    assert not dead.exists() and mine.exists()
+
+
 # ----------------------------------------------------------------------------- the scheduler
 @pytest.fixture
 def recorded(monkeypatch):
     """Replace run_job by a stand-in that records when each job ran and what it was given."""
     log, lock = [], threading.Lock()
 
-    def fake(job, *, retries, gpu):
+    def fake(job, *, retries, gpu, wait_lock=False):
         with lock:
             log.append(("start", job.name, job.threads, gpu, time.monotonic()))
         time.sleep(0.05)

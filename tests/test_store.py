@@ -117,7 +117,7 @@ def test_overwrite_is_incomplete_until_its_manifest_lands(tmp_path, monkeypatch)
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "save_file", crash)  # the write dies half-way
+    monkeypatch.setattr(store, "save_weights", crash)  # the write dies half-way
     with pytest.raises(OSError):
         store.write_replica(tmp_path, "cpu-1t", fake_result(0, [1, 1, 1, 1]))
     assert not store.is_complete(d)

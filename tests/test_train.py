@@ -12,7 +12,7 @@ import torch
 
 from nnrandomness import metrics, store
 from nnrandomness.data import load_dataset
-from nnrandomness.train import ReplicaSpec, lr_at, train_replica, validate_spec
+from nnrandomness.train import ReplicaSpec, load_checkpoint, lr_at, train_replica, validate_spec
 
 TINY = ReplicaSpec(dataset="digits", model="smallcnn", epochs=3, lr=2e-3, threads=1)
 
@@ -115,7 +115,7 @@ def test_killed_replica_resumes_bit_identical(tmp_path, setting):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if ckpt.exists():
-            epoch = torch.load(ckpt, weights_only=False)["epoch"]
+            epoch = load_checkpoint(ckpt)["epoch"]
             if epoch >= 3:
                 break
         time.sleep(0.02)

@@ -21,29 +21,47 @@ kernel did not come up: "Kernel didn't respond", "Kernel died before replying to
 ZMQ port races between parallel starts) are retried up to ``--retries`` times; a failure in a
 cell never is. Every job's executed notebook is kept under the plan's executed_root, failed ones
 too, with papermill's timings removed so that the same run gives the same file.
+
+Before any kernel starts, every output and executed directory is created and written to: a
+missing permission or a read-only file system is one clear error naming the path. Runners
+sharing a store split the work: each job holds a lock on its setting's directory in the store
+(`store.lock`, released by the OS when its holder dies); a runner that finds a job locked
+reports it "running elsewhere", goes on with the others, and at the end waits for that lock and
+finds the job done by the other runner (or runs it, if that runner died). A job's papermill runs
+in a process group of its own that the runner kills on SIGTERM/SIGINT; on Linux it also dies
+with the runner (PR_SET_PDEATHSIG), and its kernel watches the runner (`cell.watch_runner`), so
+that even a SIGKILLed runner leaves no training behind. Temporary folders are named after their
+runner's pid: those of dead runners are swept by the next job.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from .cell import RUNNER_PID_ENV
 from .executed import START_TIMEOUT
 from .executed import keep as keep_executed
 from .executed import read as read_notebook
 
 KERNEL_START_RETRIES = 3  # extra tries of a job whose kernel did not start
 RETRY_PAUSE = 1.0  # seconds between tries: lets a port race between parallel kernel starts pass
+TEMPORARY_PREFIX = "nnrandomness-job-"  # + "<runner pid>-": a job's temporary folder
+ELSEWHERE = "running elsewhere"  # the reason of a job another runner holds
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -97,6 +115,8 @@ def main(args: argparse.Namespace) -> int:
     problems = _option_problems(args, plan.jobs, gpus)
     states = {job.name: store_state(job) for job in plan.jobs}
     problems += [f"{name}: {c}" for name, (_, conflicts) in states.items() for c in conflicts]
+    if not args.dry_run:  # a dry run writes nothing, not even the roots
+        problems += writable_problems(plan.jobs)
     if problems:
         print("error: nothing was run:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
@@ -112,13 +132,58 @@ def main(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     results = [JobResult(job.name, "skipped", "complete in the store") for job in plan.jobs if not states[job.name][0]]
-    if pending and args.ray:
-        results += run_ray(pending, address=args.ray, cpus=args.cpus, retries=args.retries)
-    elif pending:
-        results += run_local(pending, workers=args.workers, cpus=args.cpus, gpus=gpus, retries=args.retries)
+    with _stopping_jobs_on_signals():
+        results += _dispatch(pending, args, gpus, wait_lock=False)
+        # Jobs another runner held: wait for its lock, then find them done (or run them, if it died).
+        elsewhere = [r.name for r in results if r.status == "elsewhere"]
+        if elsewhere:
+            print(f"waiting for {len(elsewhere)} job(s) running elsewhere: {', '.join(elsewhere)}")
+            results = [r for r in results if r.status != "elsewhere"]
+            results += _dispatch([j for j in pending if j.name in elsewhere], args, gpus, wait_lock=True)
     order = {job.name: i for i, job in enumerate(plan.jobs)}
     _print_summary(sorted(results, key=lambda r: order[r.name]), time.monotonic() - started)
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _dispatch(jobs, args, gpus, wait_lock: bool) -> list[JobResult]:
+    if not jobs:
+        return []
+    if args.ray:
+        return run_ray(jobs, address=args.ray, cpus=args.cpus, retries=args.retries, wait_lock=wait_lock)
+    return run_local(jobs, workers=args.workers, cpus=args.cpus, gpus=gpus, retries=args.retries, wait_lock=wait_lock)
+
+
+def writable_problems(jobs) -> list[str]:
+    """Create the store and the executed notebooks' folder, then each job's directories in them
+    (its setting's in the store, which `run_job` locks), and write a file in each: one problem per
+    refusing root (its jobs' directories are not tried), naming it. Checked before any kernel
+    starts: a job would otherwise fail its kernel seconds later, or fail only when keeping its
+    notebook, after the training was done."""
+    if not jobs:
+        return []
+    executed_root = Path(os.path.commonpath([job.executed.parent for job in jobs]))
+    checks = [
+        ("output root", root, [job.replica_dir(0).parent for job in jobs if job.output_root == root])
+        for root in dict.fromkeys(job.output_root for job in jobs)
+    ]
+    checks.append(("executed root", executed_root, [job.executed.parent for job in jobs]))
+    problems = []
+    for what, root, dirs in checks:
+        problem = next(filter(None, map(_unwritable, [root, *dict.fromkeys(dirs)])), None)
+        if problem:
+            problems.append(f"the {what} is not writable: {problem}")
+    return problems
+
+
+def _unwritable(path: Path) -> str | None:
+    """None when `path` is (made) a directory where a file can be written; else 'path: why'."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    return None
 
 
 def _option_problems(args, jobs, gpus) -> list[str]:
@@ -202,19 +267,41 @@ def job_environment(job, gpu: str | None = None) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(job.threads)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu  # set before the kernel starts: CUDA reads it once
+    env[RUNNER_PID_ENV] = str(os.getpid())  # the kernel exits when this process does (cell.watch_runner)
     return env
 
 
-def run_job(job, *, retries: int = KERNEL_START_RETRIES, gpu: str | None = None) -> JobResult:
+def run_job(job, *, retries: int = KERNEL_START_RETRIES, gpu: str | None = None, wait_lock: bool = False) -> JobResult:
     """Execute one job with papermill (retrying kernel-start failures) and keep its executed notebook.
 
+    Holds the job's lock in the store throughout; a job another runner holds is "elsewhere" at
+    once, or, with `wait_lock`, once that lock is free, "skipped" when the other runner completed it.
     Never raises for a failed job: the reason is in the result. Runs in a thread of the local
     pool or as the body of a Ray task.
     """
+    from . import store
+
     started = time.monotonic()
-    deadline = started + job.timeout
-    env = job_environment(job, gpu)
-    with tempfile.TemporaryDirectory(prefix="nnrandomness-job-") as tmp:
+    sweep_job_temporaries()
+    with store.lock(job.replica_dir(0).parent, wait=wait_lock) as held:
+        if not held:
+            return JobResult(job.name, "elsewhere", ELSEWHERE)
+        if all(store.is_complete(job.replica_dir(k)) for k in range(job.replicas)):
+            return JobResult(job.name, "skipped", "done by another runner", time.monotonic() - started)
+        kind, reason, attempt = _execute(job, retries, job_environment(job, gpu), started + job.timeout)
+        if kind == "ok":
+            incomplete = [k for k in range(job.replicas) if not store.is_complete(job.replica_dir(k))]
+            if incomplete:  # a notebook that "succeeds" without its replicas is a failure all the same
+                kind, reason = "error", f"the notebook finished but replicas {incomplete} are not complete in the store"
+    if kind == "kernel-start":
+        reason = f"the kernel did not start in {attempt} tries: {reason}"
+    return JobResult(job.name, "done" if kind == "ok" else "failed", reason, time.monotonic() - started, attempt)
+
+
+def _execute(job, retries: int, env: dict, deadline: float) -> tuple[str, str, int]:
+    """papermill tries in a temporary folder of this runner's; the executed notebook is kept
+    (unless the runner is stopping). (kind, reason, tries)."""
+    with tempfile.TemporaryDirectory(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-") as tmp:
         executed, params = Path(tmp) / "executed.ipynb", Path(tmp) / "parameters.yaml"
         # safe_dump, not JSON: papermill reads the file as YAML, which takes JSON's 1e-05 for a string.
         params.write_text(yaml.safe_dump(job.parameters))
@@ -225,24 +312,32 @@ def run_job(job, *, retries: int = KERNEL_START_RETRIES, gpu: str | None = None)
             if kind != "kernel-start" or attempt > retries or time.monotonic() + RETRY_PAUSE >= deadline:
                 break
             time.sleep(RETRY_PAUSE)
-        keep_executed(executed, job.executed)
-    if kind == "ok":
-        from . import store
+        if kind != "stopped":
+            keep_executed(executed, job.executed)
+    return kind, reason, attempt
 
-        incomplete = [k for k in range(job.replicas) if not store.is_complete(job.replica_dir(k))]
-        if incomplete:  # a notebook that "succeeds" without its replicas is a failure all the same
-            kind, reason = "error", f"the notebook finished but replicas {incomplete} are not complete in the store"
-    if kind == "kernel-start":
-        reason = f"the kernel did not start in {attempt} tries: {reason}"
-    return JobResult(job.name, "done" if kind == "ok" else "failed", reason, time.monotonic() - started, attempt)
+
+def sweep_job_temporaries() -> list[Path]:
+    """Remove the temporary folders of runners that are gone (SIGKILLed: nothing of theirs ran)."""
+    from .train import pid_alive
+
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*-*"):
+        pid = path.name[len(TEMPORARY_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _papermill(job, executed: Path, params: Path, env: dict, deadline: float) -> tuple[str, str]:
-    """One papermill execution; (kind, reason) with kind ok | error | timeout | kernel-start."""
+    """One papermill execution; (kind, reason) with kind ok | error | timeout | kernel-start | stopped
+    (the runner got SIGTERM/SIGINT)."""
     cmd = [
         sys.executable,
-        "-m",
-        "papermill",
+        "-c",
+        _DIE_WITH_RUNNER,
+        str(os.getpid()),
         str(job.notebook),
         str(executed),
         "-f",
@@ -254,15 +349,25 @@ def _papermill(job, executed: Path, params: Path, env: dict, deadline: float) ->
         str(START_TIMEOUT),
     ]
     executed.unlink(missing_ok=True)
-    # Same process group as the runner: killing the runner's group ends its jobs too. The kernel
-    # runs in a session of its own but exits within a second of its papermill process.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A session (so a process group) of its own: the runner kills the group when it is stopped.
+    with _RUNNING_LOCK:
+        if _STOPPING.is_set():
+            return "stopped", "the runner was stopped"
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        _RUNNING.add(proc)
     try:
         log, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _kill_group(proc)
         proc.communicate()
         return "timeout", f"timed out after {job.timeout:.0f} s (the plan's timeout, or --timeout)"
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+    if _STOPPING.is_set():
+        return "stopped", "the runner was stopped"
     if proc.returncode == 0:
         return "ok", ""
     last_line = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "no output")
@@ -272,6 +377,58 @@ def _papermill(job, executed: Path, params: Path, env: dict, deadline: float) ->
     if nb is None or not any(c.get("metadata", {}).get("papermill", {}).get("start_time") for c in nb["cells"]):
         return "kernel-start", last_line  # no cell began: the kernel never came up (or papermill could not start)
     return "error", _cell_error(nb) or last_line
+
+
+# papermill's command line, run as `python -c _DIE_WITH_RUNNER RUNNER_PID ARGS...`: on Linux the
+# process asks the kernel for SIGKILL when the runner's thread that started it ends (the runner
+# killed by SIGKILL included), then runs papermill with ARGS.
+_DIE_WITH_RUNNER = """
+import ctypes, os, runpy, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+except (AttributeError, OSError):  # no prctl (not Linux): the kernel still watches the runner
+    pass
+if os.getppid() != int(sys.argv[1]):  # the runner died before prctl
+    sys.exit(1)
+sys.argv = ["papermill", *sys.argv[2:]]
+runpy.run_module("papermill", run_name="__main__", alter_sys=True)
+"""
+_RUNNING: set[subprocess.Popen] = set()  # papermill processes of this runner
+_RUNNING_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set on SIGTERM/SIGINT: no new papermill starts
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # papermill's group; its kernel follows (cell.watch_runner)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def _stopping_jobs_on_signals():
+    """While the block runs, SIGTERM and SIGINT kill every running job's process group, then end
+    the runner (SystemExit 128 + signal; KeyboardInterrupt for SIGINT) once its jobs have cleaned up."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+
+    def stop(signum, frame):
+        with _RUNNING_LOCK:
+            _STOPPING.set()
+            for proc in _RUNNING:
+                _kill_group(proc)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _STOPPING.clear()
 
 
 def _cell_error(nb: dict) -> str | None:
@@ -298,7 +455,13 @@ def _report(bar, result: JobResult) -> None:
 
 
 def run_local(
-    jobs, *, workers: int, cpus: int, gpus: list[str] | None = None, retries: int = KERNEL_START_RETRIES
+    jobs,
+    *,
+    workers: int,
+    cpus: int,
+    gpus: list[str] | None = None,
+    retries: int = KERNEL_START_RETRIES,
+    wait_lock: bool = False,
 ) -> list[JobResult]:
     """Run jobs on a pool of `workers` threads, each waiting on its papermill process.
 
@@ -318,7 +481,7 @@ def run_local(
             ):
                 job = queue.popleft()
                 gpu = free_gpus.pop(0) if free_gpus is not None else None
-                running[pool.submit(run_job, job, retries=retries, gpu=gpu)] = (job, gpu)
+                running[pool.submit(run_job, job, retries=retries, gpu=gpu, wait_lock=wait_lock)] = (job, gpu)
                 used += job.threads
             bar.set_postfix_str(", ".join(job.name for job, _ in running.values()), refresh=True)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -335,7 +498,9 @@ def run_local(
     return results
 
 
-def run_ray(jobs, *, address: str, cpus: int | None = None, retries: int = KERNEL_START_RETRIES) -> list[JobResult]:
+def run_ray(
+    jobs, *, address: str, cpus: int | None = None, retries: int = KERNEL_START_RETRIES, wait_lock: bool = False
+) -> list[JobResult]:
     """Run jobs as Ray tasks: `threads` CPUs each, plus one GPU where the job's device is CUDA.
 
     Connects with ``ray.init(address=...)`` unless this process already has Ray initialised
@@ -354,7 +519,7 @@ def run_ray(jobs, *, address: str, cpus: int | None = None, retries: int = KERNE
         task = ray.remote(max_retries=0)(run_job)
         refs = {
             task.options(num_cpus=job.threads, num_gpus=1 if job.uses_gpu else 0, name=job.name).remote(
-                job, retries=retries
+                job, retries=retries, wait_lock=wait_lock
             ): job
             for job in jobs
         }

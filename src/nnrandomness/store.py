@@ -10,24 +10,30 @@ Layout: ``<root>/<hardware>/<dataset>/<model>/<setting>/replica-<k>/`` holding
   valid manifest, or whose files fail their checksums, is incomplete and never read as a result.
 
 While a replica trains, its epoch checkpoint lives in the same directory; it is removed once
-the manifest is in place.
+the manifest is in place. Every file lands by `write_file` (temporary, fsync, rename; a full disk
+named with what was kept), and the writers of a store take `lock` on a directory (a job's
+setting, a replica) so that two processes never write the same replica.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import unicodedata
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_weights
 
 MANIFEST = "manifest.json"
 FILES = ("predictions.parquet", "history.parquet", "weights.safetensors")
@@ -115,6 +121,60 @@ def _json_default(o):
 
 
 # ----------------------------------------------------------------------------- writing
+CHECKPOINT = "checkpoint.pt"  # train's epoch checkpoint (train.CHECKPOINT: the store does not import train)
+
+
+def write_file(path: Path, data: bytes, kept: str) -> None:
+    """Write `data` to `path` by ``<path>.tmp-<pid>``, fsync and rename; the temporary is removed on
+    every way out. A full disk (ENOSPC, EDQUOT) becomes an OSError of the same errno saying
+    "no space left on <directory> while writing <file>; kept: <kept>"."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(e.errno, f"no space left on {path.parent} while writing {path.name}; kept: {kept}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sweep_temporaries(path: Path) -> list[Path]:
+    """Remove every ``*.tmp-<pid>`` file of a replica directory (call it while no one writes there:
+    under the job's lock, or once the replica is complete); the removed."""
+    removed = sorted(Path(path).glob("*.tmp-*"))
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
+@contextmanager
+def lock(path: Path, wait: bool = False) -> Iterator[bool]:
+    """Hold an exclusive lock on directory `path` (created if missing) for the block; yields
+    False, holding nothing, when another process holds it and `wait` is false.
+
+    flock(2) on the directory itself: no lock file is left in the store, and the operating system
+    releases the lock when its holder dies, however it dies. Runners on one store lock each job's
+    setting directory, so that they split the jobs instead of both doing every one.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def write_replica(root, hardware: str, result) -> Path:
     """Write one replica's result; the manifest goes last, by atomic rename. Returns the directory.
 
@@ -122,11 +182,20 @@ def write_replica(root, hardware: str, result) -> Path:
     of train): read are its spec (dataset, model, setting, replica, noise, to_dict()), seeds,
     history, predictions, probabilities, labels, groups, weights, backend, environment,
     perturbation, timings and resumed_from_epoch.
+
+    Every file is serialised in memory and written by `write_file`, so that a full disk raises an
+    OSError naming the file and what was kept (the replica's checkpoint: a re-run resumes from it);
+    such a failure leaves no manifest, so the directory never looks complete.
     """
     spec = result.spec
     out = replica_dir(root, hardware, spec.dataset, spec.model, spec.setting, spec.replica)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # an overwrite is incomplete until its new manifest lands
+    kept = (
+        f"{out / CHECKPOINT} (a re-run resumes from it); no manifest, so the replica counts as incomplete"
+        if (out / CHECKPOINT).exists()
+        else "no manifest, so the replica counts as incomplete"
+    )
 
     n, c = result.probabilities.shape
     preds = pd.DataFrame(
@@ -138,9 +207,13 @@ def write_replica(root, hardware: str, result) -> Path:
         }
     )
     probs = pd.DataFrame(result.probabilities, columns=[f"prob_{k}" for k in range(c)])
-    pd.concat([preds, probs], axis=1).to_parquet(out / "predictions.parquet", index=False)
-    result.history.to_parquet(out / "history.parquet", index=False)
-    save_file({k: v.contiguous() for k, v in result.weights.items()}, str(out / "weights.safetensors"))
+    contents = {
+        "predictions.parquet": pd.concat([preds, probs], axis=1).to_parquet(index=False),
+        "history.parquet": result.history.to_parquet(index=False),
+        "weights.safetensors": save_weights({k: v.contiguous() for k, v in result.weights.items()}),
+    }
+    for name in FILES:
+        write_file(out / name, contents[name], kept)
 
     final = result.history.iloc[-1].to_dict() if len(result.history) else {}
     manifest = {
@@ -162,12 +235,13 @@ def write_replica(root, hardware: str, result) -> Path:
         "final": {k: float(v) for k, v in final.items()},
         "weights_hash": weights_hash(result.weights),
         "predictions_hash": predictions_hash(result.predictions, result.probabilities),
-        "files": {name: sha256_file(out / name) for name in FILES},
+        # Of the bytes written, not re-read from disk: what was meant to land is what is checked later.
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()},
     }
-    tmp = out / (MANIFEST + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=_json_default))
-    os.replace(tmp, out / MANIFEST)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+    text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default)
+    write_file(out / MANIFEST, text.encode(), kept)
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    sweep_temporaries(out)  # a killed writer's leftovers: nothing but the replica stays
     return out
 
 

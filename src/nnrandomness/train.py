@@ -12,8 +12,12 @@ this module knows nothing of the store.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
+import io
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,10 +199,112 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _atomic_torch_save(obj, path: Path):
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# ----------------------------------------------------------------------------- checkpoints
+# A checkpoint file is this header line, the SHA-256 of the payload in hex, a newline, then the
+# payload: torch.save's bytes. The checksum finds a truncated or flipped file before torch reads it.
+CHECKPOINT = "checkpoint.pt"
+_CHECKPOINT_MAGIC = b"nnrandomness-checkpoint-1 "
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint that fails its checksum or does not load (truncated, flipped, another format)."""
+
+
+def save_checkpoint(state: dict, path: Path, kept: str) -> None:
+    """Write `state` to `path` atomically: checksummed bytes to ``<path>.tmp-<pid>``, fsync, rename.
+
+    torch.save writes into memory, and the bytes are written here, so that a full disk raises our
+    OSError (ENOSPC) naming the path and what is `kept`, not torch's "unexpected pos". The
+    temporary file is removed on every way out.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"no space left on {path.parent} while writing {path.name}; kept: {kept}") from e
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The state saved by `save_checkpoint`, loaded with ``weights_only=True`` (tensors, numbers,
+    strings and containers only: a checkpoint cannot run code). Raises CorruptCheckpoint."""
+    raw = Path(path).read_bytes()
+    header, _, payload = raw.partition(b"\n")
+    if not header.startswith(_CHECKPOINT_MAGIC):
+        raise CorruptCheckpoint("not a checksummed checkpoint (no header)")
+    if hashlib.sha256(payload).hexdigest().encode() != header[len(_CHECKPOINT_MAGIC) :]:
+        raise CorruptCheckpoint(f"fails its SHA-256 checksum ({len(raw)} bytes: truncated or damaged)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # the checksum held, so this is a payload torch cannot read: still corrupt
+        raise CorruptCheckpoint(f"torch cannot load it: {type(e).__name__}: {e}") from None
+
+
+def _set_aside(path: Path, reason: str) -> Path:
+    """Move a corrupt checkpoint to ``<path>.corrupt-<n>`` (first free n) and warn with its path."""
+    n = 1
+    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    os.replace(path, aside)
+    warnings.warn(
+        f"checkpoint {path} is corrupt ({reason}); moved to {aside.name}, the replica restarts from epoch 0",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return aside
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (a writer of a temporary file, a runner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        pass
+    return True
+
+
+def sweep_checkpoint_temporaries(path: Path) -> list[Path]:
+    """Remove ``<path>.tmp-<pid>`` files whose writer is dead (a killed run's leftovers); the removed."""
+    removed = []
+    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _resume(path: Path, spec: ReplicaSpec, replica: Replica) -> dict | None:
+    """Load the replica's checkpoint into `replica`; its state, or None (no checkpoint, or a
+    corrupt one, set aside: the replica then starts from scratch, which gives the same bits)."""
+    sweep_checkpoint_temporaries(path)
+    if not path.exists():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except CorruptCheckpoint as e:
+        _set_aside(path, str(e))
+        return None
+    if ckpt["spec"] != spec.to_dict():
+        raise ValueError(f"checkpoint {path} belongs to another spec; delete it to start over")
+    replica.model.load_state_dict(ckpt["model"])
+    replica.opt.load_state_dict(ckpt["optimizer"])
+    for name, state in ckpt["generators"].items():
+        replica.gens[name].set_state(state)
+    return ckpt
 
 
 # ----------------------------------------------------------------------------- one replica, one step
@@ -320,7 +426,7 @@ def train_replica(
     """
     validate_spec(spec, check_data=dataset is None)
     device = torch.device(spec.device)
-    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
 
     with noise.configure_determinism(spec.backend()) as backend:
         ds = (dataset or data_mod.load_dataset(spec.dataset, spec.data_root)).to(device)
@@ -328,14 +434,7 @@ def train_replica(
         model, opt, gens = replica.model, replica.opt, replica.gens
 
         start_epoch_index, rows, resumed_from, train_seconds = 0, [], None, 0.0
-        if ckpt_path is not None and ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            if ckpt["spec"] != spec.to_dict():
-                raise ValueError(f"checkpoint {ckpt_path} belongs to another spec; delete it to start over")
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            for name, state in ckpt["generators"].items():
-                gens[name].set_state(state)
+        if ckpt_path is not None and (ckpt := _resume(ckpt_path, spec, replica)) is not None:
             start_epoch_index, rows, resumed_from = ckpt["epoch"], ckpt["history"], ckpt["epoch"]
             train_seconds = ckpt["train_seconds"]
 
@@ -380,18 +479,17 @@ def train_replica(
             )
             if ckpt_path is not None:
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_torch_save(
-                    {
-                        "spec": spec.to_dict(),
-                        "epoch": epoch + 1,
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "generators": {k: g.get_state() for k, g in gens.items()},
-                        "history": rows,
-                        "train_seconds": train_seconds,
-                    },
-                    ckpt_path,
-                )
+                state = {
+                    "spec": spec.to_dict(),
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generators": {k: g.get_state() for k, g in gens.items()},
+                    "history": rows,
+                    "train_seconds": train_seconds,
+                }
+                kept = f"the checkpoint after epoch {epoch}" if epoch else "nothing (this was the first checkpoint)"
+                save_checkpoint(state, ckpt_path, kept)
 
         t0 = time.perf_counter()
         logits, _ = evaluate(
