@@ -507,3 +507,39 @@ def test_pool_gives_each_running_job_its_own_gpu(recorded, tmp_path):
         else:
             del running[name]
     assert {gpu for _, _, _, gpu, _ in recorded} == {"0", "1"}
+
+
+def test_a_committed_store_takes_runs_only_from_a_clean_checkout(tmp_path):
+    """Provenance: a store git tracks (data/runs) gets replicas only from a clean checkout, whose
+    commit the manifests then record; a scratch store takes them from any checkout."""
+    from nnrandomness import environment
+
+    repo = tmp_path / "repo"
+    (repo / "runs").mkdir(parents=True)
+    (repo / "runs" / "README").write_text("a committed store\n")
+    (repo / "code.py").write_text("a = 1\n")
+
+    def git(*args):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True, capture_output=True
+        )
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "store")
+    jobs = plan.load_plan(variant(tmp_path), output_root=repo / "runs", executed_root=tmp_path / "executed").jobs
+    clean = environment.git_commit(repo)
+    assert clean and not clean.endswith("+dirty")
+    assert batch.provenance_problem(jobs, commit=clean) is None
+
+    (repo / "code.py").write_text("a = 2\n")  # an uncommitted change to tracked code
+    dirty = environment.git_commit(repo)
+    assert dirty.endswith("+dirty")
+    problem = batch.provenance_problem(jobs, commit=dirty)
+    assert f"the committed store {repo / 'runs'} would get 2 job(s)" in problem and dirty in problem
+    assert batch.provenance_problem([], commit=dirty) is None  # a finished plan: nothing to refuse
+    scratch = plan.load_plan(variant(tmp_path), output_root=repo / "scratch", executed_root=tmp_path / "ex").jobs
+    assert batch.provenance_problem(scratch, commit=dirty) is None
+    (repo / "untracked-store").mkdir()
+    untracked = plan.load_plan(variant(tmp_path), output_root=repo / "untracked-store", executed_root=tmp_path).jobs
+    assert batch.provenance_problem(untracked, commit=dirty) is None

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import yaml
 
+from . import environment
 from .cell import RUNNER_PID_ENV
 from .executed import START_TIMEOUT
 from .executed import keep as keep_executed
@@ -95,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-root", default=None, help="the run store, overriding the plan's output_root")
     parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write into a committed store from a checkout with uncommitted changes (recorded as +dirty)",
+    )
+    parser.add_argument(
         "--executed-root", default=None, help="where executed notebooks go, overriding the plan's executed_root"
     )
 
@@ -115,13 +121,18 @@ def main(args: argparse.Namespace) -> int:
     problems = _option_problems(args, plan.jobs, gpus)
     states = {job.name: store_state(job) for job in plan.jobs}
     problems += [f"{name}: {c}" for name, (_, conflicts) in states.items() for c in conflicts]
+    pending = [job for job in plan.jobs if states[job.name][0]]
+    if not args.dry_run and (problem := provenance_problem(pending)):
+        if not args.allow_dirty:
+            problems.append(problem + "; commit first, or pass --allow-dirty")
+        else:
+            print(f"WARNING: {problem}: these runs will record a '+dirty' commit", file=sys.stderr)
     if not args.dry_run:  # a dry run writes nothing, not even the roots
         problems += writable_problems(plan.jobs)
     if problems:
         print("error: nothing was run:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
 
-    pending = [job for job in plan.jobs if states[job.name][0]]
     print(
         f"plan {plan.name!r} ({args.plan}): {len(plan.jobs)} jobs, {len(plan.jobs) - len(pending)} complete, "
         f"{len(pending)} to run"
@@ -151,6 +162,24 @@ def _dispatch(jobs, args, gpus, wait_lock: bool) -> list[JobResult]:
     if args.ray:
         return run_ray(jobs, address=args.ray, cpus=args.cpus, retries=args.retries, wait_lock=wait_lock)
     return run_local(jobs, workers=args.workers, cpus=args.cpus, gpus=gpus, retries=args.retries, wait_lock=wait_lock)
+
+
+def provenance_problem(pending, commit: str | None = None) -> str | None:
+    """Why the pending jobs must not run here (None when they may): a committed store (git tracks
+    its files, as data/runs) gets replicas from a clean checkout only, so that the commit each
+    manifest records is the code that made it. Untracked files do not count; only pending jobs
+    matter (a finished plan re-runs as a no-op on any tree). commit: the package checkout's
+    (`environment.git_commit()`, read when None)."""
+    commit = commit or environment.git_commit()
+    if not commit or not commit.endswith("+dirty"):
+        return None
+    committed = sorted({str(j.output_root) for j in pending if environment.tracked_by_git(j.output_root)})
+    if not committed:
+        return None
+    return (
+        f"the committed store {', '.join(committed)} would get {len(pending)} job(s) from a checkout with "
+        f"uncommitted changes ({commit})"
+    )
 
 
 def writable_problems(jobs) -> list[str]:

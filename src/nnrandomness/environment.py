@@ -83,6 +83,19 @@ def git_commit(path: str | Path | None = None) -> str | None:
         return None
 
 
+def tracked_by_git(path: str | Path) -> bool:
+    """Whether git tracks any file under `path` (a committed run store, as data/runs is)."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.is_dir()), None)
+    if existing is None or existing != path:
+        return False  # nothing under a folder that does not exist yet is tracked
+    try:
+        out = subprocess.run(["git", "ls-files", "--", "."], cwd=path, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
 def fingerprint(device: str | torch.device = "cpu") -> dict:
     """Everything about the machine and software that can change the bits of a result."""
     device = torch.device(device)
