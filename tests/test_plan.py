@@ -286,3 +286,33 @@ def test_dry_run_lists_jobs(tmp_path, capsys):
     assert "2 jobs, 0 complete, 2 to run" in out
     assert "cpu-1t/digits/smallcnn/ALGO" in out and "to run (0/2 replicas done)" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]
+
+
+def test_dry_run_prints_the_schedule_of_every_gpu_busy(tmp_path, capsys, monkeypatch):
+    """--gpus sizes the pool to GPUs x --jobs-per-gpu (the paper plan on 8 GPUs: 8 jobs at once)."""
+    monkeypatch.chdir(ROOT)
+    roots = ["--output-root", str(tmp_path / "runs"), "--executed-root", str(tmp_path / "executed")]
+    gpus = ["--gpus", "0,1,2,3,4,5,6,7", "--cpus", "16"]
+    assert cli.main(["run", "plans/default.yaml", "--dry-run", *gpus, *roots]) == 0
+    out = capsys.readouterr().out
+    assert "schedule: up to 8 of 23 jobs at once (8 workers; 16 CPU slots" in out
+    assert "8 GPU slots (8 GPUs x 1 per GPU)" in out
+    assert cli.main(["run", "plans/default.yaml", "--dry-run", *gpus, "--jobs-per-gpu", "2", *roots]) == 0
+    assert "up to 16 of 23 jobs at once (16 workers; 16 CPU slots" in capsys.readouterr().out
+    # Without GPUs the pool is --workers (default 1), whatever the cores.
+    assert cli.main(["run", "plans/default.yaml", "--dry-run", "--cpus", "16", *roots]) == 0
+    assert "up to 1 of 23 jobs at once (1 workers;" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpus", "0,1", "--workers", "1"], "--workers 1 contradicts --gpus 0,1 x --jobs-per-gpu 1 (2 GPU slots)"),
+        (["--jobs-per-gpu", "2"], "--jobs-per-gpu needs --gpus"),
+        (["--gpus", "0", "--jobs-per-gpu", "0"], "--jobs-per-gpu must be >= 1, got 0"),
+    ],
+)
+def test_contradictory_pool_options_are_refused(tmp_path, capsys, args, message):
+    assert cli.main(["run", str(write(tmp_path, VALID)), "--dry-run", *args]) == 2
+    assert message in capsys.readouterr().err

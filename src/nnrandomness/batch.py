@@ -9,7 +9,8 @@ other jobs run
 * on a local pool (``--workers N``) that never oversubscribes the CPU: a job holds `threads`
   CPU slots and the running jobs hold at most ``--cpus`` (torch at 2 threads on 2 busy cores runs
   ~30x slower); jobs start in plan order, so a wide job is never overtaken forever. ``--gpus 0,1``
-  also gives every running job a GPU of its own through CUDA_VISIBLE_DEVICES;
+  gives every running job a GPU through CUDA_VISIBLE_DEVICES, ``--jobs-per-gpu K`` jobs per GPU at
+  once, and sizes the pool to match (GPUs x K; a different ``--workers`` is refused);
 * or as Ray tasks (``--ray ADDRESS``: "auto" for a running cluster, "local" for a new one on this
   machine, or a cluster address), each asking for `threads` CPUs and one GPU where the device is
   CUDA. Paths must then be the same on every node (shared storage).
@@ -69,7 +70,12 @@ ELSEWHERE = "running elsewhere"  # the reason of a job another runner holds
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("plan", type=Path, help="a plan file (YAML), e.g. plans/default.yaml")
     parser.add_argument("--dry-run", action="store_true", help="validate, list the jobs and their state, run nothing")
-    parser.add_argument("--workers", type=int, default=1, help="jobs running at once on the local pool (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="jobs running at once on the local pool (default 1; with --gpus: GPUs x --jobs-per-gpu)",
+    )
     parser.add_argument(
         "--cpus",
         type=int,
@@ -78,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gpus", default=None, help="comma-separated GPU ids: each running job gets one as CUDA_VISIBLE_DEVICES"
+    )
+    parser.add_argument(
+        "--jobs-per-gpu",
+        type=int,
+        default=1,
+        help="jobs sharing one GPU at a time (default 1; small models leave a GPU mostly idle)",
     )
     parser.add_argument(
         "--ray",
@@ -119,6 +131,16 @@ def main(args: argparse.Namespace) -> int:
         return 2
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
     problems = _option_problems(args, plan.jobs, gpus)
+    # One slot per job a GPU may run at once, round robin (0, 1, .., 0, 1, ..): the first jobs
+    # spread over the GPUs. The pool is as large as the slots unless --workers says otherwise.
+    slots = [g for _ in range(max(args.jobs_per_gpu, 1)) for g in gpus] if gpus else None
+    if args.workers is None:
+        args.workers = len(slots) if slots else 1
+    elif slots and args.workers != len(slots):
+        problems.append(
+            f"--workers {args.workers} contradicts --gpus {args.gpus} x --jobs-per-gpu {args.jobs_per_gpu} "
+            f"({len(slots)} GPU slots): leave --workers out"
+        )
     states = {job.name: store_state(job) for job in plan.jobs}
     problems += [f"{name}: {c}" for name, (_, conflicts) in states.items() for c in conflicts]
     pending = [job for job in plan.jobs if states[job.name][0]]
@@ -139,18 +161,20 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         _print_jobs(plan.jobs, states)
+        if not args.ray:
+            print(schedule(pending, workers=args.workers, cpus=args.cpus, gpus=slots))
         return 0
 
     started = time.monotonic()
     results = [JobResult(job.name, "skipped", "complete in the store") for job in plan.jobs if not states[job.name][0]]
     with _stopping_jobs_on_signals():
-        results += _dispatch(pending, args, gpus, wait_lock=False)
+        results += _dispatch(pending, args, slots, wait_lock=False)
         # Jobs another runner held: wait for its lock, then find them done (or run them, if it died).
         elsewhere = [r.name for r in results if r.status == "elsewhere"]
         if elsewhere:
             print(f"waiting for {len(elsewhere)} job(s) running elsewhere: {', '.join(elsewhere)}")
             results = [r for r in results if r.status != "elsewhere"]
-            results += _dispatch([j for j in pending if j.name in elsewhere], args, gpus, wait_lock=True)
+            results += _dispatch([j for j in pending if j.name in elsewhere], args, slots, wait_lock=True)
     order = {job.name: i for i, job in enumerate(plan.jobs)}
     _print_summary(sorted(results, key=lambda r: order[r.name]), time.monotonic() - started)
     return 1 if any(r.status == "failed" for r in results) else 0
@@ -217,8 +241,12 @@ def _unwritable(path: Path) -> str | None:
 
 def _option_problems(args, jobs, gpus) -> list[str]:
     problems = []
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         problems.append(f"--workers must be >= 1, got {args.workers}")
+    if args.jobs_per_gpu < 1:
+        problems.append(f"--jobs-per-gpu must be >= 1, got {args.jobs_per_gpu}")
+    elif args.jobs_per_gpu > 1 and gpus is None:
+        problems.append("--jobs-per-gpu needs --gpus (it says how many jobs share each listed GPU)")
     if args.cpus is None or args.cpus < 1:
         problems.append(f"--cpus must be >= 1, got {args.cpus}")
     if args.retries < 0:
@@ -266,6 +294,18 @@ def store_state(job) -> tuple[list[int], list[str]]:
                 "remove it or use another output_root"
             )
     return missing, conflicts
+
+
+def schedule(pending, *, workers: int, cpus: int, gpus: list[str] | None) -> str:
+    """What the local pool can run at once, and each limit: a line for the dry run."""
+    if not pending:
+        return "schedule: nothing to run"
+    threads = min(job.threads for job in pending)  # the narrowest jobs: the most that can run at once
+    limits = [workers, cpus // threads] + ([len(gpus)] if gpus is not None else [])
+    parts = [f"{workers} workers", f"{cpus} CPU slots at {threads}+ threads per job"]
+    if gpus is not None:
+        parts.append(f"{len(gpus)} GPU slots ({len(set(gpus))} GPUs x {len(gpus) // len(set(gpus))} per GPU)")
+    return f"schedule: up to {min(len(pending), *limits)} of {len(pending)} jobs at once ({'; '.join(parts)})"
 
 
 def _print_jobs(jobs, states) -> None:
