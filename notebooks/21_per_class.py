@@ -84,7 +84,7 @@ findings.glue_values(findings.prose_values(spread, columns))
 # {glue:text}`fig-per-class-spread-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.per_class_chart(classes, spread) if len(spread)
          else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-class", "spread", chart,

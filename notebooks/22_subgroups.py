@@ -96,7 +96,7 @@ for kind in ["rare", "common"]:
 # {glue:text}`fig-subgroups-fnr-spread-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.subgroup_spread(subs, attribute) if len(subs)
          else charts.missing_chart(f"no runs with a group attribute for {hardware}/{main_cell}"))
 charts.glue_figure("subgroups", "fnr-spread", chart,
@@ -132,7 +132,7 @@ pd.DataFrame({
 # {glue:text}`fig-subgroups-replicas-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 one = rates[rates.setting == setting].merge(subs[["setting", "class", "group", "rare"]],
                                             on=["setting", "class", "group"])
 chart = (charts.subgroup_replicas(one, attribute, setting) if len(one)

@@ -79,7 +79,7 @@ findings.glue_values(findings.prose_values(summary, columns))
 # {glue:text}`fig-per-example-right-counts-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.right_counts(examples, summary) if len(examples)
          else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-example", "right-counts", chart,
@@ -100,7 +100,7 @@ charts.glue_figure("per-example", "right-counts", chart,
 # {glue:text}`fig-per-example-unstable-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chosen = analysis.unstable_examples(examples, setting, top_k)
 votes = analysis.examples_votes(runs.select(setting=setting).predictions, chosen["example"])
 try:  # a dataset that is not on this machine: say so
@@ -158,7 +158,7 @@ findings.glue_values(findings.prose_values(dv, columns))
 # {glue:text}`fig-per-example-variance-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.variance_chart(dv) if len(dv)
          else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-example", "variance", chart,

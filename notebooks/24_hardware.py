@@ -105,7 +105,7 @@ findings.glue_values(findings.prose_values(first, columns))
 # {glue:text}`fig-hardware-churn-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 if len(compare):
     chart = charts.hardware_churn(compare)
     n, where = int(compare["n_matched"].min()), f"{main_cell} on {', '.join(labels)}"
