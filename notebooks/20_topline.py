@@ -70,10 +70,10 @@ pd.DataFrame({
     "bit-identical": main["identical"],
 }).set_index("setting")
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
 n_main = int(main["n_replicas"].min()) if len(main) else 0
-findings.glue_values(findings.prose_values(main))  # algo_churn, ulp_l2, ...: the prose's numbers
+charts.glue_numbers(findings.prose_values(main))  # algo_churn, ulp_l2, ...: the prose's numbers
 
 
 # %% [markdown]
@@ -180,7 +180,7 @@ charts.glue_figure("topline", "batchnorm", chart,
                    cell=f"{dataset}/{model} and {dataset}/{bn_model}")
 # After the figure: JupyterLab shows a cell's first 50 outputs only, and every glued value is one.
 glue("bn_model", bn_model, display=False)
-findings.glue_values(findings.prose_values(bn[bn.model == bn_model], prefix="bn_"))
+charts.glue_numbers(findings.prose_values(bn[bn.model == bn_model], prefix="bn_"))
 
 # %% [markdown]
 # ## CONTROL is bit-identical, and on the CPU so is IMPL

@@ -57,11 +57,11 @@ pd.DataFrame({
     "max / top-1": spread["ratio_max"].round(1),
 }).set_index("setting")
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
 n = int(spread["n_replicas"].min()) if len(spread) else 0
 columns = {"acc_std": "pct", "class_std_mean": "pct", "class_std_max": "pct", "class_max": "int", "ratio_max": "ratio"}
-findings.glue_values(findings.prose_values(spread, columns))
+charts.glue_numbers(findings.prose_values(spread, columns))
 
 # %% [markdown]
 # ## Classes move more than the top line

@@ -267,6 +267,21 @@ def test_pages_load_nothing_from_elsewhere(html_dir):
     assert not problems, "the book must work offline; remote loads:\n" + "\n".join(problems)
 
 
+def test_figures_show_once_and_lab_only_outputs_not_at_all(html_dir):
+    """Glued figures are displayed by their cells for JupyterLab (remove-output): the book shows
+    each chart once, where its directive is, and not the Lab-only captions and number tables."""
+    problems, figures = [], 0
+    for page in pages(html_dir):
+        text = page.read_text(encoding="utf-8")
+        ids = chart_ids(page)
+        figures += len(ids)
+        problems += [f"{page.name}: chart {i} shown {ids.count(i)} times" for i in sorted(set(ids)) if ids.count(i) > 1]
+        if "Numbers the prose quotes" in text or re.search(r"<em>fig-[a-z0-9-]+</em>:", text):
+            problems.append(f"{page.name}: shows an output meant for JupyterLab only (remove-output missing)")
+    assert figures > 10, "the book's figures were not found: this check would prove nothing"
+    assert not problems, "\n".join(problems)
+
+
 def test_mathjax_loads_once_and_only_with_math(html_dir):
     """The vendored MathJax comes from Sphinx's mathjax extension alone (deferred, after its
     configuration), not also from Jupyter Book's every-*.js-in-_static list."""

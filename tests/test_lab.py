@@ -5,7 +5,7 @@ settings, workspaces and runtime folders under tmp_path) on a copy of a chapter,
 headless Chromium driven over the DevTools protocol (no browser download; Debian's chromium).
 Without re-running anything it checks what a student sees: every chart of the chapter drawn by
 Lab's built-in Vega renderer (an ``svg`` in the output), a tooltip on hovering a mark, the figure
-captions shown as text and no raw ``{glue`` role in any output, and no request leaving 127.0.0.1.
+captions and the glued numbers shown as text and no raw ``{glue`` role in any output, and no request leaving 127.0.0.1.
 A screenshot goes to ``_build/screenshots/`` (git-ignored).
 """
 
@@ -268,6 +268,9 @@ def test_chapter_charts_draw_in_jupyterlab(lab, page):
     assert not raw, f"raw glue roles shown in outputs: {raw}"
     captions = [text for text in outputs if text.startswith("fig-topline-")]
     assert len(captions) == expected, f"each figure's caption shown under it in Lab: {captions}"
+    # The prose's {glue:text}`algo_churn` is a bare key in Lab: its value is in a table beside it.
+    numbers = [text for text in outputs if text.startswith("Numbers the prose quotes")]
+    assert numbers and "algo_churn" in numbers[0], f"the glued numbers are not shown in Lab: {numbers[:1]}"
 
     remote = sorted({u for u in page.requests if not u.startswith((lab, "data:", "blob:", "about:"))})
     assert not remote, f"JupyterLab's page requested something outside 127.0.0.1: {remote}"

@@ -27,7 +27,7 @@ Shared helpers
 :func:`tidy_limit` (row cap), :func:`setting_color` / :func:`setting_scale` /
 :func:`setting_sort` (one colour per noise setting in every chart, in the order of
 ``noise.SETTINGS``), :func:`figure_name` and :func:`caption` (figure names and captions, see the
-convention below).
+convention below), :func:`glue_figure` and :func:`glue_numbers` (glue for the book, shown in JupyterLab).
 
 Chapter figures
 ---------------
@@ -84,6 +84,7 @@ __all__ = [
     "enable",
     "figure_name",
     "glue_figure",
+    "glue_numbers",
     "hardware_churn",
     "kernel_size_chart",
     "missing_chart",
@@ -929,6 +930,21 @@ def glue_figure(chapter: str, slug: str, chart, text: str, *, n: int, hardware: 
     glue(name, chart, display=True)
     glue(f"{name}-caption", text, display=False)
     display(Markdown(f"*{name}*: {text}"))
+
+
+def glue_numbers(values: dict[str, str], prefix: str = "") -> None:
+    """Glue every ``name: text`` of ``values`` as ``<prefix><name>`` for ``{glue:text}`` in the
+    prose (display=False), and display them as a Markdown table: JupyterLab shows a glue role as
+    its bare key, so a student reads the prose's numbers here. Tag the cell ``remove-output``:
+    the book shows them in the prose. The table comes first (Lab shows a cell's first 50 outputs
+    only, and every glued value is one)."""
+    from IPython.display import Markdown, display  # the kernel's, as myst_nb's glue: imported on use
+    from myst_nb import glue  # the book's dependency, not the package's: imported on use
+
+    rows = "".join(f"| `{prefix}{name}` | {text} |\n" for name, text in values.items())
+    display(Markdown(f"Numbers the prose quotes, by the name it uses:\n\n| glued as | value |\n|---|---|\n{rows}"))
+    for name, text in values.items():
+        glue(f"{prefix}{name}", text, display=False)
 
 
 # ---- cost of determinism
