@@ -6,7 +6,8 @@ headless Chromium driven over the DevTools protocol (no browser download; Debian
 Without re-running anything it checks what a student sees: every chart of the chapter drawn by
 Lab's built-in Vega renderer (an ``svg`` in the output), a tooltip on hovering a mark, the figure
 captions and the glued numbers shown as text and no raw ``{glue`` role in any output, and no request leaving 127.0.0.1.
-A screenshot goes to ``_build/screenshots/`` (git-ignored).
+Then it runs all cells in Lab's kernel: the charts are drawn again, with the same numbers.
+Screenshots go to ``_build/screenshots/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -70,9 +71,12 @@ def http_ok(url: str) -> bool:
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server on a copy of the chapter; yields its base URL."""
+    # The repository's layout, so that a re-run finds the run store (../data/runs): a copy of the
+    # chapter (Lab may autosave: never the committed file) and the data folder linked (only read).
     root = tmp_path / "root"
-    root.mkdir()
-    shutil.copy(ROOT / "notebooks" / CHAPTER, root / CHAPTER)  # Lab may autosave: never the committed file
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "notebooks" / CHAPTER, root / "notebooks" / CHAPTER)
+    (root / "data").symlink_to(ROOT / "data", target_is_directory=True)
     settings = tmp_path / "settings"
     for name, values in LAB_SETTINGS.items():
         path = settings / name
@@ -105,6 +109,7 @@ def lab(tmp_path):
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         f"--LabApp.user_settings_dir={settings}",
         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: the test runs all cells with it
     ]
     log = open(tmp_path / "lab.log", "w")
     server = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -226,10 +231,11 @@ def chart_outputs(path: Path) -> int:
     return sum(charts.MIME_TYPE in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
 
+@pytest.mark.slow  # about 45 s: Lab and chromium start, the chapter runs once in the kernel
 def test_chapter_charts_draw_in_jupyterlab(lab, page):
     expected = chart_outputs(ROOT / "notebooks" / CHAPTER)
     assert expected >= 3, f"{CHAPTER} should hold its three figures as chart outputs, found {expected}"
-    page.call("Page.navigate", url=f"{lab}/lab/tree/{CHAPTER}")
+    page.call("Page.navigate", url=f"{lab}/lab/tree/notebooks/{CHAPTER}")
     drawn = wait_for(
         f"{expected} charts drawn by Lab's Vega renderer",
         lambda: (
@@ -271,6 +277,40 @@ def test_chapter_charts_draw_in_jupyterlab(lab, page):
     # The prose's {glue:text}`algo_churn` is a bare key in Lab: its value is in a table beside it.
     numbers = [text for text in outputs if text.startswith("Numbers the prose quotes")]
     assert numbers and "algo_churn" in numbers[0], f"the glued numbers are not shown in Lab: {numbers[:1]}"
+
+    # Run All in the page's kernel: the charts are drawn again, and the numbers are the same.
+    panel = "Array.from(window.jupyterapp.shell.widgets('main')).find(w => w.sessionContext)"
+    wait_for("the kernel", lambda: page.js(f"{panel}?.sessionContext.session?.kernel?.status") == "idle", timeout=90)
+    page.js(f"{VEGA_OUTPUTS}.forEach(e => e.classList.add('nnr-before-rerun'))")
+    page.js(f"window.jupyterapp.shell.activateById({panel}.id)")
+    page.js("window.jupyterapp.commands.execute('notebook:run-all-cells').then(() => true)")
+    wait_for(
+        "Run All to finish",
+        lambda: page.js(
+            f"{panel}.sessionContext.session.kernel.status === 'idle' && "
+            "!Array.from(document.querySelectorAll('.jp-InputPrompt')).some(p => p.innerText.includes('*'))"
+        ),
+        timeout=120,
+        interval=1,
+    )
+    redrawn = wait_for(
+        "the charts drawn again after Run All",
+        lambda: (
+            n
+            if (
+                n := page.js(
+                    f"Array.from({VEGA_OUTPUTS}).filter(e => !e.classList.contains('nnr-before-rerun')"
+                    " && e.querySelector('svg')).length"
+                )
+            )
+            >= expected
+            else 0
+        ),
+    )
+    assert redrawn == expected
+    after = page.js("Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(e => e.innerText)")
+    assert [t for t in after if t.startswith("Numbers the prose quotes")] == numbers, "Run All changed the numbers"
+    page.screenshot(SCREENSHOTS / f"lab-{Path(CHAPTER).stem}-rerun.png")
 
     remote = sorted({u for u in page.requests if not u.startswith((lab, "data:", "blob:", "about:"))})
     assert not remote, f"JupyterLab's page requested something outside 127.0.0.1: {remote}"
