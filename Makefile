@@ -31,7 +31,7 @@ book: setup
 	$(BIN)/nnrandomness run plans/default.yaml --workers $(WORKERS)
 	$(BIN)/python -m nnrandomness.book
 
-# Students: open the chapters in JupyterLab (installed on demand, not needed for the book).
+# Students: open the chapters in JupyterLab (pinned in requirements.txt; it draws the charts
+# itself, offline: tests/test_lab.py).
 lab: setup
-	$(BIN)/python -m pip install --quiet jupyterlab
 	$(BIN)/jupyter lab notebooks/

@@ -99,8 +99,8 @@ def settings_table(settings):
 
 settings_table(noise.SETTINGS)
 
-# %% tags=["hide-input"]
-glue(charts.figure_name(CHAPTER, "settings"), charts.settings_legend(), display=False)
+# %% tags=["hide-input", "remove-output"]
+glue(charts.figure_name(CHAPTER, "settings"), charts.settings_legend(), display=True)
 
 # %% [markdown]
 # :::{glue:figure} fig-noise-sources-settings
@@ -318,9 +318,9 @@ table = table.astype({("differing predictions", c): "Int64" for c in changes})
 table["L2 distance"] = table["L2 distance"].map("{:.1e}".format).replace("nan", "<NA>")
 table
 
-# %% tags=["hide-input", "nbval-same-cpu"]
+# %% tags=["hide-input", "nbval-same-cpu", "remove-output"]
 colours = dict(zip(changes, ("ULP", "IMPL", "ALGO")))  # comparison -> the setting whose colour it takes
-glue(charts.figure_name(CHAPTER, "growth"), charts.divergence_growth(growth, colours, EPOCHS, n_test), display=False)
+glue(charts.figure_name(CHAPTER, "growth"), charts.divergence_growth(growth, colours, EPOCHS, n_test), display=True)
 
 # %% tags=["hide-input", "nbval-same-cpu"]
 at = growth.set_index(["comparison", "epochs"])  # one row per comparison and length

@@ -65,7 +65,7 @@ names = [[CLASSES[c] for c in row] for row in (labels, *preds)]
 pd.DataFrame([names[0], list(groups), *names[1:]], index=["label", "group", *REPLICAS],
              columns=EXAMPLES)
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 grid = pd.DataFrame(
     [
         {"replica": REPLICAS[r], "example": EXAMPLES[n], "prediction": CLASSES[preds[r, n]],
@@ -73,7 +73,7 @@ grid = pd.DataFrame(
         for r in range(R) for n in range(N)
     ]
 )
-glue(charts.figure_name(CHAPTER, "example"), charts.prediction_grid(grid), display=False)
+glue(charts.figure_name(CHAPTER, "example"), charts.prediction_grid(grid), display=True)
 
 # %% [markdown]
 # :::{glue:figure} fig-metrics-example

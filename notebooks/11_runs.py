@@ -99,7 +99,7 @@ ident[ident["expects_identical"].astype(bool)].drop(columns=["expects_identical"
 # {glue:text}`fig-runs-curves-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 curves = analysis.training_curves(runs)
 if len(curves):
     chart = charts.training_curves(curves)

@@ -70,10 +70,10 @@ pd.DataFrame({
     "bit-identical": main["identical"],
 }).set_index("setting")
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
 n_main = int(main["n_replicas"].min()) if len(main) else 0
-findings.glue_values(findings.prose_values(main))  # algo_churn, ulp_l2, ...: the prose's numbers
+charts.glue_numbers(findings.prose_values(main))  # algo_churn, ulp_l2, ...: the prose's numbers
 
 
 # %% [markdown]
@@ -98,7 +98,7 @@ findings.glue_values(findings.prose_values(main))  # algo_churn, ulp_l2, ...: th
 # {glue:text}`fig-topline-accuracy-churn-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.accuracy_churn(main) if len(main)
          else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("topline", "accuracy-churn", chart,
@@ -122,7 +122,7 @@ charts.glue_figure("topline", "accuracy-churn", chart,
 # {glue:text}`fig-topline-l2-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 if len(main):
     chart = charts.setting_points(main, "l2", lo="l2_lo", hi="l2_hi", axis_title="mean pairwise L2 distance",
                                   fmt=".1f", title="Distance between the final weights",
@@ -168,11 +168,9 @@ tests.assign(std_a=tests["std_a"].map(findings.pct), std_b=tests["std_b"].map(fi
 # {glue:text}`fig-topline-batchnorm-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 bn = table[(table.hardware == hardware) & (table.dataset == dataset) & table.model.isin([model, bn_model])
            & table.setting.isin(PAPER_SETTINGS)]
-glue("bn_model", bn_model, display=False)
-findings.glue_values(findings.prose_values(bn[bn.model == bn_model], prefix="bn_"))
 chart = (charts.batchnorm_chart(bn, model, bn_model) if bn.model.nunique() == 2
          else charts.missing_chart(f"needs {model} and {bn_model} on {hardware}/{dataset}"))
 charts.glue_figure("topline", "batchnorm", chart,
@@ -180,6 +178,9 @@ charts.glue_figure("topline", "batchnorm", chart,
                    "paper's four settings, with 95 % bootstrap intervals",
                    n=int(bn["n_replicas"].min()) if len(bn) else 0, hardware=hardware,
                    cell=f"{dataset}/{model} and {dataset}/{bn_model}")
+# After the figure: JupyterLab shows a cell's first 50 outputs only, and every glued value is one.
+glue("bn_model", bn_model, display=False)
+charts.glue_numbers(findings.prose_values(bn[bn.model == bn_model], prefix="bn_"))
 
 # %% [markdown]
 # ## CONTROL is bit-identical, and on the CPU so is IMPL

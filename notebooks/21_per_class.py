@@ -57,11 +57,11 @@ pd.DataFrame({
     "max / top-1": spread["ratio_max"].round(1),
 }).set_index("setting")
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
 n = int(spread["n_replicas"].min()) if len(spread) else 0
 columns = {"acc_std": "pct", "class_std_mean": "pct", "class_std_max": "pct", "class_max": "int", "ratio_max": "ratio"}
-findings.glue_values(findings.prose_values(spread, columns))
+charts.glue_numbers(findings.prose_values(spread, columns))
 
 # %% [markdown]
 # ## Classes move more than the top line
@@ -84,7 +84,7 @@ findings.glue_values(findings.prose_values(spread, columns))
 # {glue:text}`fig-per-class-spread-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.per_class_chart(classes, spread) if len(spread)
          else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-class", "spread", chart,

@@ -67,17 +67,17 @@ sizes = subs.drop_duplicates(["class", "group"]).assign(
 sizes.pivot(index="class", columns="group", values="cell").rename(
     columns=lambda g: f"{attribute}={g}") if len(sizes) else None
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
 n = int(subs["n_replicas"].min()) if len(subs) else 0
 columns = {"fnr_std": "pct", "fpr_std": "pct", "fnr_mean": "pct", "examples_mean": "2f"}
 for kind in ["rare", "common"]:
-    findings.glue_values(findings.prose_values(summary[summary.subgroups == kind], columns, prefix=f"{kind}_"))
-findings.glue_values(findings.prose_values(findings.rare_common_ratio(summary), {"ratio": "ratio"}))  # algo_ratio
+    charts.glue_numbers(findings.prose_values(summary[summary.subgroups == kind], columns, prefix=f"{kind}_"))
+charts.glue_numbers(findings.prose_values(findings.rare_common_ratio(summary), {"ratio": "ratio"}))  # algo_ratio
 noise_summary = analysis.subgroup_noise_summary(by_subgroup, subs)
 for kind in ["rare", "common"]:
     part = noise_summary[noise_summary.subgroups == kind]
-    findings.glue_values(findings.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_"))
+    charts.glue_numbers(findings.prose_values(part, {"fnr_predicted_std": "pct"}, prefix=f"{kind}_"))
 
 # %% [markdown]
 # ## Rare subgroups move most
@@ -96,7 +96,7 @@ for kind in ["rare", "common"]:
 # {glue:text}`fig-subgroups-fnr-spread-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.subgroup_spread(subs, attribute) if len(subs)
          else charts.missing_chart(f"no runs with a group attribute for {hardware}/{main_cell}"))
 charts.glue_figure("subgroups", "fnr-spread", chart,
@@ -132,7 +132,7 @@ pd.DataFrame({
 # {glue:text}`fig-subgroups-replicas-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 one = rates[rates.setting == setting].merge(subs[["setting", "class", "group", "rare"]],
                                             on=["setting", "class", "group"])
 chart = (charts.subgroup_replicas(one, attribute, setting) if len(one)

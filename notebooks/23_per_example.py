@@ -57,12 +57,12 @@ pd.DataFrame({
     "always wrong": summary["n_always_wrong"], "sometimes wrong": summary["n_sometimes_wrong"],
 }).set_index("setting")
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
 n = int(summary["n_replicas"].min()) if len(summary) else 0
 columns = {"share_flip": "pct", "n_flip": "int", "n_examples": "int", "n_sometimes_wrong": "int",
            "n_always_wrong": "int"}
-findings.glue_values(findings.prose_values(summary, columns))
+charts.glue_numbers(findings.prose_values(summary, columns))
 
 # %% [markdown]
 # ## How many replicas get each example right
@@ -79,7 +79,7 @@ findings.glue_values(findings.prose_values(summary, columns))
 # {glue:text}`fig-per-example-right-counts-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.right_counts(examples, summary) if len(examples)
          else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-example", "right-counts", chart,
@@ -100,7 +100,7 @@ charts.glue_figure("per-example", "right-counts", chart,
 # {glue:text}`fig-per-example-unstable-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chosen = analysis.unstable_examples(examples, setting, top_k)
 votes = analysis.examples_votes(runs.select(setting=setting).predictions, chosen["example"])
 try:  # a dataset that is not on this machine: say so
@@ -132,10 +132,10 @@ pd.DataFrame({"setting": flips["setting"], "replicas": flips["n_replicas"],
               "wrong -> other wrong": flips["wrong_to_other_wrong"].map(findings.pct),
               "churn vs replica 0": flips["churn"].map(findings.pct)}).set_index("setting")
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 dv = analysis.distribution_variance(runs)
 columns = {"observed_std": "pct", "predicted_std": "pct", "distribution_std": "pct", "ratio": "ratio"}
-findings.glue_values(findings.prose_values(dv, columns))
+charts.glue_numbers(findings.prose_values(dv, columns))
 
 # %% [markdown]
 # ## Test-set noise or different models?
@@ -158,7 +158,7 @@ findings.glue_values(findings.prose_values(dv, columns))
 # {glue:text}`fig-per-example-variance-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 chart = (charts.variance_chart(dv) if len(dv)
          else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
 charts.glue_figure("per-example", "variance", chart,

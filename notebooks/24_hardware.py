@@ -75,12 +75,12 @@ None if compare.empty else pd.DataFrame({
     "accuracy a": compare["acc_mean_a"].map(findings.pct), "accuracy b": compare["acc_mean_b"].map(findings.pct),
 }).set_index(["setting", "a", "b"])
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
 first = compare.drop_duplicates("setting")  # the first pair of labels of each setting
 columns = {"churn_matched": "pct", "churn_within_a": "pct", "churn_within_b": "pct", "churn_cross": "pct",
            "n_matched": "int", "n_identical": "int", "l2_matched": "2f", "hardware_a": "text", "hardware_b": "text"}
-findings.glue_values(findings.prose_values(first, columns))
+charts.glue_numbers(findings.prose_values(first, columns))
 
 # %% [markdown]
 # ## The same seeds on two machines
@@ -105,7 +105,7 @@ findings.glue_values(findings.prose_values(first, columns))
 # {glue:text}`fig-hardware-churn-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 if len(compare):
     chart = charts.hardware_churn(compare)
     n, where = int(compare["n_matched"].min()), f"{main_cell} on {', '.join(labels)}"
@@ -136,8 +136,8 @@ per_hw = analysis.by_hardware(every, weights=weights)
 hw_note, hw_table = findings.hardware_table(per_hw, every.replicas["hardware"])
 Markdown(hw_note) if hw_note else hw_table
 
-# %% tags=["hide-input"]
-findings.glue_values(findings.hardware_values(per_hw))  # every_cell, every_acc_std_a, ...
+# %% tags=["hide-input", "remove-output"]
+charts.glue_numbers(findings.hardware_values(per_hw))  # every_cell, every_acc_std_a, ...
 
 # %% [markdown]
 # On {glue:text}`every_cell`, accuracy varies by {glue:text}`every_acc_std_a` on

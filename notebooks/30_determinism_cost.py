@@ -125,10 +125,10 @@ glue("cost_n_unsupported", cost["n_unsupported"], display=False)
 # {glue:text}`fig-determinism-cost-overhead-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 timed = overhead.timed_rows(results)
 glue("fig-determinism-cost-overhead", charts.overhead_chart(timed, overhead.model_order(results), overhead_hardware),
-     display=False)
+     display=True)
 glue("fig-determinism-cost-overhead-caption", overhead.overhead_caption(results, manifest, overhead_hardware),
      display=False)
 
@@ -150,7 +150,7 @@ glue("fig-determinism-cost-overhead-caption", overhead.overhead_caption(results,
 # {glue:text}`fig-determinism-cost-mediumcnn-caption`
 # :::
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 k = overhead.kernel_size_numbers(results)
 glue("cost_k_first", k["first"], display=False)
 glue("cost_k_first_det_full", k["first_det_full"], display=False)
@@ -159,7 +159,7 @@ glue("cost_k_last", k["last"], display=False)
 glue("cost_k_last_det_full", k["last_det_full"], display=False)
 glue("cost_k_last_det_no_fill", k["last_det_no_fill"], display=False)
 k_chart = charts.kernel_size_chart(overhead.kernel_size_rows(results), timed["configuration"], overhead_hardware)
-glue("fig-determinism-cost-mediumcnn", k_chart, display=False)
+glue("fig-determinism-cost-mediumcnn", k_chart, display=True)
 glue("fig-determinism-cost-mediumcnn-caption", overhead.kernel_size_caption(results, overhead_hardware), display=False)
 
 # %% [markdown]
@@ -276,10 +276,10 @@ glue("div_impl_steps", div["impl_steps"], display=False)
 # {glue:text}`fig-determinism-cost-divergence-caption`
 # :::
 
-# %% tags=["hide-input", "nbval-same-cpu"]
+# %% tags=["hide-input", "nbval-same-cpu", "remove-output"]
 histories = {name: r.history for name, r in reports.items()}
 glue("fig-determinism-cost-divergence",
-     charts.divergence_chart(histories, f"How far two replicas drift apart ({model} on {dataset})"), display=False)
+     charts.divergence_chart(histories, f"How far two replicas drift apart ({model} on {dataset})"), display=True)
 glue("fig-determinism-cost-divergence-caption", overhead.divergence_caption(reports, epochs, dataset, model),
      display=False)
 

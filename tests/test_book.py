@@ -54,20 +54,31 @@ def test_render_is_offline_and_stable():
     spec = small_chart().to_dict()
     first, second = charts.render(spec), charts.render(json.loads(json.dumps(spec)))
     assert first == second, "the same chart must render to the same bytes (nbval, git)"
-    html = first["text/html"]
+    data, metadata = first
+    # Lab's built-in Vega renderer draws the spec; viewers without JavaScript get the SVG.
+    assert set(data) == {charts.MIME_TYPE, "image/svg+xml", "text/plain"}
+    assert data[charts.MIME_TYPE] == spec
+    assert data["image/svg+xml"].startswith("<svg") and "<text" in data["image/svg+xml"]
+    assert metadata[charts.MIME_TYPE]["embed_options"]["renderer"] == "svg"
+    nbformat.validator.validate(
+        nbformat.v4.new_notebook(
+            cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output("display_data", data)])]
+        )
+    )  # Altair 6's own v6 key fails here
+    html = charts.embed_html(spec)
     div = charts.chart_id(spec, charts.EMBED_OPTIONS)
+    assert div in data["text/plain"]
     assert f'<div id="{div}" class="nnr-chart">' in html
     assert "window.vegaEmbed" in html
-    assert "http" not in html, "no URL in the output: the page must not load anything from elsewhere"
-    assert "altair-viz" not in html
-    other = charts.render(small_chart((1, 2, 4)).to_dict())["text/html"]
+    assert "http" not in html, "no URL in the book's HTML: the page must not load anything from elsewhere"
+    other = charts.embed_html(small_chart((1, 2, 4)).to_dict())
     assert charts.chart_id(small_chart((1, 2, 4)).to_dict(), charts.EMBED_OPTIONS) in other
     assert div not in other, "different data must give a different div id"
 
 
 def test_render_escapes_script_end():
     frame = pd.DataFrame({"label": ["</script><b>x</b>"], "y": [1]})
-    html = charts.render(alt.Chart(frame).mark_point().encode(x="label:N", y="y:Q").to_dict())["text/html"]
+    html = charts.embed_html(alt.Chart(frame).mark_point().encode(x="label:N", y="y:Q").to_dict())
     assert html.count("</script>") == 1, "data must not be able to close the chart's <script> early"
 
 
@@ -77,10 +88,26 @@ def test_enable_uses_the_offline_renderer():
         charts.enable()
         bundle = small_chart()._repr_mimebundle_()
         data = bundle[0] if isinstance(bundle, tuple) else bundle
-        assert set(data) == {"text/html", "text/plain"}
-        assert "nnr-chart-" in data["text/html"]
+        assert set(data) == {charts.MIME_TYPE, "image/svg+xml", "text/plain"}
+        assert "nnr-chart-" in data["text/plain"]
     finally:
         alt.renderers.enable(before)
+
+
+def test_book_renders_charts_with_its_own_mime_renderer():
+    """myst-nb finds the book's chart renderer through the package's entry point and prefers it
+    to the static SVG in HTML builds."""
+    from myst_nb.core.render import MimeData, get_mime_priority, load_mime_renders
+
+    assert book.VegaLiteMime in load_mime_renders(), "reinstall the package: pip install --no-deps -e ."
+    priority = get_mime_priority("html", [])
+    assert priority.index(charts.MIME_TYPE) < priority.index("image/svg+xml")
+    assert priority.index(charts.MIME_TYPE) < priority.index("text/html")
+    spec = small_chart().to_dict()
+    (node,) = book.VegaLiteMime.handle_mime(None, MimeData(charts.MIME_TYPE, spec), False)
+    assert node.astext() == charts.embed_html(spec)
+    assert book.VegaLiteMime.handle_mime(None, MimeData("text/plain", "x"), False) is None
+    assert book.VegaLiteMime.handle_mime(None, MimeData(charts.MIME_TYPE, spec), True) is None
 
 
 def test_tidy_limit():
@@ -238,6 +265,21 @@ def test_pages_load_nothing_from_elsewhere(html_dir):
             if REMOTE.match(url) and not url.startswith("data:"):
                 problems.append(f"{css.relative_to(html_dir)}: imports {url}")
     assert not problems, "the book must work offline; remote loads:\n" + "\n".join(problems)
+
+
+def test_figures_show_once_and_lab_only_outputs_not_at_all(html_dir):
+    """Glued figures are displayed by their cells for JupyterLab (remove-output): the book shows
+    each chart once, where its directive is, and not the Lab-only captions and number tables."""
+    problems, figures = [], 0
+    for page in pages(html_dir):
+        text = page.read_text(encoding="utf-8")
+        ids = chart_ids(page)
+        figures += len(ids)
+        problems += [f"{page.name}: chart {i} shown {ids.count(i)} times" for i in sorted(set(ids)) if ids.count(i) > 1]
+        if "Numbers the prose quotes" in text or re.search(r"<em>fig-[a-z0-9-]+</em>:", text):
+            problems.append(f"{page.name}: shows an output meant for JupyterLab only (remove-output missing)")
+    assert figures > 10, "the book's figures were not found: this check would prove nothing"
+    assert not problems, "\n".join(problems)
 
 
 def test_mathjax_loads_once_and_only_with_math(html_dir):

@@ -19,7 +19,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from nnrandomness import book
+from nnrandomness import book, charts
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -47,20 +47,68 @@ def test_every_code_cell_has_a_stored_execution():
 
 
 def test_charts_use_the_offline_renderer():
-    """A chart rendered by Altair's default renderer loads Vega from a CDN (blank offline) and
-    has a random div id (nbval and git see a change on every run)."""
-    offenders = []
+    """Every chart is a Vega-Lite MIME bundle that JupyterLab draws itself (plus an SVG for viewers
+    without JavaScript): not Altair's CDN HTML (blank offline, random ids), not HTML calling the
+    book's window.vegaEmbed (a note in Lab)."""
+    offenders, found = [], 0
     for path in NOTEBOOKS:
         nb = nbformat.read(str(path), as_version=4)
         for index, cell in enumerate(nb.cells):
             for output in cell.get("outputs", []):
-                html = "".join(output.get("data", {}).get("text/html", ""))
-                if "altair-viz-" in html or "cdn.jsdelivr.net/npm/vega" in html:
-                    offenders.append(f"{path.relative_to(ROOT)} cell {index}")
+                data = output.get("data", {})
+                html = "".join(data.get("text/html", "")) + "".join(
+                    data.get("application/papermill.record/text/html", "")
+                )
+                if "altair-viz-" in html or "cdn.jsdelivr.net/npm/vega" in html or "vegaEmbed" in html:
+                    offenders.append(f"{path.relative_to(ROOT)} cell {index}: chart as HTML")
+                if charts.MIME_TYPE in data:
+                    found += 1
+                    if "image/svg+xml" not in data or not data.get("text/plain", "").startswith("<chart nnr-chart-"):
+                        offenders.append(f"{path.relative_to(ROOT)} cell {index}: chart without SVG or name")
+                if any(key.startswith("application/papermill.record/application/vnd.vegalite") for key in data):
+                    offenders.append(f"{path.relative_to(ROOT)} cell {index}: chart glued with display=False")
+    assert found, "no chart output in the chapters: this check would prove nothing"
     assert not offenders, (
-        "charts rendered with Altair's CDN renderer; call nnrandomness.charts.enable() in the "
-        "chapter's imports cell:\n" + "\n".join(offenders)
+        "charts not rendered by nnrandomness.charts (call charts.enable() in the chapter's imports cell, "
+        "glue charts with display=True):\n" + "\n".join(offenders)
     )
+
+
+GLUE_FIGURE = re.compile(r"^:::\{glue:figure\} (\S+)", re.M)
+LAB_MAX_OUTPUTS = 50  # JupyterLab shows a cell's first 50 outputs (maxNumberOutputs); a glued value is one
+
+
+def test_glued_figures_show_in_lab_and_once_in_the_book():
+    """A glued figure is displayed by its cell (JupyterLab shows it there: it renders no glue
+    directive), among the cell's first outputs, and the cell is tagged remove-output (the book
+    shows it once, where the directive places it)."""
+    problems, figures = [], 0
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        names = {n for c in nb.cells if c.cell_type == "markdown" for n in GLUE_FIGURE.findall(c.source)}
+        figures += len(names)
+        shown = {}
+        for index, cell in enumerate(nb.cells):
+            for position, output in enumerate(cell.get("outputs", [])):
+                name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+                if name in names and not any(k.startswith("application/papermill.record/") for k in output["data"]):
+                    shown[name] = (index, cell, position)
+        for name in sorted(names):
+            rel = path.relative_to(ROOT)
+            if name not in shown:
+                problems.append(f"{rel}: {name} is not glued with display=True")
+                continue
+            index, cell, position = shown[name]
+            if "remove-output" not in cell.metadata.get("tags", []):
+                problems.append(f"{rel} cell {index}: displays {name} but is not tagged remove-output")
+            visible = [
+                o for o in cell.outputs if not all(k.startswith("application/papermill") for k in o.get("data", {}))
+            ]
+            late = [o for o in visible if cell.outputs.index(o) >= LAB_MAX_OUTPUTS]
+            if late:
+                problems.append(f"{rel} cell {index}: output {position} ({name}) is beyond Lab's first 50")
+    assert figures > 10, "the chapters' figures were not found: this check would prove nothing"
+    assert not problems, "\n".join(problems)
 
 
 def cell_sources(nb) -> list[tuple[str, str]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from . import environment, executed
 # ----------------------------------------------------------------------------- settings
 STATIC = "_static"
 MATHJAX_DIR = "mathjax"  # vendored MathJax under _static/ (see its README)
+MIME_ENTRY_GROUP = "myst_nb.mime_renderers"  # where myst-nb looks for VegaLiteMime
 # Environment of every chapter's kernel, on top of the caller's.
 KERNEL_ENV = {
     "TQDM_DISABLE": "1",  # progress bars are output that changes run to run
@@ -278,11 +280,51 @@ def _drop_thebe(app, pagename, templatename, context, doctree) -> None:
         context["script_files"] = [js for js in context["script_files"] if not is_thebe(js)]
 
 
+class VegaLiteMime:
+    """myst-nb MIME renderer (entry-point group ``myst_nb.mime_renderers``, pyproject.toml): a
+    chart output (``charts.MIME_TYPE``) becomes ``charts.embed_html``, a div and a script that
+    draws it with the book's offline ``_static/vega-bundle.js``. myst-nb finds renderers only
+    through entry points of installed packages; :func:`setup` fails the build if it is missing."""
+
+    # Before text/html (30) and image/svg+xml in the HTML builders: the interactive view, not
+    # the static image. Other builders (LaTeX) keep their own order and take the SVG.
+    mime_priority_overrides = [(b, "application/vnd.vegalite.v5+json", 5) for b in ("html", "dirhtml", "singlehtml")]
+
+    @staticmethod
+    def handle_mime(renderer, data, inline: bool):
+        from docutils import nodes
+
+        from . import charts
+
+        if inline or data.mime_type != charts.MIME_TYPE:
+            return None
+        spec = data.content if isinstance(data.content, dict) else json.loads(data.string)
+        options = (data.output_metadata.get(charts.MIME_TYPE) or {}).get("embed_options")
+        return [nodes.raw("", charts.embed_html(spec, options), format="html", classes=["output", "nnr-vegalite"])]
+
+
+def _check_mime_renderer(app, config) -> None:
+    """myst-nb loads MIME renderers from entry points only: a stale installation (pyproject.toml
+    changed since `pip install -e .`) would silently show the static SVG instead of the chart."""
+    from importlib.metadata import entry_points
+
+    from sphinx.errors import ExtensionError
+
+    found = [ep for ep in entry_points(group=MIME_ENTRY_GROUP) if ep.value == f"{__name__}:VegaLiteMime"]
+    if not found:
+        raise ExtensionError(
+            f"the chart renderer {__name__}:VegaLiteMime is not registered under the entry-point group "
+            f"{MIME_ENTRY_GROUP}: reinstall the package (make setup, or pip install --no-deps -e .)"
+        )
+
+
 def setup(app):
     """Sphinx extension: keep the vendored MathJax out of Jupyter Book's automatic script list,
-    fail early if a vendored asset is missing or stale, and drop sphinx-thebe's CDN loader."""
+    fail early if a vendored asset is missing or stale or the chart renderer is not registered,
+    and drop sphinx-thebe's CDN loader."""
     # Before Sphinx's own config-inited handlers (priority 800) convert html_js_files.
     app.connect("config-inited", _keep_mathjax_out, priority=400)
+    app.connect("config-inited", _check_mime_renderer)
     app.connect("html-page-context", _drop_thebe)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 

@@ -2,27 +2,32 @@
 
 Rendering
 ---------
-Altair's own renderers do not fit an offline book: ``html`` loads Vega from a CDN (blank charts
-without network), ``mimetype`` writes an invalid output key with Altair 6.3 (the book build
-crashes), and both give every chart a random ``altair-viz-<uuid>`` id (nbval and git see a
-change on every run). ``enable()`` switches to a small renderer of our own whose output is
+One chart pipeline for JupyterLab, the book and static viewers. Altair's own renderers do not
+fit: ``html`` loads Vega from a CDN (blank charts offline), ``mimetype`` writes Altair 6.3's v6
+key, which is not a valid nbformat MIME type (the book build crashes), and both give every chart
+a random ``altair-viz-<uuid>`` id. ``enable()`` switches to a renderer of our own whose output is
 
-* ``text/html``: a ``<div id="nnr-chart-<hash of the spec>">`` holding a short note, and a script
-  that replaces the note by the chart with ``window.vegaEmbed`` where the page provides it.
-  The book provides it: ``_static/vega-bundle.js`` (written by :func:`write_bundle`, loaded on
-  every page) bundles vega, vega-lite and vega-embed for the Vega-Lite version Altair emits.
-  JupyterLab, GitHub and nbviewer do not: they show the note, which says how to see the chart.
+* ``application/vnd.vegalite.v5+json`` (:data:`MIME_TYPE`): the Vega-Lite spec, with
+  :data:`EMBED_OPTIONS` in the output's metadata. JupyterLab 4 draws it with its built-in Vega
+  renderer, offline and interactive (tooltips, selections), even in an untrusted notebook. The
+  book draws it through the myst-nb MIME renderer ``book.VegaLiteMime`` (registered under the
+  entry-point group ``myst_nb.mime_renderers`` in pyproject.toml), which writes
+  :func:`embed_html`: a ``<div id="nnr-chart-<hash of the spec>">`` and a script calling
+  ``window.vegaEmbed`` from ``_static/vega-bundle.js`` (written by :func:`write_bundle`: vega,
+  vega-lite and vega-embed for the Vega-Lite version Altair emits).
+* ``image/svg+xml``: the chart drawn by vl-convert, for viewers without JavaScript (GitHub,
+  nbviewer). JupyterLab and the book prefer the interactive view.
 * ``text/plain``: one line naming the chart.
 
-The id is a hash of the spec, so re-running a chapter on the same data gives byte-identical
-output. Data is embedded in the page: aggregate first (:func:`tidy_limit`).
+Nothing in the output depends on the run (the id is a hash of the spec), so re-running a chapter
+on the same data gives byte-identical output. Data is embedded: aggregate first (:func:`tidy_limit`).
 
 Shared helpers
 --------------
 :func:`tidy_limit` (row cap), :func:`setting_color` / :func:`setting_scale` /
 :func:`setting_sort` (one colour per noise setting in every chart, in the order of
 ``noise.SETTINGS``), :func:`figure_name` and :func:`caption` (figure names and captions, see the
-convention below).
+convention below), :func:`glue_figure` and :func:`glue_numbers` (glue for the book, shown in JupyterLab).
 
 Chapter figures
 ---------------
@@ -30,10 +35,12 @@ One builder per figure of the analysis chapters (:func:`accuracy_churn`, :func:`
 ...): a tidy frame in, a chart out, so that a chapter's hidden figure cell only calls a builder
 and glues the result.
 
-Convention for figures in the chapters: glue the chart (``myst_nb.glue(name, chart,
-display=False)``) under ``figure_name(chapter, slug)`` (``fig-<chapter>-<slug>``) and place it
-with a ``{glue:figure}`` directive whose caption comes from :func:`caption` (via a glued
-string) or is written in the prose; captions say what is shown, then n, hardware and cell.
+Convention for figures in the chapters: glue the chart with display (``myst_nb.glue(name,
+chart, display=True)``, or :func:`glue_figure`) under ``figure_name(chapter, slug)``
+(``fig-<chapter>-<slug>``) in a cell tagged ``remove-output`` (JupyterLab shows the chart in the
+cell, the book shows it once, where the directive is) and place it with a ``{glue:figure}``
+directive whose caption comes from :func:`caption` (via a glued string) or is written in the
+prose; captions say what is shown, then n, hardware and cell.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ __all__ = [
     "FALLBACK_NOTE",
     "ID_PREFIX",
     "MAX_ROWS",
+    "MIME_TYPE",
     "RENDERER",
     "REPLICAS_TOOLTIP",
     "SETTING_COLORS",
@@ -72,9 +80,11 @@ __all__ = [
     "cost_configurations",
     "divergence_chart",
     "divergence_growth",
+    "embed_html",
     "enable",
     "figure_name",
     "glue_figure",
+    "glue_numbers",
     "hardware_churn",
     "kernel_size_chart",
     "missing_chart",
@@ -89,6 +99,7 @@ __all__ = [
     "setting_selection",
     "setting_sort",
     "settings_legend",
+    "static_svg",
     "subgroup_replicas",
     "subgroup_spread",
     "tidy_limit",
@@ -102,6 +113,10 @@ __all__ = [
 RENDERER = "nnrandomness"  # name under which enable() registers the renderer with Altair
 BUNDLE_NAME = "vega-bundle.js"  # file in the book's _static/ that defines window.vegaEmbed
 ID_PREFIX = "nnr-chart-"
+# JupyterLab 4's own Vega renderer registers Vega-Lite v3-v5 (it bundles Vega-Lite 5.6); Altair
+# 6's v6 key is not valid nbformat. Altair's v6 spec under the v5 key draws in Lab
+# (tests/test_lab.py checks it) and in the book (its own v6 bundle, see book.VegaLiteMime).
+MIME_TYPE = "application/vnd.vegalite.v5+json"
 # Embed options: SVG (crisp, and testable in the DOM); the actions menu without the editor
 # link, which would leave the offline book for vega.github.io.
 EMBED_OPTIONS = {
@@ -109,10 +124,8 @@ EMBED_OPTIONS = {
     "renderer": "svg",
     "actions": {"export": True, "source": True, "compiled": False, "editor": False},
 }
-FALLBACK_NOTE = (
-    "Interactive chart: it is drawn in the built book (make book). To see it here, offline, "
-    'run <code>alt.renderers.enable("svg")</code> and re-run this cell.'
-)
+# Shown in the book's chart div until vegaEmbed replaces it (so: only where scripts do not run).
+FALLBACK_NOTE = "Interactive chart: it needs JavaScript."
 
 
 def _vl_version() -> str:
@@ -167,9 +180,10 @@ def chart_id(spec: dict, embed_options: dict | None = None) -> str:
     return ID_PREFIX + digest[:16]
 
 
-def render(spec: dict, **metadata) -> dict:
-    """Altair renderer: the mimebundle of one chart (see the module docstring)."""
-    options = {**EMBED_OPTIONS, **(metadata.get("embed_options") or {})}
+def embed_html(spec: dict, options: dict | None = None) -> str:
+    """The chart for an HTML page that provides ``window.vegaEmbed`` (the book): a
+    ``<div id="nnr-chart-<hash>">`` and a script that draws the chart into it."""
+    options = {**EMBED_OPTIONS, **(options or {})}
     div = chart_id(spec, options)
     # "$schema" is only a version tag (mode is given explicitly); leaving it out keeps URLs out
     # of inline scripts, which the book's tests scan for network loads.
@@ -177,7 +191,7 @@ def render(spec: dict, **metadata) -> dict:
     # "</" inside a JSON string would end the <script> element early.
     spec_js = _canonical(payload).replace("</", "<\\/")
     options_js = _canonical(options)
-    html_out = (
+    return (
         f'<div id="{div}" class="nnr-chart"><p class="nnr-chart-note"><em>{FALLBACK_NOTE}</em></p></div>\n'
         '<script type="text/javascript">\n'
         "(function () {\n"
@@ -190,10 +204,30 @@ def render(spec: dict, **metadata) -> dict:
         "})();\n"
         "</script>"
     )
+
+
+def static_svg(spec: dict) -> str:
+    """The chart as an SVG image, drawn by vl-convert (no browser), for viewers without JavaScript."""
+    import vl_convert as vlc
+
+    return vlc.vegalite_to_svg(spec, vl_version=_vl_version())
+
+
+def render(spec: dict, **metadata) -> tuple[dict, dict]:
+    """Altair renderer: the mimebundle of one chart and its metadata (see the module docstring)."""
+    options = {**EMBED_OPTIONS, **(metadata.get("embed_options") or {})}
     title = spec.get("title")
     if isinstance(title, dict):
         title = title.get("text")
-    return {"text/html": html_out, "text/plain": f"<chart {div}: {title or 'untitled'}>"}
+    if isinstance(title, list):  # a multi-line title
+        title = " ".join(title)
+    data = {
+        MIME_TYPE: spec,
+        "image/svg+xml": static_svg(spec),
+        "text/plain": f"<chart {chart_id(spec, options)}: {title or 'untitled'}>",
+    }
+    # JupyterLab's renderer reads embed_options from the output's metadata (it sets mode itself).
+    return data, {MIME_TYPE: {"embed_options": {k: v for k, v in options.items() if k != "mode"}}}
 
 
 def enable() -> None:
@@ -884,13 +918,33 @@ def hardware_churn(compare: pd.DataFrame) -> alt.FacetChart:
 def glue_figure(chapter: str, slug: str, chart, text: str, *, n: int, hardware: str, cell: str) -> None:
     """Glue ``chart`` under ``figure_name(chapter, slug)`` and its :func:`caption` under that name
     plus ``-caption``, for a ``{glue:figure}`` directive whose caption is
-    ``{glue:text}`<name>-caption```. Returns nothing, so that a cell ending with it shows no
-    output. (Call it in an executed notebook.)"""
+    ``{glue:text}`<name>-caption```. The chart is also displayed (glued with display=True) and
+    the caption below it as Markdown: JupyterLab shows both in the cell, since it renders neither
+    glue role; the cell is tagged ``remove-output``, so the book shows the chart once, as the
+    glued figure. Returns nothing. (Call it in an executed notebook.)"""
+    from IPython.display import Markdown, display  # the kernel's, as myst_nb's glue: imported on use
     from myst_nb import glue  # the book's dependency, not the package's: imported on use
 
     name = figure_name(chapter, slug)
-    glue(name, chart, display=False)
-    glue(f"{name}-caption", caption(text, n=n, hardware=hardware, cell=cell), display=False)
+    text = caption(text, n=n, hardware=hardware, cell=cell)
+    glue(name, chart, display=True)
+    glue(f"{name}-caption", text, display=False)
+    display(Markdown(f"*{name}*: {text}"))
+
+
+def glue_numbers(values: dict[str, str], prefix: str = "") -> None:
+    """Glue every ``name: text`` of ``values`` as ``<prefix><name>`` for ``{glue:text}`` in the
+    prose (display=False), and display them as a Markdown table: JupyterLab shows a glue role as
+    its bare key, so a student reads the prose's numbers here. Tag the cell ``remove-output``:
+    the book shows them in the prose. The table comes first (Lab shows a cell's first 50 outputs
+    only, and every glued value is one)."""
+    from IPython.display import Markdown, display  # the kernel's, as myst_nb's glue: imported on use
+    from myst_nb import glue  # the book's dependency, not the package's: imported on use
+
+    rows = "".join(f"| `{prefix}{name}` | {text} |\n" for name, text in values.items())
+    display(Markdown(f"Numbers the prose quotes, by the name it uses:\n\n| glued as | value |\n|---|---|\n{rows}"))
+    for name, text in values.items():
+        glue(f"{prefix}{name}", text, display=False)
 
 
 # ---- cost of determinism
