@@ -20,21 +20,11 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from test_plan import NOTEBOOK, ROOT, VALID
 from test_store import fake_result
 
 from nnrandomness import batch, charts, data, models, noise, params, plan, store
 from nnrandomness.plan import PlanError, load_plan
-
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "10_training.ipynb"
-VALID = {
-    "name": "t",
-    "notebook": str(NOTEBOOK),
-    "output_root": "runs",
-    "executed_root": "executed",
-    "defaults": {"replicas": 2, "epochs": 3, "lr": 0.004, "augment": True, "dropout": 0.1, "threads": 1},
-    "cells": [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO"]}],
-}
 
 
 @pytest.fixture(autouse=True)

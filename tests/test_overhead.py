@@ -282,31 +282,9 @@ def test_plan_errors_name_the_bad_key(tmp_path):
 
 
 def test_cli_runs_a_tiny_sweep_and_writes_it(tmp_path, capsys):
-    code = cli.main(
-        [
-            "overhead",
-            "--models",
-            "smallcnn",
-            "--configurations",
-            "baseline,det_full,tf32",
-            "--image-size",
-            "8",
-            "--batch-size",
-            "4",
-            "--num-classes",
-            "10",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--repeats",
-            "1",
-            "--threads",
-            "1",
-            "--root",
-            str(tmp_path),
-        ]
-    )
+    tiny = "--models smallcnn --configurations baseline,det_full,tf32 --image-size 8 --batch-size 4 --num-classes 10"
+    once = "--steps 1 --warmup 0 --repeats 1 --threads 1"
+    code = cli.main(["overhead", *tiny.split(), *once.split(), "--root", str(tmp_path)])
     assert code == 0
     assert "det_full" in capsys.readouterr().out
     rows, manifest = overhead.read_results(tmp_path, "cpu-1t")
@@ -330,26 +308,10 @@ def test_cli_errors_are_clear(flag, value, message, capsys, tmp_path):
 
 # ----------------------------------------------------------------------------- the notebook
 # A preset small enough that a real kernel runs it in seconds.
-NOTEBOOK_TINY = [
-    "--models",
-    "smallcnn",
-    "--configurations",
-    "baseline,det_full",
-    "--image-size",
-    "8",
-    "--batch-size",
-    "4",
-    "--num-classes",
-    "10",
-    "--steps",
-    "1",
-    "--warmup",
-    "0",
-    "--repeats",
-    "1",
-    "--threads",
-    "1",
-]
+NOTEBOOK_TINY = (
+    "--models smallcnn --configurations baseline,det_full --image-size 8 --batch-size 4 --num-classes 10 "
+    "--steps 1 --warmup 0 --repeats 1 --threads 1"
+).split()
 
 
 def test_the_notebook_defines_exactly_its_parameters():
