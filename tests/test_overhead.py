@@ -228,7 +228,7 @@ def test_results_are_written_with_the_manifest_last(tmp_path, monkeypatch):
     assert rows["median_ms"].tolist() == [1.0] and manifest["environment"] == {"test": True}
     assert manifest["configurations"] == {"baseline": CONFIGURATIONS["baseline"].description}
     # Interrupted before the manifest's rename: the old manifest is gone, the new one not there.
-    monkeypatch.setattr(overhead.results.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError, match="killed"):
         overhead.write_results(_frame(), tmp_path, env={})
     assert (d / overhead.RESULTS).exists() and not (d / overhead.MANIFEST).exists()

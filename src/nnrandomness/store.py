@@ -10,14 +10,13 @@ Layout: ``<root>/<hardware>/<dataset>/<model>/<setting>/replica-<k>/`` holding
   valid manifest, or whose files fail their checksums, is incomplete and never read as a result.
 
 While a replica trains, its epoch checkpoint lives in the same directory; it is removed once
-the manifest is in place. Every file lands by `write_file` (temporary, fsync, rename; a full disk
+the manifest is in place. Every file lands by `files.write_atomic` (temporary, fsync, rename; a full disk
 named with what was kept), and the writers of a store take `lock` on a directory (a job's
 setting, a replica) so that two processes never write the same replica.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -34,6 +33,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_weights
+
+from .files import write_atomic
 
 MANIFEST = "manifest.json"
 FILES = ("predictions.parquet", "history.parquet", "weights.safetensors")
@@ -124,25 +125,6 @@ def _json_default(o):
 CHECKPOINT = "checkpoint.pt"  # train's epoch checkpoint (train.CHECKPOINT: the store does not import train)
 
 
-def write_file(path: Path, data: bytes, kept: str) -> None:
-    """Write `data` to `path` by ``<path>.tmp-<pid>``, fsync and rename; the temporary is removed on
-    every way out. A full disk (ENOSPC, EDQUOT) becomes an OSError of the same errno saying
-    "no space left on <directory> while writing <file>; kept: <kept>"."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise OSError(e.errno, f"no space left on {path.parent} while writing {path.name}; kept: {kept}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def sweep_temporaries(path: Path) -> list[Path]:
     """Remove every ``*.tmp-<pid>`` file of a replica directory (call it while no one writes there:
     under the job's lock, or once the replica is complete); the removed."""
@@ -183,7 +165,7 @@ def write_replica(root, hardware: str, result) -> Path:
     history, predictions, probabilities, labels, groups, weights, backend, environment,
     perturbation, timings and resumed_from_epoch.
 
-    Every file is serialised in memory and written by `write_file`, so that a full disk raises an
+    Every file is serialised in memory and written by `files.write_atomic`, so that a full disk raises an
     OSError naming the file and what was kept (the replica's checkpoint: a re-run resumes from it);
     such a failure leaves no manifest, so the directory never looks complete.
     """
@@ -213,7 +195,7 @@ def write_replica(root, hardware: str, result) -> Path:
         "weights.safetensors": save_weights({k: v.contiguous() for k, v in result.weights.items()}),
     }
     for name in FILES:
-        write_file(out / name, contents[name], kept)
+        write_atomic(out / name, contents[name], kept)
 
     final = result.history.iloc[-1].to_dict() if len(result.history) else {}
     manifest = {
@@ -239,7 +221,7 @@ def write_replica(root, hardware: str, result) -> Path:
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()},
     }
     text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default)
-    write_file(out / MANIFEST, text.encode(), kept)
+    write_atomic(out / MANIFEST, text.encode(), kept)
     (out / CHECKPOINT).unlink(missing_ok=True)
     sweep_temporaries(out)  # a killed writer's leftovers: nothing but the replica stays
     return out

@@ -12,7 +12,6 @@ this module knows nothing of the store.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import io
 import os
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from . import environment, models, noise, params
+from .files import write_atomic
 
 # ----------------------------------------------------------------------------- the recipe
 _RECIPE = params.RECIPE_DEFAULTS  # the defaults of the fields that are notebook parameters: one definition
@@ -220,20 +220,8 @@ def save_checkpoint(state: dict, path: Path, kept: str) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(e.errno, f"no space left on {path.parent} while writing {path.name}; kept: {kept}") from e
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    header = _CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    write_atomic(path, header + payload, kept)
 
 
 def load_checkpoint(path: Path) -> dict:

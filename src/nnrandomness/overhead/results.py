@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from .. import environment, store
+from ..files import write_atomic
 from .sweeps import Plan
 from .timing import CONFIGURATIONS
 
@@ -62,9 +62,8 @@ def write_results(
             "environment": env if env is not None else environment.fingerprint(rows["device"].iloc[0]),
             "files": {RESULTS: store.sha256_file(d / RESULTS)},
         }
-        tmp = d / f"{MANIFEST}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, d / MANIFEST)
+        text = json.dumps(manifest, indent=1, sort_keys=True, default=str)
+        write_atomic(d / MANIFEST, text.encode(), kept=f"{d / RESULTS} (no manifest: reads as incomplete)")
         out.append(d)
     return out
 
