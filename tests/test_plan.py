@@ -273,11 +273,15 @@ def test_cli_refuses_an_invalid_plan_and_writes_nothing(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]
 
 
-def test_cli_refuses_jobs_wider_than_the_cpus(tmp_path, capsys):
+def test_cli_runs_jobs_wider_than_the_cpus_alone_with_a_warning(tmp_path, capsys):
+    """A 4-thread job on 2 CPU slots is legal (its bits are the 4-thread ones): it holds every slot."""
     raw = copy.deepcopy(VALID)
-    raw["defaults"]["threads"] = 2
-    assert cli.main(["run", str(write(tmp_path, raw)), "--cpus", "1"]) == 2
-    assert "cpu-2t/digits/smallcnn/CONTROL needs 2 CPU slots (threads) but --cpus is 1" in capsys.readouterr().err
+    raw["defaults"]["threads"] = 4
+    assert cli.main(["run", str(write(tmp_path, raw)), "--cpus", "2", "--workers", "2", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: cpu-4t/digits/smallcnn/CONTROL has threads=4, more than the 2 CPU slots (--cpus)" in captured.err
+    assert "it runs alone" in captured.err
+    assert "schedule: up to 1 of 2 jobs at once (2 workers; 2 CPU slots" in captured.out
 
 
 def test_dry_run_lists_jobs(tmp_path, capsys):
