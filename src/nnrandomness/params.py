@@ -423,4 +423,6 @@ def hardware(values: Mapping) -> str:
             f"cannot derive the hardware label of device {quote(values['device'])} on a machine without "
             "CUDA; run on the GPU host or give the hardware label"
         )
-    return environment.hardware_label(values["device"], values["threads"], values["cpu_capability"])
+    # A mapping from before the parameter existed means its default: torch's own pick, label unchanged.
+    capability = values.get("cpu_capability", PARAMETERS["cpu_capability"].default)
+    return environment.hardware_label(values["device"], values["threads"], capability)
