@@ -133,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
-    problems = _option_problems(args, plan.jobs, gpus)
+    problems = _option_problems(args, gpus)
     # One slot per job a GPU may run at once, round robin (0, 1, .., 0, 1, ..): the first jobs
     # spread over the GPUs. The pool is as large as the slots unless --workers says otherwise.
     slots = [g for _ in range(max(args.jobs_per_gpu, 1)) for g in gpus] if gpus else None
@@ -251,7 +251,7 @@ def _unwritable(path: Path) -> str | None:
     return None
 
 
-def _option_problems(args, jobs, gpus) -> list[str]:
+def _option_problems(args, gpus) -> list[str]:
     problems = []
     if args.workers is not None and args.workers < 1:
         problems.append(f"--workers must be >= 1, got {args.workers}")
