@@ -306,9 +306,9 @@ def schedule(pending, *, workers: int, cpus: int, gpus: list[str] | None) -> str
     """What the local pool can run at once, and each limit: a line for the dry run."""
     if not pending:
         return "schedule: nothing to run"
-    threads = min(cpu_slots(job, cpus) for job in pending)  # the narrowest jobs: the most that can run at once
-    limits = [workers, cpus // threads] + ([len(gpus)] if gpus is not None else [])
-    parts = [f"{workers} workers", f"{cpus} CPU slots at {threads}+ threads per job"]
+    slots = min(cpu_slots(job, cpus) for job in pending)  # the narrowest jobs: the most that can run at once
+    limits = [workers, cpus // slots] + ([len(gpus)] if gpus is not None else [])
+    parts = [f"{workers} workers", f"{cpus} CPU slots at {slots}+ per job"]
     if gpus is not None:
         parts.append(f"{len(gpus)} GPU slots ({len(set(gpus))} GPUs x {len(gpus) // len(set(gpus))} per GPU)")
     return f"schedule: up to {min(len(pending), *limits)} of {len(pending)} jobs at once ({'; '.join(parts)})"
