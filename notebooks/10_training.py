@@ -57,6 +57,7 @@ augment = True  # pad-and-crop augmentation on the device (+ flips for photos)
 base_seed = 0  # root of every per-source seed
 device = "cpu"  # torch device: cpu, cuda, cuda:1, ...
 threads = 1  # torch intra-op CPU threads (a tooling factor: it changes CPU bits)
+cpu_capability = "default"  # ATen CPU instruction set: default (torch's pick), avx2 or avx512 (a tooling factor)
 precision = "fp32"  # fp32, tf32 or bf16
 eval_batch_size = 500  # test examples per evaluation batch (fixed: batch composition changes float results)
 data_root = ""  # root of the real datasets; empty: $NNRANDOMNESS_DATA

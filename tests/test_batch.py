@@ -25,7 +25,7 @@ import psutil
 import pytest
 import yaml
 
-from nnrandomness import batch, cli, plan, store
+from nnrandomness import batch, cli, environment, plan, store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "plans" / "smoke.yaml"
@@ -507,6 +507,62 @@ def test_pool_gives_each_running_job_its_own_gpu(recorded, tmp_path):
         else:
             del running[name]
     assert {gpu for _, _, _, gpu, _ in recorded} == {"0", "1"}
+
+
+def test_a_job_wider_than_the_pool_runs_alone(recorded, tmp_path):
+    """threads count against the pool's CPU slots; a 4-thread job on 2 slots holds them all (no refusal:
+    its bits are the 4-thread ones, only slower), and 1-thread jobs still run two at once."""
+    cells = [
+        {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO"]},
+        {"datasets": ["digits"], "models": ["smallcnn_bn"], "settings": ["CONTROL", "ALGO"], "threads": [4, 1]},
+    ]
+    jobs = plan.load_plan(variant(tmp_path, cells=cells)).jobs
+    assert [j.threads for j in jobs] == [1, 1, 4, 4, 1, 1]
+    assert [batch.cpu_slots(j, 2) for j in jobs] == [1, 1, 2, 2, 1, 1]
+    results = batch.run_local(jobs, workers=2, cpus=2)
+    assert sorted(r.name for r in results) == sorted(j.name for j in jobs)
+    _, most_jobs, beside = replay(recorded)
+    assert most_jobs == 2
+    for job in jobs:
+        if job.threads == 4:
+            assert not beside.get(job.name), beside
+    starts = [name for kind, name, *_ in recorded if kind == "start"]
+    assert starts == [j.name for j in jobs]  # plan order
+    assert batch.schedule(jobs[2:4], workers=2, cpus=2, gpus=None).startswith("schedule: up to 1 of 2 jobs at once")
+
+
+def test_each_job_gets_its_cpu_capability_and_none_leaks_from_the_shell(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")  # exported in the runner's shell
+    cells = [
+        {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL"], "cpu_capability": ["default", "avx2"]}
+    ]
+    default, avx2 = plan.load_plan(variant(tmp_path, cells=cells)).jobs
+    assert "ATEN_CPU_CAPABILITY" not in batch.job_environment(default)  # "default": the variable unset
+    assert batch.job_environment(avx2)["ATEN_CPU_CAPABILITY"] == "avx2"
+
+
+@pytest.mark.skipif(
+    "avx2" not in environment.supported_cpu_capabilities(), reason="this CPU has no AVX2: torch cannot dispatch to it"
+)
+def test_two_cpu_capabilities_train_in_their_own_cells(tmp_path, monkeypatch):
+    """Real jobs under cpu_capability default and avx2 (1 replica, 1 epoch): each kernel dispatched to what
+    its job asked for (the fingerprint), under its own hardware label, whatever the runner's shell says."""
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # must not reach the default job
+    cells = [
+        {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL"], "cpu_capability": ["default", "avx2"]}
+    ]
+    path = variant(tmp_path, cells=cells, replicas=1, epochs=1, lr_milestones=[])
+    code, out = run(path, "--workers", 2, "--cpus", 2, *roots(tmp_path))
+    assert code == 0 and "2 done, 0 skipped, 0 failed" in out, out
+    manifests = {m["hardware"]: m for m in map(store.read_manifest, (tmp_path / "runs").glob("*/*/*/*/replica-0"))}
+    assert sorted(manifests) == ["cpu-1t", "cpu-1t-avx2"]
+    default, avx2 = manifests["cpu-1t"]["environment"], manifests["cpu-1t-avx2"]["environment"]
+    assert (default["env"]["ATEN_CPU_CAPABILITY"], avx2["env"]["ATEN_CPU_CAPABILITY"]) == (None, "avx2")
+    assert default["cpu_capability"] == environment.expected_cpu_capability("default")
+    assert avx2["cpu_capability"] == "AVX2"
+    same = manifests["cpu-1t"]["weights_hash"] == manifests["cpu-1t-avx2"]["weights_hash"]
+    # Whether the instruction set changes the bits depends on the CPU and the model: shown, not asserted.
+    print(f"default ({default['cpu_capability']}) vs avx2: weights {'identical' if same else 'different'}")
 
 
 def test_a_committed_store_takes_runs_only_from_a_clean_checkout(tmp_path):

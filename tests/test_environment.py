@@ -1,8 +1,10 @@
 """Hardware labels and the software fingerprint recorded with every run."""
 
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from nnrandomness import environment
@@ -11,6 +13,73 @@ from nnrandomness import environment
 def test_cpu_label_carries_the_thread_count():
     assert environment.hardware_label("cpu", 2) == "cpu-2t"
     assert environment.hardware_label("cpu") == f"cpu-{torch.get_num_threads()}t"
+
+
+def test_a_cpu_capability_other_than_default_is_part_of_the_label():
+    """Each CPU tooling configuration is a hardware of its own; the default labels stay as committed."""
+    assert environment.hardware_label("cpu", 1, "default") == "cpu-1t"
+    assert environment.hardware_label("cpu", 2, "avx2") == "cpu-2t-avx2"
+    assert environment.hardware_label("cpu", 4, "avx512") == "cpu-4t-avx512"
+
+
+@pytest.fixture
+def avx512_machine(monkeypatch):
+    """This process as on an AVX512 CPU started without ATEN_CPU_CAPABILITY (torch dispatches to AVX512)."""
+    monkeypatch.setattr(environment, "supported_cpu_capabilities", lambda: ("default", "avx2", "avx512"))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+
+
+def test_the_capability_asked_for_must_be_the_one_torch_dispatches_to(avx512_machine):
+    assert environment.expected_cpu_capability("default") == "AVX512"  # the machine's best
+    assert environment.expected_cpu_capability("avx2") == "AVX2"
+    assert environment.cpu_capability_error("default") is None
+    assert environment.cpu_capability_error("avx512") is None  # what torch picks anyway: the same kernels
+    e = environment.cpu_capability_error("avx2")
+    assert "torch in this process dispatches to AVX512, not AVX2" in e
+    assert "start the kernel (jupyter, python) with ATEN_CPU_CAPABILITY=avx2" in e
+
+
+def test_default_asks_for_the_variable_unset(avx512_machine, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # started with avx2
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    e = environment.cpu_capability_error("default")
+    assert "dispatches to AVX2, not AVX512 (ATEN_CPU_CAPABILITY='avx2')" in e
+    assert "ATEN_CPU_CAPABILITY unset (env -u ATEN_CPU_CAPABILITY)" in e
+    assert environment.cpu_capability_env("default") is None and environment.cpu_capability_env("avx2") == "avx2"
+
+
+def test_a_capability_the_cpu_lacks_is_refused(monkeypatch):
+    monkeypatch.setattr(environment, "supported_cpu_capabilities", lambda: ("default", "avx2"))
+    e = environment.cpu_capability_error("avx512")
+    assert e.startswith("cpu_capability 'avx512': this machine's CPU (") and e.endswith("supported here: default, avx2")
+    assert environment.unsupported_cpu_capability_error("avx2") is None
+
+
+def test_support_is_read_from_cpu_flags_where_torch_cannot_tell(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx2_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_supported", raising=False)
+    monkeypatch.setattr(environment, "_cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512vl"})
+    assert environment.supported_cpu_capabilities() == ("default", "avx2")  # no avx512bw/dq: not torch's AVX512
+    monkeypatch.setattr(environment, "_cpu_flags", lambda: {"avx2", "fma", "avx512vl", "avx512bw", "avx512dq"})
+    assert environment.supported_cpu_capabilities() == ("default", "avx2", "avx512")
+    monkeypatch.setattr(environment, "_cpu_flags", set)
+    assert environment.supported_cpu_capabilities() == ("default",)
+
+
+@pytest.mark.skipif(
+    "avx2" not in environment.supported_cpu_capabilities(), reason="this CPU has no AVX2: torch cannot dispatch to it"
+)
+def test_a_process_started_with_the_variable_dispatches_to_it_and_records_it():
+    """In a fresh process (torch reads the variable once): the check passes, the fingerprint records it."""
+    code = (
+        "from nnrandomness import environment as e\n"
+        "fp = e.fingerprint('cpu')\n"
+        "print(e.cpu_capability_error('avx2'), fp['cpu_capability'], fp['env']['ATEN_CPU_CAPABILITY'])\n"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["None", "AVX2", "avx2"], out.stderr
 
 
 def test_fingerprint_records_what_changes_bits():

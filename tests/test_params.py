@@ -19,7 +19,7 @@ import torch
 from nbclient import NotebookClient
 from papermill.cli import _resolve_type
 
-from nnrandomness import params, train
+from nnrandomness import environment, params, train
 from nnrandomness.params import PARAMETERS, RECIPE_DEFAULTS, check_parameters, from_namespace, value_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,10 @@ def valid() -> dict:
         ("precision", "fp16", "unknown precision 'fp16'; valid precisions: fp32, tf32, bf16"),
         ("device", "tpu", "unknown device 'tpu'; valid devices: cpu, cuda, mps (optionally ':index')"),
         ("hardware", "my/box", "must be a path-safe label (letters, digits, . _ + -), got 'my/box'"),
+        ("cpu_capability", "sse", "unknown cpu_capability 'sse'; valid choices: default, avx2, avx512"),
+        ("cpu_capability", "AVX2", "unknown cpu_capability 'AVX2'; valid choices: default, avx2, avx512"),
+        ("cpu_capability", "", "unknown cpu_capability ''; valid choices: default, avx2, avx512"),
+        ("cpu_capability", 2, "must be a string, got 2"),
     ],
 )
 def test_each_bad_value_is_named_with_the_valid_choices(name, value, message):
@@ -189,6 +193,21 @@ def test_threads_above_the_cores_warn_before_training(monkeypatch):
     with pytest.warns(UserWarning, match="threads=4 is more than the 2 CPU cores"):
         check_parameters({**valid(), "threads": 4})
     check_parameters({**valid(), "threads": 2})  # no warning: warnings are errors in this suite
+
+
+def test_a_cpu_capability_the_kernel_was_not_started_with_is_an_error_before_training(monkeypatch):
+    """torch reads ATEN_CPU_CAPABILITY once per process: a notebook run by hand in a kernel started
+    without it would train with another instruction set under the asked-for label."""
+    monkeypatch.setattr(environment, "supported_cpu_capabilities", lambda: ("default", "avx2", "avx512"))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    with pytest.raises(ValueError, match=r"dispatches to AVX512, not AVX2 .*with ATEN_CPU_CAPABILITY=avx2"):
+        check_parameters({**valid(), "cpu_capability": "avx2"})
+    check_parameters({**valid(), "cpu_capability": "avx2"}, check_machine=False)  # values meant for a job
+    assert params.hardware({**valid(), "cpu_capability": "avx2", "threads": 2}) == "cpu-2t-avx2"
+    assert params.hardware({**valid(), "threads": 2}) == "cpu-2t"  # the committed store's labels
+    monkeypatch.setattr(environment, "supported_cpu_capabilities", lambda: ("default", "avx2"))
+    with pytest.raises(ValueError, match=r"cpu_capability 'avx512': this machine's CPU \(.*\) does not support it"):
+        check_parameters({**valid(), "cpu_capability": "avx512"})
 
 
 def test_from_namespace_returns_the_checked_values_read_only():

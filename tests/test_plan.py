@@ -205,6 +205,20 @@ INVALID = [
         "but the recipe has dropout=0",
     ),
     ({"cells.1.settings": ["ALGO"]}, "cells[1] (cpu-1t/digits/smallcnn/ALGO): the same job as cells[0]"),
+    # the CPU tooling keys, one value or a list of them
+    (
+        {"defaults.cpu_capability": "sse"},
+        "defaults.cpu_capability unknown cpu_capability 'sse'; valid choices: default, avx2, avx512",
+    ),
+    ({"cells.1.threads": []}, "cells[1].threads must be a value or a non-empty list of values, got []"),
+    ({"cells.1.threads": [1, 0]}, "cells[1].threads[1] must be an integer >= 1, got 0"),
+    ({"cells.1.threads": [2, 2]}, "cells[1].threads lists a value twice: [2, 2]"),
+    ({"defaults.threads": [1, "2"]}, "defaults.threads[1] must be an integer, got '2'"),
+    (
+        {"cells.1.cpu_capability": ["default", "AVX2"]},
+        "cells[1].cpu_capability[1] unknown cpu_capability 'AVX2'; valid choices: default, avx2, avx512",
+    ),
+    ({"cells.1.threads": [1, 2], "cells.1.hardware": "box"}, "cells[1] (box/digits/smallcnn/INIT): the same job as"),
 ]
 
 
@@ -263,6 +277,59 @@ def test_overrides_and_relative_paths(tmp_path):
     assert job.spec(1).replica == 1 and job.spec(1).setting == "CONTROL"
 
 
+# ----------------------------------------------------------------------------- CPU tooling configurations
+def tooling_plan(tmp_path, defaults=None, **cell) -> Path:
+    raw = copy.deepcopy(VALID)
+    raw["defaults"].update(defaults or {})
+    raw["cells"] = [{"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL"], **cell}]
+    return write(tmp_path, raw)
+
+
+def test_tooling_lists_expand_into_one_job_per_configuration(tmp_path):
+    """threads x cpu_capability: each combination is a hardware label, so its replicas form their own cell."""
+    p = load_plan(tooling_plan(tmp_path, threads=[1, 2, 3, 4], cpu_capability=["default", "avx2"]))
+    labels = [f"cpu-{t}t{c}" for t in (1, 2, 3, 4) for c in ("", "-avx2")]
+    assert [j.name for j in p.jobs] == [f"{label}/digits/smallcnn/CONTROL" for label in labels]
+    for job in p.jobs:  # each job gets one value of each: what the notebook and job_environment read
+        assert job.hardware == f"cpu-{job.threads}t" + ("" if job.cpu_capability == "default" else "-avx2")
+        assert isinstance(job.parameters["threads"], int) and isinstance(job.parameters["cpu_capability"], str)
+        assert job.executed == tmp_path / f"executed/{job.hardware}/digits/smallcnn/CONTROL.ipynb"
+    # in the defaults too; a cell's single value overrides the defaults' list
+    p = load_plan(tooling_plan(tmp_path, {"threads": [1, 2]}))
+    assert [j.hardware for j in p.jobs] == ["cpu-1t", "cpu-2t"]
+    p = load_plan(tooling_plan(tmp_path, {"threads": [1, 2]}, threads=3))
+    assert [j.hardware for j in p.jobs] == ["cpu-3t"]
+
+
+def test_tooling_lists_count_against_the_plans_limits(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan.params, "MAX_JOBS", 7)
+    with pytest.raises(PlanError, match=r"the plan expands into 8 jobs, more than 7 \(params.MAX_JOBS\)"):
+        load_plan(tooling_plan(tmp_path, threads=[1, 2, 3, 4], cpu_capability=["default", "avx2"]))
+    monkeypatch.setattr(plan.params, "MAX_PLAN_REPLICAS", 7)  # 2 replicas x 4 jobs
+    with pytest.raises(PlanError, match=r"train 8 replicas, more than 7 \(params.MAX_PLAN_REPLICAS\)"):
+        load_plan(tooling_plan(tmp_path, threads=[1, 2, 3, 4]))
+
+
+def test_a_capability_this_cpu_lacks_is_refused_before_any_job(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan.environment, "supported_cpu_capabilities", lambda: ("default", "avx2"))
+    path = tooling_plan(tmp_path, cpu_capability=["avx2", "avx512"])
+    with pytest.raises(PlanError) as e:
+        load_plan(path)
+    assert e.value.errors == [
+        f"cells[0]: cpu_capability 'avx512': this machine's CPU ({plan.environment.cpu_model()}) does not support "
+        "it; supported here: default, avx2"
+    ]
+    assert [j.hardware for j in load_plan(path, check_data=False).jobs] == ["cpu-1t-avx2", "cpu-1t-avx512"]
+
+
+def test_dry_run_shows_the_hardware_labels(tmp_path, capsys):
+    path = tooling_plan(tmp_path, threads=[1, 2], cpu_capability=["default", "avx2"])
+    assert cli.main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "hardware labels: cpu-1t, cpu-1t-avx2, cpu-2t, cpu-2t-avx2 (each CPU tooling configuration" in out
+    assert "cpu-2t-avx2/digits/smallcnn/CONTROL" in out
+
+
 # ----------------------------------------------------------------------------- the CLI refuses early
 def test_cli_refuses_an_invalid_plan_and_writes_nothing(tmp_path, capsys):
     raw = copy.deepcopy(VALID)
@@ -273,11 +340,15 @@ def test_cli_refuses_an_invalid_plan_and_writes_nothing(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]
 
 
-def test_cli_refuses_jobs_wider_than_the_cpus(tmp_path, capsys):
+def test_cli_runs_jobs_wider_than_the_cpus_alone_with_a_warning(tmp_path, capsys):
+    """A 4-thread job on 2 CPU slots is legal (its bits are the 4-thread ones): it holds every slot."""
     raw = copy.deepcopy(VALID)
-    raw["defaults"]["threads"] = 2
-    assert cli.main(["run", str(write(tmp_path, raw)), "--cpus", "1"]) == 2
-    assert "cpu-2t/digits/smallcnn/CONTROL needs 2 CPU slots (threads) but --cpus is 1" in capsys.readouterr().err
+    raw["defaults"]["threads"] = 4
+    assert cli.main(["run", str(write(tmp_path, raw)), "--cpus", "2", "--workers", "2", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: cpu-4t/digits/smallcnn/CONTROL has threads=4, more than the 2 CPU slots (--cpus)" in captured.err
+    assert "it runs alone" in captured.err
+    assert "schedule: up to 1 of 2 jobs at once (2 workers; 2 CPU slots" in captured.out
 
 
 def test_dry_run_lists_jobs(tmp_path, capsys):

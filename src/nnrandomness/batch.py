@@ -8,7 +8,9 @@ other jobs run
 
 * on a local pool (``--workers N``) that never oversubscribes the CPU: a job holds `threads`
   CPU slots and the running jobs hold at most ``--cpus`` (torch at 2 threads on 2 busy cores runs
-  ~30x slower); jobs start in plan order, so a wide job is never overtaken forever. ``--gpus 0,1``
+  ~30x slower); a job with more threads than ``--cpus`` holds them all, so it runs alone (its
+  results are the same, only slower: a warning says so); jobs start in plan order, so a wide job
+  is never overtaken forever. ``--gpus 0,1``
   gives every running job a GPU through CUDA_VISIBLE_DEVICES, ``--jobs-per-gpu K`` jobs per GPU at
   once, and sizes the pool to match (GPUs x K; a different ``--workers`` is refused);
 * or as Ray tasks (``--ray ADDRESS``: "auto" for a running cluster, "local" for a new one on this
@@ -16,7 +18,8 @@ other jobs run
   CUDA. Paths must then be the same on every node (shared storage).
 
 Each job is a ``python -m papermill`` subprocess with its own environment, so a job cannot take
-the runner down, its GPU pinning is set before its kernel starts, and its timeout (plan key
+the runner down, its GPU pinning and its ATen CPU capability (``ATEN_CPU_CAPABILITY``, which torch
+reads once per process) are set before its kernel starts, and its timeout (plan key
 ``timeout``, ``--timeout``) is a kill. Failures before the notebook's first cell starts (the
 kernel did not come up: "Kernel didn't respond", "Kernel died before replying to kernel_info",
 ZMQ port races between parallel starts) are retried up to ``--retries`` times; a failure in a
@@ -130,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
-    problems = _option_problems(args, plan.jobs, gpus)
+    problems = _option_problems(args, gpus)
     # One slot per job a GPU may run at once, round robin (0, 1, .., 0, 1, ..): the first jobs
     # spread over the GPUs. The pool is as large as the slots unless --workers says otherwise.
     slots = [g for _ in range(max(args.jobs_per_gpu, 1)) for g in gpus] if gpus else None
@@ -159,8 +162,17 @@ def main(args: argparse.Namespace) -> int:
         f"plan {plan.name!r} ({args.plan}): {len(plan.jobs)} jobs, {len(plan.jobs) - len(pending)} complete, "
         f"{len(pending)} to run"
     )
+    for job in plan.jobs:
+        if job.threads > args.cpus and not args.ray:
+            print(
+                f"WARNING: {job.name} has threads={job.threads}, more than the {args.cpus} CPU slots (--cpus): "
+                "it runs alone, holding them all (the results are the same, only slower)",
+                file=sys.stderr,
+            )
     if args.dry_run:
         _print_jobs(plan.jobs, states)
+        labels = dict.fromkeys(job.hardware for job in plan.jobs)
+        print(f"hardware labels: {', '.join(labels)} (each CPU tooling configuration is a hardware of its own)")
         if not args.ray:
             print(schedule(pending, workers=args.workers, cpus=args.cpus, gpus=slots))
         return 0
@@ -239,7 +251,7 @@ def _unwritable(path: Path) -> str | None:
     return None
 
 
-def _option_problems(args, jobs, gpus) -> list[str]:
+def _option_problems(args, gpus) -> list[str]:
     problems = []
     if args.workers is not None and args.workers < 1:
         problems.append(f"--workers must be >= 1, got {args.workers}")
@@ -255,12 +267,6 @@ def _option_problems(args, jobs, gpus) -> list[str]:
         problems.append(f"--gpus must list distinct GPU ids separated by commas, got {args.gpus!r}")
     if gpus is not None and args.ray:
         problems.append("--gpus is for the local pool; Ray assigns GPUs to tasks itself")
-    if args.ray in (None, "local") and args.cpus:  # a cluster's own CPUs are Ray's to check
-        problems += [
-            f"{job.name} needs {job.threads} CPU slots (threads) but --cpus is {args.cpus}"
-            for job in jobs
-            if job.threads > args.cpus
-        ]
     return problems
 
 
@@ -300,12 +306,18 @@ def schedule(pending, *, workers: int, cpus: int, gpus: list[str] | None) -> str
     """What the local pool can run at once, and each limit: a line for the dry run."""
     if not pending:
         return "schedule: nothing to run"
-    threads = min(job.threads for job in pending)  # the narrowest jobs: the most that can run at once
-    limits = [workers, cpus // threads] + ([len(gpus)] if gpus is not None else [])
-    parts = [f"{workers} workers", f"{cpus} CPU slots at {threads}+ threads per job"]
+    slots = min(cpu_slots(job, cpus) for job in pending)  # the narrowest jobs: the most that can run at once
+    limits = [workers, cpus // slots] + ([len(gpus)] if gpus is not None else [])
+    parts = [f"{workers} workers", f"{cpus} CPU slots at {slots}+ per job"]
     if gpus is not None:
         parts.append(f"{len(gpus)} GPU slots ({len(set(gpus))} GPUs x {len(gpus) // len(set(gpus))} per GPU)")
     return f"schedule: up to {min(len(pending), *limits)} of {len(pending)} jobs at once ({'; '.join(parts)})"
+
+
+def cpu_slots(job, cpus: int) -> int:
+    """The CPU slots `job` holds on a pool of `cpus`: its threads, or all of them when it has more
+    threads than the pool has slots (then it runs alone, slower, with the same results)."""
+    return min(job.threads, cpus)
 
 
 def _print_jobs(jobs, states) -> None:
@@ -336,6 +348,12 @@ def job_environment(job, gpu: str | None = None) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(job.threads)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu  # set before the kernel starts: CUDA reads it once
+    # torch reads it once per process, before the kernel's first cell; "default" is the variable unset,
+    # so that a value exported in the runner's shell cannot leak into a default job.
+    if (capability := environment.cpu_capability_env(job.cpu_capability)) is None:
+        env.pop(environment.CPU_CAPABILITY_ENV, None)
+    else:
+        env[environment.CPU_CAPABILITY_ENV] = capability
     env[RUNNER_PID_ENV] = str(os.getpid())  # the kernel exits when this process does (cell.watch_runner)
     return env
 
@@ -534,7 +552,7 @@ def run_local(
 ) -> list[JobResult]:
     """Run jobs on a pool of `workers` threads, each waiting on its papermill process.
 
-    A job starts when a worker is free, its `threads` fit in the free CPU slots and, with `gpus`,
+    A job starts when a worker is free, its `cpu_slots` fit in the free CPU slots and, with `gpus`,
     a GPU is free. Jobs start in plan order (the first that does not fit waits for room).
     """
     results, queue, running = [], deque(jobs), {}
@@ -545,18 +563,18 @@ def run_local(
             while (
                 queue
                 and len(running) < workers
-                and used + queue[0].threads <= cpus
+                and used + cpu_slots(queue[0], cpus) <= cpus
                 and (free_gpus is None or free_gpus)
             ):
                 job = queue.popleft()
                 gpu = free_gpus.pop(0) if free_gpus is not None else None
                 running[pool.submit(run_job, job, retries=retries, gpu=gpu, wait_lock=wait_lock)] = (job, gpu)
-                used += job.threads
+                used += cpu_slots(job, cpus)
             bar.set_postfix_str(", ".join(job.name for job, _ in running.values()), refresh=True)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 job, gpu = running.pop(future)
-                used -= job.threads
+                used -= cpu_slots(job, cpus)
                 if gpu is not None:
                     free_gpus.append(gpu)
                 try:
@@ -573,7 +591,8 @@ def run_ray(
     """Run jobs as Ray tasks: `threads` CPUs each, plus one GPU where the job's device is CUDA.
 
     Connects with ``ray.init(address=...)`` unless this process already has Ray initialised
-    (then that cluster is used and left running); "local" starts a cluster of `cpus` CPUs here.
+    (then that cluster is used and left running); "local" starts a cluster of `cpus` CPUs here, on
+    which a job with more threads asks for all of them (`cpu_slots`: it runs alone).
     """
     import ray
 
@@ -587,9 +606,11 @@ def run_ray(
         # Ray retries nothing: a kernel that fails to start is retried inside the task, a cell error never.
         task = ray.remote(max_retries=0)(run_job)
         refs = {
-            task.options(num_cpus=job.threads, num_gpus=1 if job.uses_gpu else 0, name=job.name).remote(
-                job, retries=retries, wait_lock=wait_lock
-            ): job
+            task.options(
+                num_cpus=cpu_slots(job, cpus) if address == "local" and cpus else job.threads,
+                num_gpus=1 if job.uses_gpu else 0,
+                name=job.name,
+            ).remote(job, retries=retries, wait_lock=wait_lock): job
             for job in jobs
         }
         with _progress(len(jobs)) as bar:

@@ -45,16 +45,105 @@ def gpu_name(device: str | torch.device) -> str | None:
     return None
 
 
-def hardware_label(device: str | torch.device = "cpu", threads: int | None = None) -> str:
-    """A short path-safe label: 'cpu-2t' for the CPU at 2 threads, 'cuda-nvidia-h100-80gb-hbm3' for a GPU.
+def hardware_label(
+    device: str | torch.device = "cpu", threads: int | None = None, cpu_capability: str = "default"
+) -> str:
+    """A short path-safe label: 'cpu-2t' for the CPU at 2 threads, 'cuda-nvidia-h100-80gb-hbm3' for a GPU,
+    and '-avx2' after either for a CPU capability other than "default" ('cpu-2t-avx2').
 
-    Thread count is part of the CPU label because it changes the bits of CPU results.
+    Thread count and CPU capability are part of the label because they change the bits of CPU results:
+    each CPU tooling configuration is a hardware of its own, and its replicas form their own cells.
     """
     device = torch.device(device)
     if device.type == "cuda":
         name = gpu_name(device) or "cuda"
-        return "cuda-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return f"{device.type}-{threads if threads is not None else torch.get_num_threads()}t"
+        label = "cuda-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    else:
+        label = f"{device.type}-{threads if threads is not None else torch.get_num_threads()}t"
+    return label if cpu_capability == "default" else f"{label}-{cpu_capability}"
+
+
+# ----------------------------------------------------------------------------- the ATen CPU capability
+# The instruction sets torch's CPU kernels dispatch to, as the ATEN_CPU_CAPABILITY environment
+# variable names them on x86 (torch 2.14, aten/src/ATen/native/DispatchStub.cpp: "avx512", "avx2",
+# "default"; torch ignores any other value with a warning and picks the machine's best). Here
+# "default" means the variable unset: torch's own pick for the machine (AVX512 on an AVX512 CPU).
+# Torch's own "default" value (its scalar DEFAULT kernels) has no choice of its own here.
+# torch reads the variable once, when it first dispatches, so a capability is chosen per process.
+CPU_CAPABILITY_ENV = "ATEN_CPU_CAPABILITY"
+CPU_CAPABILITIES = ("default", "avx2", "avx512")
+
+
+def supported_cpu_capabilities() -> tuple[str, ...]:
+    """The CPU_CAPABILITIES this machine's CPU can run ("default" always).
+
+    torch's own test (torch.cpu._is_avx2_supported, _is_avx512_supported); where torch has no such
+    function, the flags of /proc/cpuinfo that torch's dispatcher asks for (AVX2: avx2 and fma;
+    AVX512: avx512 vl, bw, dq and fma). A capability the CPU lacks is refused before any work: torch
+    would dispatch to what the variable names without checking (an illegal instruction).
+    """
+    flags = None
+    supported = ["default"]
+    for name, needs in (("avx2", {"avx2", "fma"}), ("avx512", {"avx512vl", "avx512bw", "avx512dq", "fma"})):
+        check = getattr(torch.cpu, f"_is_{name}_supported", None)
+        if check is None and flags is None:
+            flags = _cpu_flags()
+        if check() if check is not None else needs <= flags:
+            supported.append(name)
+    return tuple(supported)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_capability_env(cpu_capability: str) -> str | None:
+    """The value of ATEN_CPU_CAPABILITY that gives `cpu_capability`; None: the variable must be unset."""
+    return None if cpu_capability == "default" else cpu_capability
+
+
+def expected_cpu_capability(cpu_capability: str) -> str:
+    """What torch.backends.cpu.get_cpu_capability() says in a process started with `cpu_capability`
+    (a supported one): the machine's best for "default", else the capability in capitals."""
+    if cpu_capability == "default":
+        return supported_cpu_capabilities()[-1].upper()
+    return cpu_capability.upper()
+
+
+def unsupported_cpu_capability_error(cpu_capability: str) -> str | None:
+    """Why this machine's CPU cannot run `cpu_capability` (one of CPU_CAPABILITIES); None when it can."""
+    supported = supported_cpu_capabilities()
+    if cpu_capability in supported:
+        return None
+    return (
+        f"cpu_capability {cpu_capability!r}: this machine's CPU ({cpu_model()}) does not support it; "
+        f"supported here: {', '.join(supported)}"
+    )
+
+
+def cpu_capability_error(cpu_capability: str) -> str | None:
+    """Why this process cannot train with `cpu_capability` (one of CPU_CAPABILITIES); None when it can:
+    the CPU lacks it, or torch in this process dispatches to another one (the variable was not set
+    before the process started)."""
+    if e := unsupported_cpu_capability_error(cpu_capability):
+        return e
+    effective, expected = torch.backends.cpu.get_cpu_capability(), expected_cpu_capability(cpu_capability)
+    if effective == expected:
+        return None
+    value = cpu_capability_env(cpu_capability)
+    start = f"{CPU_CAPABILITY_ENV}={value}" if value else f"{CPU_CAPABILITY_ENV} unset (env -u {CPU_CAPABILITY_ENV})"
+    return (
+        f"cpu_capability {cpu_capability!r}: torch in this process dispatches to {effective}, not {expected} "
+        f"({CPU_CAPABILITY_ENV}={os.environ.get(CPU_CAPABILITY_ENV)!r}); torch reads the variable once per "
+        f"process: start the kernel (jupyter, python) with {start}, or run the notebook through the batch "
+        "runner, which sets it per job"
+    )
 
 
 def _version(package: str) -> str | None:

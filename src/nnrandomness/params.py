@@ -157,6 +157,12 @@ def _device(value) -> str | None:
     return None
 
 
+def _cpu_capability(value) -> str | None:
+    if value not in environment.CPU_CAPABILITIES:
+        return f"unknown cpu_capability {quote(value)}; valid choices: {', '.join(environment.CPU_CAPABILITIES)}"
+    return None
+
+
 def _hardware_label(value) -> str | None:
     """Empty (derived from device and threads), else a path component of letters, digits, . _ + -."""
     if not value:
@@ -203,6 +209,15 @@ PARAMETERS: dict[str, Parameter] = {
         # Pinned to 1 rather than left to torch: the thread count is a tooling factor that changes bits.
         Parameter(
             "threads", (int,), "torch intra-op CPU threads (a tooling factor: it changes CPU bits)", 1, _integer(1)
+        ),
+        # Per process: the batch runner sets ATEN_CPU_CAPABILITY before the kernel starts; a kernel
+        # started by hand must have been started with it (checked with the machine).
+        Parameter(
+            "cpu_capability",
+            (str,),
+            "ATen CPU instruction set: default (torch's pick), avx2 or avx512 (a tooling factor)",
+            "default",
+            _cpu_capability,
         ),
         Parameter("precision", (str,), "fp32, tf32 or bf16", "fp32", _precision),
         Parameter(
@@ -343,6 +358,8 @@ def _machine_errors(values: Mapping) -> list[str]:
         errors.append(f"device {quote(values['device'])}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         errors.append(f"device {quote(values['device'])}: this machine has no MPS device")
+    if e := environment.cpu_capability_error(values["cpu_capability"]):
+        errors.append(e)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if values["threads"] > cores:
         # A warning, not an error: legal and reproducible, only slow (2 busy cores at 4 threads ran 3.4x slower).
@@ -393,7 +410,8 @@ def _plain(value) -> bool:
 
 
 def hardware(values: Mapping) -> str:
-    """The run's hardware label: the one given, else derived from device and threads.
+    """The run's hardware label: the one given, else derived from device, threads and CPU capability
+    (`environment.hardware_label`: 'cpu-2t', 'cpu-2t-avx2').
 
     Raises ValueError for a CUDA device on a machine without CUDA: the label names the GPU model,
     which only a machine with the GPU can read.
@@ -405,4 +423,6 @@ def hardware(values: Mapping) -> str:
             f"cannot derive the hardware label of device {quote(values['device'])} on a machine without "
             "CUDA; run on the GPU host or give the hardware label"
         )
-    return environment.hardware_label(values["device"], values["threads"])
+    # A mapping from before the parameter existed means its default: torch's own pick, label unchanged.
+    capability = values.get("cpu_capability", PARAMETERS["cpu_capability"].default)
+    return environment.hardware_label(values["device"], values["threads"], capability)

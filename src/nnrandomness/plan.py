@@ -17,6 +17,12 @@ datasets x models x settings with optional overrides of the recipe::
         settings: [CONTROL, ALGO]
         replicas: 10                    # here or in defaults
         threads: 2                      # any recipe key overrides defaults for this cell
+      - datasets: [digits]
+        models: [smallcnn]
+        settings: [CONTROL]
+        replicas: 3
+        threads: [1, 2, 3, 4]           # CPU tooling configurations: a list gives one job per value
+        cpu_capability: [default, avx2]
 
 Relative paths are relative to the current working directory (run the CLI from the repository
 root). Jobs pass them to the notebook as written and start its kernel in that directory (`Job.cwd`),
@@ -25,25 +31,28 @@ hosts need the same directory (shared storage), as they need the same store.
 
 A plan expands into one `Job` per hardware x dataset x model x setting: one papermill execution
 of the notebook that trains that setting's replicas. The recipe keys are the notebook's parameters
-(`params`: their types, defaults and rules); the hardware label is derived per job from device and
-threads (`params.hardware`) unless the recipe gives `hardware`.
+(`params`: their types, defaults and rules); the hardware label is derived per job from device,
+threads and CPU capability (`params.hardware`: 'cpu-2t', 'cpu-2t-avx2') unless the recipe gives
+`hardware`. The CPU tooling keys (`TOOLING_AXES`: threads, cpu_capability) may be lists, in the
+defaults or a cell: each combination of their values is a CPU tooling configuration, a hardware
+label of its own, and the cell gets its jobs once per configuration.
 
 `load_plan` reads the YAML within bounds (`MAX_PLAN_ALIASES`, `MAX_PLAN_NODES`: an alias bomb is
 refused before it expands) and validates the whole plan before returning it: unknown keys, wrong
 types, unknown names, names that are no path component, counts out of range (each value by its
 parameter's rule, `params.value_error`; the plan's jobs and replicas by `params.MAX_JOBS` and
-`params.MAX_PLAN_REPLICAS`), every
-job's setting against its recipe (`params.setting_error`), missing datasets (`data.check_dataset`),
-duplicated jobs and the notebook's parameters cell. Every problem is
-collected and raised together as a `PlanError`, each message naming its place in the plan
-(e.g. ``cells[1].settings[2]``) and the valid choices, quoting at most a bounded prefix of a
-value (`params.quote`). This module reads files only; running
-jobs is `batch`'s concern.
+`params.MAX_PLAN_REPLICAS`), every job's setting against its recipe (`params.setting_error`),
+missing datasets (`data.check_dataset`), CPU capabilities this machine lacks
+(`environment.supported_cpu_capabilities`), duplicated jobs and the notebook's parameters cell.
+Every problem is collected and raised together as a `PlanError`, each message naming its place in
+the plan (e.g. ``cells[1].settings[2]``) and the valid choices, quoting at most a bounded prefix
+of a value (`params.quote`). This module reads files only; running jobs is `batch`'s concern.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -70,6 +79,8 @@ REQUIRED_PLAN_KEYS = ("name", "notebook", "output_root", "executed_root", "cells
 AXES = ("datasets", "models", "settings")
 RECIPE_KEYS = [k for k in params.PARAMETERS if k not in ("dataset", "model", "settings", "output_root")]
 CELL_KEYS = [*AXES, *RECIPE_KEYS, "timeout"]
+# Recipe keys that may also be lists: the CPU tooling configurations, one hardware label each.
+TOOLING_AXES = ("threads", "cpu_capability")
 DEFAULT_TIMEOUT = 3600.0  # seconds per job when the plan gives none
 
 
@@ -107,6 +118,10 @@ class Job:
     @property
     def threads(self) -> int:
         return self.parameters["threads"]
+
+    @property
+    def cpu_capability(self) -> str:
+        return self.parameters["cpu_capability"]
 
     @property
     def output_root(self) -> Path:
@@ -308,39 +323,40 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
     for i, cell in enumerate(cells):
         where = f"cells[{i}]"
         recipe = {**params.RECIPE_DEFAULTS, **defaults, **{k: v for k, v in cell.items() if k in RECIPE_KEYS}}
-        for dataset in cell["datasets"]:
-            for model in cell["models"]:
-                for setting in cell["settings"]:
-                    values = {
-                        **recipe,
-                        "dataset": dataset,
-                        "model": model,
-                        "settings": [setting],
-                        "output_root": str(raw["output_root"]),
-                    }
-                    values["hardware"], problem = _hardware(values, check_data)
-                    job = Job(
-                        values["hardware"],
-                        dataset,
-                        model,
-                        setting,
-                        values,
-                        notebook,
-                        executed_root / values["hardware"] / dataset / model / f"{setting}.ipynb",
-                        float(overrides.get("timeout") or cell.get("timeout", timeout)),
-                        where,
-                        cwd,
-                    )
-                    # Each value was judged in the first pass; what is left is the setting against the recipe.
-                    found = [e for e in (problem, params.setting_error(setting, values)) if e]
-                    if job.name in jobs:
-                        found.append(
-                            f"the same job as {jobs[job.name].origin}; a store cell can be planned once "
-                            "(remove one, or give one of them another hardware label)"
-                        )
-                    for message in found:
-                        problems.setdefault((where, message), []).append(job.name)
-                    jobs.setdefault(job.name, job)
+        for tooling, dataset, model, setting in itertools.product(
+            tooling_configurations(recipe), cell["datasets"], cell["models"], cell["settings"]
+        ):
+            values = {
+                **recipe,
+                **tooling,
+                "dataset": dataset,
+                "model": model,
+                "settings": [setting],
+                "output_root": str(raw["output_root"]),
+            }
+            values["hardware"], problem = _hardware(values, check_data)
+            job = Job(
+                values["hardware"],
+                dataset,
+                model,
+                setting,
+                values,
+                notebook,
+                executed_root / values["hardware"] / dataset / model / f"{setting}.ipynb",
+                float(overrides.get("timeout") or cell.get("timeout", timeout)),
+                where,
+                cwd,
+            )
+            # Each value was judged in the first pass; what is left is the setting against the recipe.
+            found = [e for e in (problem, params.setting_error(setting, values)) if e]
+            if job.name in jobs:
+                found.append(
+                    f"the same job as {jobs[job.name].origin}; a store cell can be planned once "
+                    "(remove one, or give one of them another hardware label)"
+                )
+            for message in found:
+                problems.setdefault((where, message), []).append(job.name)
+            jobs.setdefault(job.name, job)
     errors = [
         f"{where} ({names[0]}{f' and {len(names) - 1} more jobs' if len(names) > 1 else ''}): {message}"
         for (where, message), names in problems.items()
@@ -348,7 +364,7 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
     if errors:
         raise PlanError(str(path), errors)
 
-    # Third pass: the datasets' files (cheap existence checks, never a download).
+    # Third pass: the datasets' files (cheap existence checks, never a download) and the CPU's capabilities.
     if check_data:
         for dataset, root in sorted({(j.dataset, j.parameters["data_root"]) for j in jobs.values()}):
             try:
@@ -356,14 +372,31 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
             except (FileNotFoundError, ValueError) as e:
                 users = sorted({j.origin for j in jobs.values() if j.dataset == dataset})
                 errors.append(f"{', '.join(users)}: {e}")
+        for capability in dict.fromkeys(j.cpu_capability for j in jobs.values()):
+            if e := environment.unsupported_cpu_capability_error(capability):
+                users = sorted({j.origin for j in jobs.values() if j.cpu_capability == capability})
+                errors.append(f"{', '.join(users)}: {e}")
     if errors:
         raise PlanError(str(path), errors)
     return Plan(str(raw["name"]), path, str(raw.get("description", "")), list(jobs.values()))
 
 
+def tooling_configurations(recipe: dict) -> list[dict]:
+    """The CPU tooling configurations of a (valid) recipe: one {threads, cpu_capability} per combination
+    of the values of its TOOLING_AXES, each of which is one value or a list of them."""
+    choices = [v if isinstance(v := recipe[k], list) else [v] for k in TOOLING_AXES]
+    return [dict(zip(TOOLING_AXES, combination)) for combination in itertools.product(*choices)]
+
+
 def _size_errors(cells: list[dict], defaults: dict) -> list[str]:
     """The plan's jobs and replicas against params.MAX_JOBS and params.MAX_PLAN_REPLICAS (valid cells)."""
-    jobs = [len(c["datasets"]) * len(c["models"]) * len(c["settings"]) for c in cells]
+    jobs = [
+        len(c["datasets"])
+        * len(c["models"])
+        * len(c["settings"])
+        * len(tooling_configurations({**params.RECIPE_DEFAULTS, **defaults, **c}))
+        for c in cells
+    ]
     replicas = sum(n * c.get("replicas", defaults.get("replicas")) for n, c in zip(jobs, cells))
     errors = []
     if sum(jobs) > params.MAX_JOBS:
@@ -387,8 +420,20 @@ def _recipe_errors(recipe: dict, where: str, allowed) -> list[str]:
     for key, value in recipe.items():
         if key not in allowed:
             errors.append(f"{where}: unknown key {params.quote(key)}; valid keys: {', '.join(allowed)}")
+        elif key in TOOLING_AXES and isinstance(value, list):
+            errors += _tooling_axis_errors(key, value, f"{where}.{key}")
         elif key in RECIPE_KEYS and (e := params.value_error(key, value)):  # the axes: see _cell_errors
             errors.append(f"{where}.{key} {e}")
+    return errors
+
+
+def _tooling_axis_errors(key: str, values: list, where: str) -> list[str]:
+    """A TOOLING_AXES key given as a list: non-empty, each value by the parameter's rule, none twice."""
+    if not values:
+        return [f"{where} must be a value or a non-empty list of values, got []"]
+    errors = [f"{where}[{j}] {e}" for j, v in enumerate(values) if (e := params.value_error(key, v))]
+    if not errors and len(set(map(str, values))) < len(values):
+        errors.append(f"{where} lists a value twice: {params.quote(values)}")
     return errors
 
 
