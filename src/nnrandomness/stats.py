@@ -47,6 +47,7 @@ __all__ = [
     "holm",
     "independent_null",
     "jordan_variance",
+    "jordan_vs_direct",
     "permutation_test",
     "sd_interval",
 ]
@@ -601,12 +602,15 @@ def jordan_variance(correct, *, n_boot: int = N_BOOT, level: float = 0.95, seed:
 
     ``N/(N-1) (var_r(acc_r) - sum_n p_n (1 - p_n) R/(R-1) / N^2)`` (see
     ``metrics.distribution_variance``); it can be negative (its noise is larger than the
-    quantity), and is reported as computed. ``correct`` (R, N) 0/1, R >= 3.
+    quantity), and is reported as computed. Replicas right on the same examples give exactly 0.
+    ``correct`` (R, N) 0/1, R >= 3.
     """
     c = np.asarray(correct, dtype=np.float64)
     if c.ndim != 2 or c.shape[0] < 3 or c.shape[1] < 2:
         raise ValueError(f"correct must be (R, N) with R >= 3 and N >= 2, got shape {c.shape}")
     r, n = c.shape
+    if np.all(c == c[0]):  # bit-identical replicas: nothing varies, exactly (rounding would leave ~1e-16)
+        return Interval(0.0, 0.0, 0.0, r, "Jordan (test-set split), BCa over replicas", level)
     acc = c.mean(axis=1)
     gram = c @ c.T
     estimate = float(_jordan(np.ones((1, r)), acc, gram, n)[0])
@@ -668,4 +672,39 @@ def direct_distribution_variance(
         "n_per_set": None if extra_n is None else int(extra_n),
         "level": level,
         "method": "direct: covariance across replicas of accuracies on distinct extra test sets, BCa over replicas",
+    }
+
+
+def jordan_vs_direct(correct, extra_accuracy, *, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0) -> dict:
+    """Jordan's estimate (main test set, ``correct`` (R, N)) minus the direct measurement (extra
+    test sets, ``extra_accuracy`` (R, K)) on the SAME replicas: a paired bootstrap resamples
+    replicas once for both. Returns ``difference`` with its BCa ``low``/``high`` and a two-sided
+    bootstrap p-value ``min(1, 2 min(#{boot <= 0} + 1, #{boot >= 0} + 1) / (B + 1))`` for "the two
+    estimate the same variance", ``n_replicas``, ``method``."""
+    c = np.asarray(correct, dtype=np.float64)
+    x = np.asarray(extra_accuracy, dtype=np.float64)
+    if c.ndim != 2 or x.ndim != 2 or c.shape[0] != x.shape[0] or c.shape[0] < 3 or x.shape[1] < 2:
+        raise ValueError(f"need (R, N) and (R, K) on the same R >= 3 replicas, K >= 2, got {c.shape} and {x.shape}")
+    r, n = c.shape
+    acc, gram = c.mean(axis=1), c @ c.T
+    estimate = float(_jordan(np.ones((1, r)), acc, gram, n)[0] - _direct(x))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, r, size=(_count(n_boot, "n_boot"), r))
+    w = np.apply_along_axis(np.bincount, 1, idx, minlength=r).astype(np.float64)
+    boot = _jordan(w, acc, gram, n) - _direct(x[idx])
+    keep = ~np.eye(r, dtype=bool)
+    jack = _jordan(1.0 - np.eye(r), acc, gram, n) - _direct(
+        np.broadcast_to(x, (r,) + x.shape)[keep].reshape(r, r - 1, -1)
+    )
+    low, high = bca(estimate, boot, jack, level)
+    b = boot.size
+    tail = min(int(np.count_nonzero(boot <= 0)), int(np.count_nonzero(boot >= 0)))
+    return {
+        "difference": estimate,
+        "low": low,
+        "high": high,
+        "pvalue": min(1.0, 2 * (tail + 1) / (b + 1)),
+        "n_replicas": int(r),
+        "level": level,
+        "method": "paired bootstrap over replicas (BCa interval)",
     }
