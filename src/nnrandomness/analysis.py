@@ -37,6 +37,7 @@ from . import metrics, noise, stats, store
 
 __all__ = [
     "CELL",
+    "MAIN_CELL",
     "MIN_REPLICAS_CI",
     "N_BOOT",
     "by_hardware",
@@ -974,6 +975,8 @@ TEST_COLUMNS = [
     "p_adjusted",
 ]
 SINGLE_SOURCES = ("INIT", "ORDER", "AUG", "DROPOUT")
+# The study's main (hardware, dataset, model): where the claims' families are tested by default.
+MAIN_CELL = {"hardware": "cpu-1t", "dataset": "digits", "model": "smallcnn"}
 TEST_N = stats.N_PERM  # permutations, bootstrap resamples and null simulations per comparison
 
 
@@ -984,17 +987,15 @@ def _tests_frame(rows: list[dict]) -> pd.DataFrame:
     return out
 
 
-def _main_cells(runs: store.Runs, hardware: str, dataset: str, model: str) -> dict[str, store.Cell]:
-    """The cells of one (hardware, dataset, model) by setting."""
-    return {c.key["setting"]: c for c in runs.select(hardware=hardware, dataset=dataset, model=model).iter_cells()}
+def _main_cells(runs: store.Runs, cell: dict) -> dict[str, store.Cell]:
+    """The cells of one (hardware, dataset, model) ``cell`` by setting."""
+    return {c.key["setting"]: c for c in runs.select(**cell).iter_cells()}
 
 
 def churn_tests(
     runs: store.Runs,
+    cell: dict = MAIN_CELL,
     *,
-    hardware: str = "cpu-1t",
-    dataset: str = "digits",
-    model: str = "smallcnn",
     reference: str = "ALGO",
     sources: Iterable[str] = SINGLE_SOURCES,
     n: int = TEST_N,
@@ -1005,7 +1006,7 @@ def churn_tests(
     effect (churn a - churn b) with the two-sample BCa interval over replicas of the pair means
     (``stats.difference_interval``), Holm across the family. Pairs missing a cell (or with fewer
     than 3 replicas on a side) give no row."""
-    cells = _main_cells(runs, hardware, dataset, model)
+    cells = _main_cells(runs, cell)
     present = [s for s in sources if s in cells]
     pairs = [(s, reference) for s in present if s != reference] + list(itertools.combinations(present, 2))
     rows = []
@@ -1045,10 +1046,8 @@ def _test_row(family: str, name: str, a: str, b: str, t: stats.PermutationResult
 
 def sd_tests(
     runs: store.Runs,
+    cell: dict = MAIN_CELL,
     *,
-    hardware: str = "cpu-1t",
-    dataset: str = "digits",
-    model: str = "smallcnn",
     references: Iterable[str] = ("CONTROL", "ALGO"),
     n: int = TEST_N,
     seed: int = SEED,
@@ -1057,7 +1056,7 @@ def sd_tests(
     test on the log ratio of SDs (each setting centred on its mean first), the effect SD a - SD b
     with its two-sample BCa interval, Holm across the family; plus each side's SD with its
     chi-square and Bonett intervals (``sd_a``, ``sd_a_chi2_lo`` ... ``sd_b_bonett_hi``)."""
-    cells = _main_cells(runs, hardware, dataset, model)
+    cells = _main_cells(runs, cell)
     acc = {s: metrics.accuracy(c.preds, c.labels) for s, c in cells.items() if len(c.preds) >= 3}
     rows, extra = [], []
     for b in references:
@@ -1091,19 +1090,17 @@ def _subgroup_codes(labels: np.ndarray, groups: np.ndarray, rare_share: float) -
 
 def spread_null_tests(
     runs: store.Runs,
+    cell: dict = MAIN_CELL,
     *,
-    hardware: str = "cpu-1t",
-    dataset: str = "digits",
     groups_dataset: str = "digits_groups",
-    model: str = "smallcnn",
     settings: Iterable[str] = ("ALGO",),
     rare_share: float = 0.5,
     n: int = TEST_N,
     seed: int = SEED,
 ) -> pd.DataFrame:
-    """Per-class and subgroup spreads against the independent-examples null
+    """Per-class and subgroup spreads of ``cell`` against the independent-examples null
     (``stats.independent_null``): for each of ``settings``, the largest per-class accuracy SD over
-    the top-1 SD on ``dataset`` (``ratio_max`` of :func:`per_class_spread`), and the mean FNR SD of
+    the top-1 SD on the cell's dataset (``ratio_max`` of :func:`per_class_spread`), and the mean FNR SD of
     rare over common (label, attribute) subgroups on ``groups_dataset`` (``ratio`` of
     ``findings.rare_common_ratio``). The effect is the observed statistic's excess over the null's
     median with its interval; the p-value is one-sided (observed at least as large), Holm across
@@ -1112,19 +1109,19 @@ def spread_null_tests(
     extra_cols = ["null_median", "null_lo", "null_hi", "ratio", "ratio_lo", "ratio_hi"]
     rows = []
     for setting in settings:
-        for ds, kind in ((dataset, "class"), (groups_dataset, "subgroup")):
-            cells = list(runs.select(hardware=hardware, dataset=ds, model=model, setting=setting).iter_cells())
-            if not cells or cells[0].preds.shape[0] < 3:
+        for ds, kind in ((cell["dataset"], "class"), (groups_dataset, "subgroup")):
+            found = list(runs.select(**{**cell, "dataset": ds}, setting=setting).iter_cells())
+            if not found or found[0].preds.shape[0] < 3:
                 continue
-            cell = cells[0]
-            correct = (cell.preds == cell.labels).astype(np.int8)
+            one = found[0]
+            correct = (one.preds == one.labels).astype(np.int8)
             if kind == "class":
-                out = stats.independent_null(correct, cell.labels, "max_ratio", n_sim=n, n_boot=n, seed=seed)
+                out = stats.independent_null(correct, one.labels, "max_ratio", n_sim=n, n_boot=n, seed=seed)
                 statistic = "largest per-class accuracy SD / top-1 accuracy SD"
             else:
-                if not cell.has_groups:
+                if not one.has_groups:
                     continue
-                codes, rare = _subgroup_codes(cell.labels, cell.groups, rare_share)
+                codes, rare = _subgroup_codes(one.labels, one.groups, rare_share)
                 if rare.all() or not rare.any():
                     continue
                 out = stats.independent_null(
@@ -1160,10 +1157,8 @@ def spread_null_tests(
 
 def ulp_tests(
     runs: store.Runs,
+    cell: dict = MAIN_CELL,
     *,
-    hardware: str = "cpu-1t",
-    dataset: str = "digits",
-    model: str = "smallcnn",
     n: int = TEST_N,
     seed: int = SEED,
 ) -> pd.DataFrame:
@@ -1171,7 +1166,7 @@ def ulp_tests(
     difference), and the share of ULP replicas whose predictions equal CONTROL's (a replica's row
     equal to CONTROL's first replica's row; CONTROL's replicas are bit-identical) with its
     Clopper-Pearson interval, an estimate (no p-value). Holm across the family's tests."""
-    cells = _main_cells(runs, hardware, dataset, model)
+    cells = _main_cells(runs, cell)
     rows = []
     if "ULP" in cells and "ALGO" in cells and min(len(cells["ULP"].preds), len(cells["ALGO"].preds)) >= 3:
         pu, pa = cells["ULP"].preds, cells["ALGO"].preds

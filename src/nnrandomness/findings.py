@@ -496,24 +496,19 @@ def claims_from_tests(tests: pd.DataFrame) -> list[Claim]:
 
 
 def study_claims(
-    runs: store.Runs,
-    *,
-    hardware: str = "cpu-1t",
-    dataset: str = "digits",
-    model: str = "smallcnn",
-    groups_dataset: str = "digits_groups",
+    runs: store.Runs, cell: dict = analysis.MAIN_CELL, groups_dataset: str = "digits_groups"
 ) -> dict[str, list[Claim]]:
-    """Every family of claims of the study's main cell, by family (Holm within each): ``churn``
-    (each single source vs ALGO and among sources), ``sd`` (accuracy SD vs CONTROL and ALGO),
-    ``spread`` (per-class and subgroup spreads vs independent examples), ``ulp`` (ULP vs ALGO
-    churn; the share of ULP replicas with CONTROL's predictions) and ``variance`` (Jordan vs
-    direct, where the store has extra test sets)."""
-    cell = {"hardware": hardware, "dataset": dataset, "model": model}
+    """Every family of claims of the study's main ``cell`` (hardware, dataset, model), by family
+    (Holm within each): ``churn`` (each single source vs ALGO and among sources), ``sd`` (accuracy
+    SD vs CONTROL and ALGO), ``spread`` (per-class and, on ``groups_dataset``, subgroup spreads
+    vs independent examples), ``ulp`` (ULP vs ALGO churn; the share of ULP replicas with
+    CONTROL's predictions) and ``variance`` (Jordan vs direct, where the store has extra test
+    sets)."""
     frames = {
-        "churn": analysis.churn_tests(runs, **cell),
-        "sd": analysis.sd_tests(runs, **cell),
-        "spread": analysis.spread_null_tests(runs, groups_dataset=groups_dataset, **cell),
-        "ulp": analysis.ulp_tests(runs, **cell),
+        "churn": analysis.churn_tests(runs, cell),
+        "sd": analysis.sd_tests(runs, cell),
+        "spread": analysis.spread_null_tests(runs, cell, groups_dataset=groups_dataset),
+        "ulp": analysis.ulp_tests(runs, cell),
         "variance": analysis.variance_tests(runs.select(**cell)),
     }
     return {family: claims_from_tests(frame) for family, frame in frames.items()}
