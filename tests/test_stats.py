@@ -249,3 +249,13 @@ def test_direct_variance_recovers_a_known_distribution_variance():
     assert out["low"] < 4e-4 < out["high"] and out["pooled_var"] > out["estimate"]
     with pytest.raises(ValueError, match="K >= 2"):
         st.direct_distribution_variance(x[:, :1])
+
+
+def test_churn_matrix_equals_pairwise_churn():
+    rng = np.random.default_rng(12)
+    preds = rng.integers(0, 4, size=(7, 50))
+    np.testing.assert_array_equal(st.churn_matrix(preds), metrics.pairwise_churn(preds))
+    d = st.churn_matrix(np.vstack([preds, preds[:3]]))
+    assert st.pair_permutation_test(d, 7, "churn", 99, seed=1) == st.permutation_test(
+        preds, preds[:3], n_perm=99, seed=1
+    )

@@ -988,8 +988,9 @@ def _tests_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _main_cells(runs: store.Runs, cell: dict) -> dict[str, store.Cell]:
-    """The cells of one (hardware, dataset, model) ``cell`` by setting."""
-    return {c.key["setting"]: c for c in runs.select(**cell).iter_cells()}
+    """The cells of one (hardware, dataset, model) ``cell`` by setting: filtered from the view's
+    cells (built once per view) rather than selected (a new view builds its matrices again)."""
+    return {c.key["setting"]: c for c in runs.iter_cells() if all(c.key[k] == v for k, v in cell.items())}
 
 
 def churn_tests(
@@ -1013,13 +1014,18 @@ def churn_tests(
     for a, b in pairs:
         if b not in cells or min(len(cells[a].preds), len(cells[b].preds)) < 3:
             continue
-        pa, pb = cells[a].preds, cells[b].preds
-        t = stats.permutation_test(pa, pb, "churn", n_perm=n, seed=seed)
-        d = stats.difference_interval(
-            metrics.pairwise_churn(pa), metrics.pairwise_churn(pb), pairs=True, n_boot=n, seed=seed
-        )
-        rows.append(_test_row("churn", f"churn_{_slug(a)}_vs_{_slug(b)}", a, b, t, d))
+        rows.append(_churn_row("churn", f"churn_{_slug(a)}_vs_{_slug(b)}", cells[a], cells[b], n, seed))
     return _tests_frame(rows)
+
+
+def _churn_row(family: str, name: str, a: store.Cell, b: store.Cell, n: int, seed: int) -> dict:
+    """Churn of cell a against cell b: one pooled churn matrix serves the permutation test
+    (``stats.pair_permutation_test``) and the BCa interval of the difference (its two blocks)."""
+    r = len(a.preds)
+    d = stats.churn_matrix(np.vstack([a.preds, b.preds]))
+    t = stats.pair_permutation_test(d, r, "churn", n_perm=n, seed=seed)
+    iv = stats.difference_interval(d[:r, :r], d[r:, r:], pairs=True, n_boot=n, seed=seed)
+    return _test_row(family, name, a.key["setting"], b.key["setting"], t, iv)
 
 
 def _slug(setting: str) -> str:
@@ -1110,10 +1116,9 @@ def spread_null_tests(
     rows = []
     for setting in settings:
         for ds, kind in ((cell["dataset"], "class"), (groups_dataset, "subgroup")):
-            found = list(runs.select(**{**cell, "dataset": ds}, setting=setting).iter_cells())
-            if not found or found[0].preds.shape[0] < 3:
+            one = _main_cells(runs, {**cell, "dataset": ds}).get(setting)
+            if one is None or one.preds.shape[0] < 3:
                 continue
-            one = found[0]
             correct = (one.preds == one.labels).astype(np.int8)
             if kind == "class":
                 out = stats.independent_null(correct, one.labels, "max_ratio", n_sim=n, n_boot=n, seed=seed)
@@ -1169,12 +1174,7 @@ def ulp_tests(
     cells = _main_cells(runs, cell)
     rows = []
     if "ULP" in cells and "ALGO" in cells and min(len(cells["ULP"].preds), len(cells["ALGO"].preds)) >= 3:
-        pu, pa = cells["ULP"].preds, cells["ALGO"].preds
-        t = stats.permutation_test(pu, pa, "churn", n_perm=n, seed=seed)
-        d = stats.difference_interval(
-            metrics.pairwise_churn(pu), metrics.pairwise_churn(pa), pairs=True, n_boot=n, seed=seed
-        )
-        rows.append(_test_row("ulp", "churn_ulp_vs_algo", "ULP", "ALGO", t, d))
+        rows.append(_churn_row("ulp", "churn_ulp_vs_algo", cells["ULP"], cells["ALGO"], n, seed))
     if "ULP" in cells and "CONTROL" in cells and cells["ULP"].preds.shape[1] == cells["CONTROL"].preds.shape[1]:
         pu, pc = cells["ULP"].preds, cells["CONTROL"].preds
         k = int((pu == pc[0]).all(axis=1).sum())

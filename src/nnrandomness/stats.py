@@ -41,6 +41,7 @@ __all__ = [
     "PermutationResult",
     "bca",
     "bootstrap_interval",
+    "churn_matrix",
     "clopper_pearson",
     "difference_interval",
     "direct_distribution_variance",
@@ -48,6 +49,7 @@ __all__ = [
     "independent_null",
     "jordan_variance",
     "jordan_vs_direct",
+    "pair_permutation_test",
     "permutation_test",
     "sd_interval",
 ]
@@ -205,7 +207,7 @@ def _pair_means(d: np.ndarray, w: np.ndarray) -> np.ndarray:
     """
     dz = d.copy()
     np.fill_diagonal(dz, 0.0)
-    num = np.einsum("bi,ij,bj->b", w, dz, w)
+    num = ((w @ dz) * w).sum(axis=1)
     den = w.sum(axis=1) ** 2 - (w * w).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
@@ -315,9 +317,11 @@ def difference_interval(
 
 
 # ----------------------------------------------------------------------------- permutation tests
-def _churn_matrix(preds: np.ndarray) -> np.ndarray:
-    """(R, R) share of examples on which two replicas' predictions differ (one-hot Gram matrix:
-    agreements of rows i and j = sum over classes of both predicting it)."""
+def churn_matrix(preds) -> np.ndarray:
+    """(R, R) share of examples on which two replicas' predictions differ, from a one-hot Gram
+    matrix (agreements of rows i and j = sum over classes of both predicting it): equal to
+    ``metrics.pairwise_churn`` (tested), as one matrix product instead of R passes over (R, N)."""
+    preds = np.asarray(preds, dtype=np.int64)
     r, n = preds.shape
     c = int(preds.max()) + 1
     onehot = np.zeros((r, n * c), dtype=np.float32)
@@ -338,7 +342,7 @@ def _perm_masks(rng: np.random.Generator, n_a: int, n: int, n_perm: int) -> np.n
 def _group_pair_means(d: np.ndarray, masks: np.ndarray) -> np.ndarray:
     m = masks.astype(np.float64)
     k = m.sum(axis=1)
-    return np.einsum("pi,ij,pj->p", m, d, m) / (k * (k - 1))
+    return ((m @ d) * m).sum(axis=1) / (k * (k - 1))
 
 
 def _sd_stat(kind: str, sa: np.ndarray, sb: np.ndarray) -> np.ndarray:
@@ -371,12 +375,7 @@ def permutation_test(a, b, statistic: str = "churn", n_perm: int = N_PERM, seed:
             raise ValueError(f"churn needs (R, N) matrices on the same N examples, got {pa.shape} and {pb.shape}")
         if pa.shape[0] < 2 or pb.shape[0] < 2:
             raise ValueError(f"churn needs at least 2 replicas per group, got {pa.shape[0]} and {pb.shape[0]}")
-        n_a, n_b = pa.shape[0], pb.shape[0]
-        d = _churn_matrix(np.vstack([pa, pb]).astype(np.int64))
-        first = np.arange(n_a + n_b) < n_a
-        observed = float(_group_pair_means(d, first[None])[0] - _group_pair_means(d, ~first[None])[0])
-        masks = _perm_masks(rng, n_a, n_a + n_b, n_perm)
-        perm = _group_pair_means(d, masks) - _group_pair_means(d, ~masks)
+        return pair_permutation_test(churn_matrix(np.vstack([pa, pb])), pa.shape[0], "churn", n_perm, seed)
     elif statistic in ("sd_log_ratio", "sd_difference"):
         va, vb = _values(a, "a"), _values(b, "b")
         n_a, n_b = va.shape[0], vb.shape[0]
@@ -388,6 +387,27 @@ def permutation_test(a, b, statistic: str = "churn", n_perm: int = N_PERM, seed:
         perm = _sd_stat(statistic, np.std(xa, axis=1, ddof=1), np.std(xb, axis=1, ddof=1))
     else:
         raise ValueError(f"statistic must be 'churn', 'sd_log_ratio' or 'sd_difference', got {statistic!r}")
+    return _permutation_result(statistic, observed, perm, n_a, n_b, n_perm)
+
+
+def pair_permutation_test(d, n_a: int, statistic: str = "pairs", n_perm: int = N_PERM, seed: int = 0):
+    """The permutation test of :func:`permutation_test` for a pairwise statistic, from the pooled
+    (R_a + R_b, R_a + R_b) pair matrix ``d`` whose first ``n_a`` rows are setting a: the mean over
+    pairs within a minus within b, recomputed for random relabellings of the pooled replicas."""
+    d = _pair_matrix(d)
+    n_perm = _count(n_perm, "n_perm")
+    total = d.shape[0]
+    if not 2 <= n_a <= total - 2:
+        raise ValueError(f"need at least 2 replicas per group, got {n_a} and {total - n_a}")
+    first = np.arange(total) < n_a
+    observed = float(_group_pair_means(d, first[None])[0] - _group_pair_means(d, ~first[None])[0])
+    masks = _perm_masks(np.random.default_rng(seed), n_a, total, n_perm)
+    perm = _group_pair_means(d, masks) - _group_pair_means(d, ~masks)
+    return _permutation_result(statistic, observed, perm, n_a, total - n_a, n_perm)
+
+
+def _permutation_result(statistic, observed, perm, n_a, n_b, n_perm) -> PermutationResult:
+    """The two-sided p-value ``(1 + #{|T_perm| >= |T_obs|}) / (n_perm + 1)``."""
     if math.isnan(observed):  # both spreads exactly zero: nothing tells the groups apart
         return PermutationResult(statistic, observed, 1.0, n_a, n_b, n_perm)
     t_obs = abs(observed)
