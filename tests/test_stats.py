@@ -259,3 +259,28 @@ def test_churn_matrix_equals_pairwise_churn():
     assert st.pair_permutation_test(d, 7, "churn", 99, seed=1) == st.permutation_test(
         preds, preds[:3], n_perm=99, seed=1
     )
+
+
+def test_jordan_and_direct_agree_in_a_world_with_hard_and_easy_examples():
+    # Replica r is right on example x with probability sigmoid(skill_r + ease_x): examples differ in
+    # ease (shared by every replica: the finite-sample part both methods must remove) and replicas
+    # in skill. The true variance over the distribution is Var_r(E_x sigmoid(skill_r + ease_x)),
+    # computed on a large sample of examples. Skill varies little, so the finite-sample part is as
+    # large as the truth and an uncorrected estimate lands outside the intervals.
+    rng = np.random.default_rng(13)
+    r, k, n = 200, 10, 300
+    skill = rng.normal(0.0, 0.06, size=(r, 1))
+
+    def correct_on(n_examples):
+        ease = rng.normal(2.0, 1.5, n_examples)
+        return (rng.random((r, n_examples)) < 1 / (1 + np.exp(-(skill + ease)))).astype(np.int8)
+
+    truth = np.var((1 / (1 + np.exp(-(skill + rng.normal(2.0, 1.5, 200_000))))).mean(axis=1), ddof=1)
+    extra = np.stack([correct_on(n).mean(axis=1) for _ in range(k)], axis=1)
+    direct = st.direct_distribution_variance(extra, n, n_boot=1000)
+    main = correct_on(3000)
+    jordan = st.jordan_variance(main, n_boot=1000)
+    assert direct["low"] < truth < direct["high"] and jordan.low < truth < jordan.high
+    assert direct["pooled_var"] > direct["high"] and np.var(main.mean(axis=1), ddof=1) > jordan.high
+    both = st.jordan_vs_direct(main, extra, n_boot=1000)
+    assert both["low"] < 0 < both["high"] and both["pvalue"] > 0.05
