@@ -224,6 +224,14 @@ def test_null_is_calibrated():
     assert 0.0 <= np.mean(np.array(pvalues) <= 0.05) <= 0.11
 
 
+def test_null_of_replicas_that_never_differ():
+    correct = np.tile([1, 0, 1, 1], (5, 1))  # bit-identical replicas: no spread anywhere
+    out = st.independent_null(correct, np.array([0, 0, 1, 1]), "max_ratio", n_sim=99, n_boot=10)
+    assert np.isnan(out["observed"]) and np.isnan(out["pvalue"])
+    out = st.independent_null(correct, np.array([0, 0, 1, 1]), "max", n_sim=99, n_boot=10)
+    assert out["observed"] == 0.0 and out["null_median"] == 0.0 and out["pvalue"] == 1.0
+
+
 def test_null_rejects_bad_input():
     correct, groups = together_and_independent()
     with pytest.raises(ValueError, match="rare"):

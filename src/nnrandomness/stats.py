@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -485,6 +486,16 @@ def _summary(kind: str, sd_groups: np.ndarray, sd_top: np.ndarray, rare: np.ndar
     raise ValueError(f"statistic must be 'max', 'max_ratio', 'mean' or 'rare_common_ratio', got {kind!r}")
 
 
+def _quantiles(a: np.ndarray, q, axis=None) -> np.ndarray:
+    """NaN-skipping quantiles that read NaN, silently, where everything is NaN (a statistic that is
+    0/0 in every simulation) and tolerate infinities (a simulated top-1 accuracy that does not
+    move gives an infinite ratio: larger than any observation; quantiles between infinities are
+    inf or NaN)."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanquantile(a, q, axis=axis)
+
+
 def independent_null(
     correct,
     groups,
@@ -514,7 +525,8 @@ def independent_null(
     ``excess`` = observed - null median with ``excess_low``/``excess_high`` (the BCa interval of the
     observed statistic over replicas, minus the null median, which is held fixed: its Monte Carlo
     error is small beside the replicas'), ``ratio`` = observed / null median with its interval
-    likewise, ``pvalue`` one-sided ``(1 + #{null >= observed}) / (n_sim + 1)``, ``n_replicas``,
+    likewise, ``pvalue`` one-sided ``(1 + #{null >= observed}) / (n_sim + 1)`` (NaN when the
+    observed statistic is undefined: no replica differs from another), ``n_replicas``,
     ``n_examples``, and ``groups``: per group its value, size, observed SD and null median/range.
     """
     c = np.asarray(correct)
@@ -556,12 +568,12 @@ def independent_null(
     null_groups, null_top = _spreads(sim, sizes)
     null = _summary(statistic, null_groups, null_top, rare_mask)
     alpha = (1 - level) / 2
-    # A simulated set whose top-1 accuracy does not move gives an infinite ratio: it counts as
-    # larger than any observation, and quantiles between infinities are inf or NaN, not a warning.
-    with np.errstate(invalid="ignore"):
-        lo, med, hi = (float(v) for v in np.nanquantile(null, [alpha, 0.5, 1 - alpha]))
+    lo, med, hi = (float(v) for v in _quantiles(null, [alpha, 0.5, 1 - alpha]))
     valid = null[~np.isnan(null)]
-    pvalue = (1 + int(np.count_nonzero(valid >= observed * (1 - 1e-12)))) / (valid.size + 1)
+    if math.isnan(observed):  # nothing moves (0 / 0): there is no spread to compare with the null
+        pvalue = float("nan")
+    else:
+        pvalue = (1 + int(np.count_nonzero(valid >= observed * (1 - 1e-12)))) / (valid.size + 1)
 
     # Interval of the observed statistic: BCa over replicas on the (R, G) counts.
     idx = rng.integers(0, r, size=(n_boot, r))
@@ -595,9 +607,9 @@ def independent_null(
             "group": values,
             "n": sizes.astype(np.int64),
             "sd": sd_groups,
-            "null_median": np.nanmedian(null_groups, axis=0),
-            "null_low": np.nanquantile(null_groups, alpha, axis=0),
-            "null_high": np.nanquantile(null_groups, 1 - alpha, axis=0),
+            "null_median": _quantiles(null_groups, 0.5, axis=0),
+            "null_low": _quantiles(null_groups, alpha, axis=0),
+            "null_high": _quantiles(null_groups, 1 - alpha, axis=0),
         },
     }
 
