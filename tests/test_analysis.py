@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from nnrandomness import analysis, store
+from nnrandomness import stats as study_stats
 from nnrandomness.train import ReplicaResult, ReplicaSpec
 
 LABELS = [0, 1, 2, 1]  # the "digits" cells: 4 test examples, 3 classes, no group attribute
@@ -137,15 +138,18 @@ def test_topline_intervals_are_seeded_and_bracket(runs, top):
     again = analysis.topline(runs)
     pd.testing.assert_frame_equal(top, again)  # fixed seed: the same numbers every time
     other = analysis.topline(runs, seed=1)
-    assert row(other, setting="ORDER", dataset="digits", hardware="cpu-1t")["churn_lo"] != r["churn_lo"]
+    bounds = ["churn_lo", "churn_hi", "l2_lo", "l2_hi"]  # 6 replicas: some quantiles land on the same pair mean
+    assert list(row(other, setting="ORDER", dataset="digits", hardware="cpu-1t")[bounds]) != list(r[bounds])
+    # The SD's interval is the chi-square one: no resampling, the same for any seed.
+    assert stats.chi2.ppf(0.975, 5) == pytest.approx(5 * r["acc_std"] ** 2 / r["acc_std_lo"] ** 2)
 
 
 def test_pair_mean_leaves_out_self_pairs():
+    # stats' resample pair mean, by replica multiplicities: replica 0 drawn twice, 1 once.
     d = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 3.0, 0.0]])
-    stat = analysis._pair_mean(d)
-    assert stat(np.array([0, 0, 1])) == 1.0  # (0,0) left out, (0,1) twice
-    assert stat(np.array([0, 1, 2])) == 2.0
-    assert stat(np.array([2, 2, 2])) == 2.0  # no distinct pair: the full-sample mean
+    means = study_stats._pair_means(d, np.array([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 3.0]]))
+    assert means[0] == 1.0 and means[1] == 2.0  # (0,0) left out, (0,1) twice; all three pairs
+    assert np.isnan(means[2])  # no pair of distinct replicas: dropped by the interval
 
 
 def test_spread_tests_match_scipy(runs):
@@ -337,3 +341,91 @@ def test_subgroup_noise_summary(runs):
     # one example right in 1 of 3 replicas: p(1-p) * R/(R-1) = 2/9 * 3/2 = 1/3 for both rare subgroups
     assert s.at["rare", "fnr_predicted_std"] == pytest.approx(1 / ROOT3)
     assert analysis.subgroup_noise_summary(analysis.subgroup_noise(runs).iloc[:0], analysis.subgroups(runs)).empty
+
+
+# ----------------------------------------------------------------------------- decided by tests
+def test_churn_and_sd_tests_on_the_hand_made_store(runs):
+    churn = analysis.churn_tests(runs, n=199)
+    assert list(churn["name"]) == ["churn_order_vs_algo"]  # the only single source stored
+    r = churn.iloc[0]
+    order = runs.select(hardware="cpu-1t", dataset="digits", model="smallcnn", setting="ORDER")
+    order_churn = analysis.topline(order, weights=False)["churn"].iloc[0]
+    assert r["observed"] == pytest.approx(order_churn - 7 / 12) and r["effect"] == pytest.approx(r["observed"])
+    assert r["effect_lo"] <= r["effect"] <= r["effect_hi"] and (r["n_a"], r["n_b"]) == (6, 3)
+    assert 1 / 200 <= r["pvalue"] <= 1 and r["p_adjusted"] == r["pvalue"]  # a family of one
+
+    sd = analysis.sd_tests(runs, n=199)
+    # CONTROL has 2 replicas (< 3): only ALGO is a reference here; ALGO+IMPL is ALGO bit for bit.
+    assert list(sd["name"]) == ["sd_algo_impl_vs_algo", "sd_order_vs_algo"]
+    twin = sd.iloc[0]
+    assert twin["observed"] == 0.0 and twin["pvalue"] == 1.0 and twin["sd_a"] == pytest.approx(math.sqrt(7 / 48))
+    assert twin["sd_b_chi2_lo"] == pytest.approx(math.sqrt(2 * 7 / 48 / stats.chi2.ppf(0.975, 2)))
+    np.testing.assert_allclose(sd["p_adjusted"], study_stats.holm(sd["pvalue"]))
+
+
+def test_spread_null_tests_by_hand(runs):
+    codes, rare = analysis._subgroup_codes(np.array(GLABELS), np.array(GROUPS), 0.5)
+    # codes label * 2 + attribute: (0, g0) x2, (0, g1), (1, g1) x2, (1, g0); the single ones are rare.
+    assert list(codes) == [0, 0, 1, 3, 3, 2] and list(rare) == [False, True, True, False]
+    t = analysis.spread_null_tests(runs, n=199)
+    assert list(t["name"]) == ["class_spread_algo", "subgroup_spread_algo"]
+    sub = t.iloc[1]
+    # rare subgroups' FNR std 1/sqrt(3), common 0.5/sqrt(3) (see test_subgroups_by_hand): ratio 2
+    assert sub["observed"] == pytest.approx(2.0) and sub["effect"] == pytest.approx(2.0 - sub["null_median"])
+    cls = t.iloc[0]
+    top = analysis.per_class_spread(runs.select(hardware="cpu-1t", dataset="digits", setting="ALGO"))
+    assert cls["observed"] == pytest.approx(top["ratio_max"].iloc[0]) and (cls["n_a"], cls["n_b"]) == (3, 4)
+    assert t["pvalue"].between(1 / 200, 1).all()
+
+
+@pytest.fixture(scope="module")
+def ulp_runs(tmp_path_factory):
+    """CONTROL (3 identical replicas), ULP (3: two back on CONTROL's predictions, the third
+    wrong on example 2 instead of 3, so with the same accuracy) and ALGO."""
+    root = tmp_path_factory.mktemp("ulp")
+    for k in range(3):
+        store.write_replica(root, "cpu-1t", fake("digits", "CONTROL", k, CONTROL, LABELS))
+        store.write_replica(root, "cpu-1t", fake("digits", "ULP", k, CONTROL if k < 2 else [0, 1, 0, 1], LABELS))
+        store.write_replica(root, "cpu-1t", fake("digits", "ALGO", k, ALGO[k], LABELS, offset=float(k)))
+    return store.load_runs(root)
+
+
+def test_ulp_tests_by_hand(ulp_runs):
+    t = analysis.ulp_tests(ulp_runs, n=199).set_index("name")
+    share = t.loc["ulp_returns_to_control"]
+    assert share["effect"] == pytest.approx(2 / 3) and np.isnan(share["pvalue"]) and np.isnan(share["p_adjusted"])
+    assert share["effect_lo"] == pytest.approx(stats.beta.ppf(0.025, 2, 2))
+    churn = t.loc["churn_ulp_vs_algo"]
+    # ULP pairs differ on 0, 2, 2 of 4 examples: churn 1/3; ALGO's is 7/12.
+    assert churn["observed"] == pytest.approx(1 / 3 - 7 / 12) and churn["p_adjusted"] == churn["pvalue"]
+
+
+def with_extra(runs, extra: dict) -> store.Runs:
+    """The view with ``extra_accuracy``/``extra_n`` on the replicas of the given settings."""
+    reps = runs.replicas.copy()
+    reps["extra_accuracy"] = [extra.get(s, [None] * 10)[r] for s, r in zip(reps["setting"], reps["replica"])]
+    reps["extra_n"] = 100
+    return store.Runs(reps, runs.predictions, runs.history)
+
+
+def test_variance_direct_and_its_test(ulp_runs):
+    # ALGO's accuracies on two extra sets: (0.1, 0.3), (0.2, 0.2), (0.3, 0.1): covariance -0.01.
+    part = with_extra(ulp_runs, {"ALGO": [[0.1, 0.3], [0.2, 0.2], [0.3, 0.1]]})
+    v = analysis.variance_direct(part, n=199).set_index("setting")
+    assert v.at["ALGO", "direct_var"] == pytest.approx(-0.01) and v.at["ALGO", "n_sets"] == 2
+    assert v.at["ALGO", "n_per_set"] == 100 and v.at["ALGO", "pooled_var"] == pytest.approx(0.0)
+    assert np.isnan(v.at["ULP", "direct_var"])  # no extra test sets stored
+    assert v.at["CONTROL", "jordan_var"] == 0.0 and not v.at["CONTROL", "jordan_negative"]
+    # Jordan on ALGO: observed 7/48; p_n = 1/3, 2/3, 1, 2/3: sum p(1-p) = 2/3, predicted
+    # 2/3 * 3/2 / 16 = 3/48; estimate 4/3 * (7/48 - 3/48) = 1/9.
+    assert v.at["ALGO", "jordan_var"] == pytest.approx(1 / 9)
+    t = analysis.variance_tests(part, n=199)
+    assert len(t) == 1 and t["effect"].iloc[0] == pytest.approx(1 / 9 + 0.01) and t["n_b"].iloc[0] == 2
+
+
+def test_distribution_variance_reports_negative_estimates(ulp_runs):
+    dv = analysis.distribution_variance(ulp_runs).set_index("setting")
+    ulp = dv.loc["ULP"]  # accuracy 3/4 in every replica: observed 0; p_n = 1, 1, 2/3, 1/3
+    # predicted 4/9 * 3/2 / 16 = 1/24: estimate 4/3 * (0 - 1/24) = -1/18, reported, not clipped
+    assert ulp["distribution_var"] == pytest.approx(-1 / 18) and ulp["negative"]
+    assert ulp["distribution_std"] == pytest.approx(-math.sqrt(1 / 18))

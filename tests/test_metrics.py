@@ -441,23 +441,35 @@ def test_distribution_variance_hand():
     d = m.distribution_variance(PREDS, LABELS)
     # observed: var(.8,.2,.6; ddof=1) = 7/75.
     # p_n = 2/3 x4, 0 -> sum p(1-p) = 4 * 2/9 = 8/9; * R/(R-1) = 3/2 -> 4/3;
-    # / N^2 = 25 -> predicted 4/75; raw = 3/75 = 0.04.
+    # / N^2 = 25 -> predicted 4/75; raw = 3/75 = 0.04; * N/(N-1) = 5/4 -> 1/20.
     assert d["observed_var"] == pytest.approx(7 / 75)
     assert d["predicted_var"] == pytest.approx(4 / 75)
     assert d["distribution_var_raw"] == pytest.approx(3 / 75)
-    assert d["distribution_var"] == pytest.approx(3 / 75)
+    assert d["distribution_var"] == pytest.approx(1 / 20) and not d["negative"]
     assert d["n_replicas"] == 3 and d["n_examples"] == 5
 
 
-def test_distribution_variance_clips_negative():
+def test_distribution_variance_reports_a_negative_estimate():
     # Two replicas, two examples, each wrong on a different one:
     # acc 0.5, 0.5 -> observed 0. p = .5,.5 -> sum p(1-p) = .5; * 2/1 = 1; / 4.
+    # Estimate N/(N-1) * (0 - 1/4) = -1/2: negative, reported as such (clipping biases upward).
     preds = np.array([[0, 0], [1, 1]])
     d = m.distribution_variance(preds, np.array([0, 1]))
     assert d["observed_var"] == 0.0
     assert d["predicted_var"] == pytest.approx(0.25)
     assert d["distribution_var_raw"] == pytest.approx(-0.25)
-    assert d["distribution_var"] == 0.0
+    assert d["distribution_var"] == pytest.approx(-0.5) and d["negative"]
+
+
+def test_distribution_variance_is_unbiased_where_the_clipped_one_was_not():
+    # Independent examples: the distribution variance is 0. Averaged over many simulated
+    # studies the corrected estimate is about 0, while the old clipped one averaged well above.
+    rng = np.random.default_rng(11)
+    p = rng.uniform(0.6, 1.0, size=30)
+    est = [m.distribution_variance(np.where(rng.random((8, 30)) < p, 0, 1), np.zeros(30, int)) for _ in range(400)]
+    values = np.array([d["distribution_var"] for d in est])
+    se = values.std() / np.sqrt(values.size)
+    assert abs(values.mean()) < 3 * se and np.maximum(values, 0).mean() > 5 * se
 
 
 def test_distribution_variance_independent_errors():
@@ -602,4 +614,5 @@ def test_distribution_variance_equal_accuracies_exactly_zero():
     # p_n = 1/3, 2/3, 1, 2/3, 1/3, 0, 0: sum p(1-p) = 4 * 2/9 = 8/9; * R/(R-1) = 12/11; / N^2 = 49
     assert d["observed_var"] == 0.0
     assert d["predicted_var"] == pytest.approx(8 / 9 * 12 / 11 / 49)
-    assert d["distribution_var_raw"] == -d["predicted_var"] and d["distribution_var"] == 0.0
+    assert d["distribution_var_raw"] == -d["predicted_var"]
+    assert d["distribution_var"] == pytest.approx(-7 / 6 * d["predicted_var"]) and d["negative"]

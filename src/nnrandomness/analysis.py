@@ -10,11 +10,14 @@ the results. The findings and the prose's numbers are :mod:`findings`.
 Nothing here plots (that is :mod:`charts`) and nothing reads globals: a chapter re-run out of
 order gets the same tables.
 
-Uncertainty: percentile bootstrap over replicas (:func:`metrics.bootstrap_ci`) with a fixed
-seed, so a chapter re-executed on the same runs gives byte-identical numbers. Pairwise metrics
-(churn, L2) are bootstrapped over the *distinct* pairs of each resample: a replica drawn twice
-would otherwise form a pair with itself, whose distance is zero, and drag the interval down
-(with R = 10 a tenth of the resampled pairs are such self-pairs).
+Uncertainty (:mod:`stats`): the SD of accuracy has its chi-square interval (calibrated at ten
+replicas, where a bootstrap of an SD is not); pairwise metrics (churn, L2) have BCa bootstrap
+intervals over replicas with a fixed seed, so a chapter re-executed on the same runs gives
+byte-identical numbers, computed over the pairs of *distinct* original replicas of each
+resample: a replica drawn twice would otherwise form a pair with itself, whose distance is zero,
+and drag the interval down (with R = 10 a tenth of the resampled pairs are such self-pairs).
+Differences between settings are decided by tests (permutation, the independent-examples null)
+in the functions of the last section, adjusted with Holm within each chapter's family.
 
 A cell that is absent or has too few replicas gives no row (or NaN where a CI needs more
 replicas): chapters say what is missing with :func:`missing` and :func:`missing_note`
@@ -30,15 +33,17 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from . import metrics, noise, store
+from . import metrics, noise, stats, store
 
 __all__ = [
     "CELL",
+    "MAIN_CELL",
     "MIN_REPLICAS_CI",
     "N_BOOT",
     "by_hardware",
     "cell_name",
     "churn_flips",
+    "churn_tests",
     "distribution_variance",
     "examples_votes",
     "hardware_compare",
@@ -52,6 +57,8 @@ __all__ = [
     "rare_vs_common",
     "runs_table",
     "setting_order",
+    "sd_tests",
+    "spread_null_tests",
     "spread_tests",
     "subgroup_noise",
     "subgroup_noise_summary",
@@ -60,12 +67,15 @@ __all__ = [
     "topline",
     "training_curves",
     "twin_identity",
+    "ulp_tests",
     "unstable_examples",
+    "variance_direct",
+    "variance_tests",
 ]
 
 # ----------------------------------------------------------------------------- conventions
 CELL = store.CELL  # one cell of the study: its replicas are compared
-N_BOOT = 1000  # bootstrap resamples per interval
+N_BOOT = stats.N_BOOT  # bootstrap resamples per interval
 LEVEL = 0.95  # confidence level of every interval
 SEED = 0  # bootstrap seed: fixed, so committed chapter outputs are byte-identical on re-run
 # Fewer replicas than this give NaN intervals: a bootstrap over 3 or 4 replicas is mostly
@@ -130,31 +140,24 @@ def _cells_by(runs: store.Runs, keys: list[str]) -> dict[tuple, store.Cell]:
     return {tuple(c.key[k] for k in keys): c for c in runs.iter_cells()}
 
 
-# ----------------------------------------------------------------------------- bootstrap
-def _pair_mean(matrix: np.ndarray):
-    """Statistic for bootstrap_ci over replica indices: the mean of ``matrix`` over the pairs of
-    *distinct* replicas in the resample (self-pairs left out, see the module docstring).
-
-    A resample that drew a single replica R times (probability R**(1-R): 1e-9 at R = 10) has no
-    such pair; it counts as the full-sample mean, so the interval stays defined.
-    """
-    iu = np.triu_indices(matrix.shape[0], k=1)
-    full = float(matrix[iu].mean())
-
-    def statistic(idx: np.ndarray) -> float:
-        a, b = np.triu_indices(len(idx), k=1)
-        i, j = idx[a], idx[b]
-        keep = i != j
-        return float(matrix[i[keep], j[keep]].mean()) if keep.any() else full
-
-    return statistic
-
-
-def _ci(values, statistic, n_boot: int, seed: int) -> tuple[float, float]:
-    """bootstrap_ci at LEVEL, or NaNs with fewer than MIN_REPLICAS_CI rows."""
-    if len(values) < MIN_REPLICAS_CI:
+# ----------------------------------------------------------------------------- intervals
+def _pair_ci(matrix: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """BCa interval over replicas of the mean of a pair matrix (churn, L2), resampled pairs of
+    distinct original replicas only (``stats.bootstrap_interval``); NaNs below MIN_REPLICAS_CI."""
+    if matrix.shape[0] < MIN_REPLICAS_CI:
         return float("nan"), float("nan")
-    return metrics.bootstrap_ci(values, statistic, n_boot=n_boot, level=LEVEL, seed=seed)
+    iv = stats.bootstrap_interval(matrix, pairs=True, n_boot=n_boot, level=LEVEL, seed=seed)
+    return iv.low, iv.high
+
+
+def _sd_ci(values: np.ndarray) -> tuple[float, float]:
+    """Chi-square interval of the SD of per-replica values (``stats.sd_interval``: exact for
+    normal values, calibrated at 10 replicas where a bootstrap of an SD is not); NaNs below
+    MIN_REPLICAS_CI, exactly (0, 0) when every value is equal."""
+    if values.shape[0] < MIN_REPLICAS_CI:
+        return float("nan"), float("nan")
+    iv = stats.sd_interval(values, level=LEVEL, method="chi2")
+    return iv.low, iv.high
 
 
 # ----------------------------------------------------------------------------- top line
@@ -186,11 +189,12 @@ def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: 
     """One row per cell: the paper's figures 1 and 2.
 
     Columns: the cell keys; ``n_replicas``, ``n_examples``; top-1 accuracy ``acc_mean``,
-    ``acc_std`` (ddof=1) with its bootstrap interval ``acc_std_lo``/``acc_std_hi``, ``acc_min``,
+    ``acc_std`` (ddof=1) with its chi-square interval ``acc_std_lo``/``acc_std_hi``, ``acc_min``,
     ``acc_max``; predictive ``churn`` with ``churn_lo``/``churn_hi`` and its two parts
     ``one_correct`` (one replica right, the other wrong) and ``both_wrong`` (both wrong,
     differently); mean pairwise ``l2`` distance of the final weights (BatchNorm buffers
-    excluded) with ``l2_lo``/``l2_hi`` (NaN without ``weights``); the numbers of distinct
+    excluded) with ``l2_lo``/``l2_hi`` (NaN without ``weights``; churn and L2 intervals are BCa
+    over replicas); the numbers of distinct
     weight and prediction hashes; ``expects_identical`` (the setting promises bit-identical
     replicas) and ``identical`` (all replicas have one weights hash and one predictions hash).
     Pairwise columns are NaN for a cell with a single replica.
@@ -209,13 +213,13 @@ def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: 
             "acc_min": acc["min"],
             "acc_max": acc["max"],
         }
-        lo, hi = _ci(preds, lambda p, labels=labels: _acc_std(p, labels), n_boot, seed)
+        lo, hi = _sd_ci(metrics.accuracy(preds, labels))
         row.update(acc_std_lo=lo, acc_std_hi=hi)
         nan = float("nan")
         row.update(churn=nan, churn_lo=nan, churn_hi=nan, one_correct=nan, both_wrong=nan, l2=nan, l2_lo=nan, l2_hi=nan)
         if r >= 2:
             parts = metrics.churn_decomposition(preds, labels)
-            lo, hi = _ci(np.arange(r), _pair_mean(metrics.pairwise_churn(preds)), n_boot, seed)
+            lo, hi = _pair_ci(metrics.pairwise_churn(preds), n_boot, seed)
             row.update(
                 churn=parts["churn"],
                 churn_lo=lo,
@@ -225,7 +229,7 @@ def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: 
             )
             if weights:
                 w = _weights(reps["path"])
-                lo, hi = _ci(np.arange(r), _pair_mean(metrics.pairwise_l2(w)), n_boot, seed)
+                lo, hi = _pair_ci(metrics.pairwise_l2(w), n_boot, seed)
                 row.update(l2=metrics.mean_pairwise_l2(w), l2_lo=lo, l2_hi=hi)
         n_w, n_p = reps["weights_hash"].nunique(), reps["predictions_hash"].nunique()
         row.update(
@@ -682,9 +686,12 @@ def instability_summary(examples: pd.DataFrame) -> pd.DataFrame:
 def distribution_variance(runs: store.Runs) -> pd.DataFrame:
     """Per cell: Jordan's (ICLR 2024) split of the variance of test accuracy
     (``metrics.distribution_variance``): observed_var, predicted_var (what independent
-    per-example coin flips would give: finite-test-set noise), distribution_var (the excess,
-    clipped at 0), their square roots as ``*_std`` (in accuracy units, comparable with acc_std)
-    and ratio = observed_var / predicted_var (about 1 in Jordan's experiments)."""
+    per-example coin flips would give: finite-test-set noise), distribution_var (the excess times
+    N/(N-1), NOT clipped: a negative estimate is reported as such, and flagged in ``negative``),
+    their square roots as ``*_std`` (in accuracy units, comparable with acc_std; a negative
+    distribution_var gives a negative ``distribution_std``, -sqrt(-var), so the sign survives)
+    and ratio = observed_var / predicted_var (about 1 in Jordan's experiments). Intervals and the
+    direct measurement on extra test sets: :func:`variance_direct`."""
     columns = CELL + [
         "n_replicas",
         "n_examples",
@@ -692,6 +699,7 @@ def distribution_variance(runs: store.Runs) -> pd.DataFrame:
         "predicted_var",
         "distribution_var",
         "distribution_var_raw",
+        "negative",
         "observed_std",
         "predicted_std",
         "distribution_std",
@@ -708,7 +716,7 @@ def distribution_variance(runs: store.Runs) -> pd.DataFrame:
                 **d,
                 "observed_std": math.sqrt(d["observed_var"]),
                 "predicted_std": math.sqrt(d["predicted_var"]),
-                "distribution_std": math.sqrt(d["distribution_var"]),
+                "distribution_std": math.copysign(math.sqrt(abs(d["distribution_var"])), d["distribution_var"]),
                 "ratio": d["observed_var"] / d["predicted_var"] if d["predicted_var"] > 0 else float("nan"),
             }
         )
@@ -942,3 +950,359 @@ def missing_note(lines: list[str], runs_root: str) -> str:
         "`make book` (it runs `nnrandomness run plans/default.yaml`), or point the chapter's "
         "`runs_root` parameter at a store that has them, then re-execute the chapter."
     )
+
+
+# ----------------------------------------------------------------------------- decided by tests
+# Each function below returns one row per comparison of one chapter's family, in the one schema
+# findings.claims turns into worded claims: the comparison (a, b), the test and its statistic,
+# the effect with its 95 % interval, the sample sizes, the p-value and the p-value adjusted
+# across the family with Holm. Tests and intervals are stats' (permutation, BCa, null model),
+# seeded with SEED so that a chapter re-executed on the same runs gives the same numbers.
+TEST_COLUMNS = [
+    "family",
+    "name",
+    "a",
+    "b",
+    "test",
+    "statistic",
+    "observed",
+    "effect",
+    "effect_lo",
+    "effect_hi",
+    "n_a",
+    "n_b",
+    "pvalue",
+    "p_adjusted",
+]
+SINGLE_SOURCES = ("INIT", "ORDER", "AUG", "DROPOUT")
+# The study's main (hardware, dataset, model): where the claims' families are tested by default.
+MAIN_CELL = {"hardware": "cpu-1t", "dataset": "digits", "model": "smallcnn"}
+TEST_N = stats.N_PERM  # permutations, bootstrap resamples and null simulations per comparison
+
+
+def _tests_frame(rows: list[dict]) -> pd.DataFrame:
+    """The family's rows with Holm-adjusted p-values (NaN p-values, e.g. estimates, stay NaN)."""
+    out = _frame(rows, TEST_COLUMNS)
+    out["p_adjusted"] = stats.holm(out["pvalue"].to_numpy(dtype=np.float64)) if len(out) else []
+    return out
+
+
+def _main_cells(runs: store.Runs, cell: dict) -> dict[str, store.Cell]:
+    """The cells of one (hardware, dataset, model) ``cell`` by setting: filtered from the view's
+    cells (built once per view) rather than selected (a new view builds its matrices again)."""
+    return {c.key["setting"]: c for c in runs.iter_cells() if all(c.key[k] == v for k, v in cell.items())}
+
+
+def churn_tests(
+    runs: store.Runs,
+    cell: dict = MAIN_CELL,
+    *,
+    reference: str = "ALGO",
+    sources: Iterable[str] = SINGLE_SOURCES,
+    n: int = TEST_N,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """Churn of each single source against ``reference`` and of every pair of sources: the
+    permutation test of the difference in mean pair churn (``stats.permutation_test``), its
+    effect (churn a - churn b) with the two-sample BCa interval over replicas of the pair means
+    (``stats.difference_interval``), Holm across the family. Pairs missing a cell (or with fewer
+    than 3 replicas on a side) give no row."""
+    cells = _main_cells(runs, cell)
+    present = [s for s in sources if s in cells]
+    pairs = [(s, reference) for s in present if s != reference] + list(itertools.combinations(present, 2))
+    rows = []
+    for a, b in pairs:
+        if b not in cells or min(len(cells[a].preds), len(cells[b].preds)) < 3:
+            continue
+        rows.append(_churn_row("churn", f"churn_{_slug(a)}_vs_{_slug(b)}", cells[a], cells[b], n, seed))
+    return _tests_frame(rows)
+
+
+def _churn_row(family: str, name: str, a: store.Cell, b: store.Cell, n: int, seed: int) -> dict:
+    """Churn of cell a against cell b: one pooled churn matrix serves the permutation test
+    (``stats.pair_permutation_test``) and the BCa interval of the difference (its two blocks)."""
+    r = len(a.preds)
+    d = stats.churn_matrix(np.vstack([a.preds, b.preds]))
+    t = stats.pair_permutation_test(d, r, "churn", n_perm=n, seed=seed)
+    iv = stats.difference_interval(d[:r, :r], d[r:, r:], pairs=True, n_boot=n, seed=seed)
+    return _test_row(family, name, a.key["setting"], b.key["setting"], t, iv)
+
+
+def _slug(setting: str) -> str:
+    return setting.lower().replace("+", "_")
+
+
+def _test_row(family: str, name: str, a: str, b: str, t: stats.PermutationResult, d: stats.Interval) -> dict:
+    return {
+        "family": family,
+        "name": name,
+        "a": a,
+        "b": b,
+        "test": f"permutation ({t.n_perm} relabellings)",
+        "statistic": t.statistic,
+        "observed": t.observed,
+        "effect": d.estimate,
+        "effect_lo": d.low,
+        "effect_hi": d.high,
+        "n_a": t.n_a,
+        "n_b": t.n_b,
+        "pvalue": t.pvalue,
+    }
+
+
+def sd_tests(
+    runs: store.Runs,
+    cell: dict = MAIN_CELL,
+    *,
+    references: Iterable[str] = ("CONTROL", "ALGO"),
+    n: int = TEST_N,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """The SD of top-1 accuracy of every setting against each of ``references``: the permutation
+    test on the log ratio of SDs (each setting centred on its mean first), the effect SD a - SD b
+    with its two-sample BCa interval, Holm across the family; plus each side's SD with its
+    chi-square and Bonett intervals (``sd_a``, ``sd_a_chi2_lo`` ... ``sd_b_bonett_hi``)."""
+    cells = _main_cells(runs, cell)
+    acc = {s: metrics.accuracy(c.preds, c.labels) for s, c in cells.items() if len(c.preds) >= 3}
+    rows, extra = [], []
+    for b in references:
+        for a in setting_order(acc):
+            if a == b or b not in acc or (b, a) in {(r["a"], r["b"]) for r in rows}:
+                continue
+            t = stats.permutation_test(acc[a], acc[b], "sd_log_ratio", n_perm=n, seed=seed)
+            d = stats.difference_interval(acc[a], acc[b], "sd", n_boot=n, seed=seed)
+            rows.append(_test_row("sd", f"sd_{_slug(a)}_vs_{_slug(b)}", a, b, t, d))
+            side = {}
+            for label, s in (("a", a), ("b", b)):
+                side[f"sd_{label}"] = stats.sd_interval(acc[s]).estimate
+                for method in ("chi2", "bonett"):
+                    iv = stats.sd_interval(acc[s], method=method)
+                    side[f"sd_{label}_{method}_lo"], side[f"sd_{label}_{method}_hi"] = iv.low, iv.high
+            extra.append(side)
+    out = _tests_frame(rows)
+    sides = pd.DataFrame(extra, index=out.index) if extra else pd.DataFrame(index=out.index)
+    return pd.concat([out, sides], axis=1)
+
+
+def _subgroup_codes(labels: np.ndarray, groups: np.ndarray, rare_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's (label, attribute) subgroup code, and per code (sorted) whether it is rare:
+    under ``rare_share`` of its class's examples, as :func:`subgroups` decides."""
+    width = int(groups.max()) + 1
+    codes = labels * width + groups
+    values, counts = np.unique(codes, return_counts=True)
+    per_class = pd.Series(counts).groupby(values // width).transform("sum").to_numpy()
+    return codes, counts / per_class < rare_share
+
+
+def spread_null_tests(
+    runs: store.Runs,
+    cell: dict = MAIN_CELL,
+    *,
+    groups_dataset: str = "digits_groups",
+    settings: Iterable[str] = ("ALGO",),
+    rare_share: float = 0.5,
+    n: int = TEST_N,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """Per-class and subgroup spreads of ``cell`` against the independent-examples null
+    (``stats.independent_null``): for each of ``settings``, the largest per-class accuracy SD over
+    the top-1 SD on the cell's dataset (``ratio_max`` of :func:`per_class_spread`), and the mean FNR SD of
+    rare over common (label, attribute) subgroups on ``groups_dataset`` (``ratio`` of
+    ``findings.rare_common_ratio``). The effect is the observed statistic's excess over the null's
+    median with its interval; the p-value is one-sided (observed at least as large), Holm across
+    the family. Columns beyond TEST_COLUMNS: null_median, null_lo, null_hi, ratio (observed /
+    null median), ratio_lo, ratio_hi. ``n_a`` is the replicas, ``n_b`` the test examples."""
+    extra_cols = ["null_median", "null_lo", "null_hi", "ratio", "ratio_lo", "ratio_hi"]
+    rows = []
+    for setting in settings:
+        for ds, kind in ((cell["dataset"], "class"), (groups_dataset, "subgroup")):
+            one = _main_cells(runs, {**cell, "dataset": ds}).get(setting)
+            if one is None or one.preds.shape[0] < 3:
+                continue
+            correct = (one.preds == one.labels).astype(np.int8)
+            if kind == "class":
+                out = stats.independent_null(correct, one.labels, "max_ratio", n_sim=n, n_boot=n, seed=seed)
+                statistic = "largest per-class accuracy SD / top-1 accuracy SD"
+            else:
+                if not one.has_groups:
+                    continue
+                codes, rare = _subgroup_codes(one.labels, one.groups, rare_share)
+                if rare.all() or not rare.any():
+                    continue
+                out = stats.independent_null(
+                    correct, codes, "rare_common_ratio", rare=rare, n_sim=n, n_boot=n, seed=seed
+                )
+                statistic = "mean FNR SD of rare / of common subgroups"
+            rows.append(
+                {
+                    "family": "spread",
+                    "name": f"{kind}_spread_{_slug(setting)}",
+                    "a": setting,
+                    "b": "independent examples",
+                    "test": f"independent-examples null ({n} simulations)",
+                    "statistic": statistic,
+                    "observed": out["observed"],
+                    "effect": out["excess"],
+                    "effect_lo": out["excess_low"],
+                    "effect_hi": out["excess_high"],
+                    "n_a": out["n_replicas"],
+                    "n_b": out["n_examples"],
+                    "pvalue": out["pvalue"],
+                    "null_median": out["null_median"],
+                    "null_lo": out["null_low"],
+                    "null_hi": out["null_high"],
+                    "ratio": out["ratio"],
+                    "ratio_lo": out["ratio_low"],
+                    "ratio_hi": out["ratio_high"],
+                }
+            )
+    base = _tests_frame(rows)
+    return pd.concat([base, pd.DataFrame([{k: r[k] for k in extra_cols} for r in rows], columns=extra_cols)], axis=1)
+
+
+def ulp_tests(
+    runs: store.Runs,
+    cell: dict = MAIN_CELL,
+    *,
+    n: int = TEST_N,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """The one-ULP poke: its churn against ALGO's (permutation test, BCa interval of the
+    difference), and the share of ULP replicas whose predictions equal CONTROL's (a replica's row
+    equal to CONTROL's first replica's row; CONTROL's replicas are bit-identical) with its
+    Clopper-Pearson interval, an estimate (no p-value). Holm across the family's tests."""
+    cells = _main_cells(runs, cell)
+    rows = []
+    if "ULP" in cells and "ALGO" in cells and min(len(cells["ULP"].preds), len(cells["ALGO"].preds)) >= 3:
+        rows.append(_churn_row("ulp", "churn_ulp_vs_algo", cells["ULP"], cells["ALGO"], n, seed))
+    if "ULP" in cells and "CONTROL" in cells and cells["ULP"].preds.shape[1] == cells["CONTROL"].preds.shape[1]:
+        pu, pc = cells["ULP"].preds, cells["CONTROL"].preds
+        k = int((pu == pc[0]).all(axis=1).sum())
+        iv = stats.clopper_pearson(k, len(pu))
+        rows.append(
+            {
+                "family": "ulp",
+                "name": "ulp_returns_to_control",
+                "a": "ULP",
+                "b": "CONTROL",
+                "test": "Clopper-Pearson (estimate)",
+                "statistic": "share of ULP replicas with CONTROL's predictions",
+                "observed": iv.estimate,
+                "effect": iv.estimate,
+                "effect_lo": iv.low,
+                "effect_hi": iv.high,
+                "n_a": len(pu),
+                "n_b": len(pc),
+                "pvalue": float("nan"),
+            }
+        )
+    return _tests_frame(rows)
+
+
+def _extra_accuracy(cell: store.Cell) -> tuple[np.ndarray | None, int | None]:
+    """(R, K) accuracies on the extra test sets and examples per set, or (None, None) when the
+    cell's replicas do not all hold them (a store without the column, or K < 2)."""
+    reps = cell.replicas
+    if "extra_accuracy" not in reps.columns:
+        return None, None
+    lists = [np.asarray(v, dtype=np.float64) if v is not None else np.empty(0) for v in reps["extra_accuracy"]]
+    sizes = {v.size for v in lists}
+    if len(sizes) != 1 or sizes.pop() < 2:
+        return None, None
+    extra_n = int(reps["extra_n"].iloc[0]) if "extra_n" in reps.columns and pd.notna(reps["extra_n"].iloc[0]) else None
+    return np.vstack(lists), extra_n
+
+
+VARIANCE_COLUMNS = CELL + [
+    "n_replicas",
+    "n_examples",
+    "n_sets",
+    "n_per_set",
+    "jordan_var",
+    "jordan_lo",
+    "jordan_hi",
+    "jordan_negative",
+    "direct_var",
+    "direct_lo",
+    "direct_hi",
+    "pooled_var",
+    "finite_sample_var",
+]
+
+
+def variance_direct(runs: store.Runs, n: int = TEST_N, seed: int = SEED) -> pd.DataFrame:
+    """Per cell (3 or more replicas): variance of accuracy over the data distribution, estimated
+    by Jordan's method on the main test set (``stats.jordan_variance``: N/(N-1) correction, not
+    clipped; ``jordan_negative`` flags a negative estimate) and MEASURED directly on the K extra
+    test sets the replicas were evaluated on (``stats.direct_distribution_variance``: the
+    across-replica covariance of accuracies on distinct sets), each with a BCa interval over
+    replicas. ``pooled_var`` is the uncorrected variance of the pooled extra accuracy,
+    ``finite_sample_var`` the part of it the correction removes. Direct columns are NaN for cells
+    without ``extra_accuracy`` (at least 2 sets)."""
+    rows = []
+    nan = float("nan")
+    for cell in runs.iter_cells():
+        if cell.preds.shape[0] < 3:
+            continue
+        correct = (cell.preds == cell.labels).astype(np.int8)
+        j = stats.jordan_variance(correct, n_boot=n, seed=seed)
+        row = {
+            **cell.key,
+            "n_replicas": cell.preds.shape[0],
+            "n_examples": cell.preds.shape[1],
+            "n_sets": 0,
+            "n_per_set": None,
+            "jordan_var": j.estimate,
+            "jordan_lo": j.low,
+            "jordan_hi": j.high,
+            "jordan_negative": bool(j.estimate < 0),
+            **dict.fromkeys(["direct_var", "direct_lo", "direct_hi", "pooled_var", "finite_sample_var"], nan),
+        }
+        extra, extra_n = _extra_accuracy(cell)
+        if extra is not None:
+            d = stats.direct_distribution_variance(extra, extra_n, n_boot=n, seed=seed)
+            row.update(
+                n_sets=d["n_sets"],
+                n_per_set=d["n_per_set"],
+                direct_var=d["estimate"],
+                direct_lo=d["low"],
+                direct_hi=d["high"],
+                pooled_var=d["pooled_var"],
+                finite_sample_var=d["finite_sample_var"],
+            )
+        rows.append(row)
+    return _sorted(_frame(rows, VARIANCE_COLUMNS))
+
+
+def variance_tests(
+    runs: store.Runs, *, settings: Iterable[str] | None = None, n: int = TEST_N, seed: int = SEED
+) -> pd.DataFrame:
+    """Jordan's estimate against the direct measurement, per cell with extra test sets (of
+    ``settings``, default all): a paired bootstrap over replicas of the difference Jordan - direct
+    (``stats.jordan_vs_direct``), Holm across the family. ``n_a`` replicas, ``n_b`` extra sets."""
+    rows = []
+    for cell in runs.iter_cells():
+        if settings is not None and cell.key["setting"] not in set(settings):
+            continue
+        extra, _ = _extra_accuracy(cell)
+        if extra is None or cell.preds.shape[0] < 3:
+            continue
+        d = stats.jordan_vs_direct((cell.preds == cell.labels).astype(np.int8), extra, n_boot=n, seed=seed)
+        rows.append(
+            {
+                "family": "variance",
+                "name": f"jordan_vs_direct_{_slug(cell.key['setting'])}_{cell.key['dataset']}_{cell.key['model']}",
+                "a": "Jordan (main test set)",
+                "b": "direct (extra test sets)",
+                "test": f"paired bootstrap ({n} resamples)",
+                "statistic": "variance of accuracy over the distribution, Jordan - direct",
+                "observed": d["difference"],
+                "effect": d["difference"],
+                "effect_lo": d["low"],
+                "effect_hi": d["high"],
+                "n_a": d["n_replicas"],
+                "n_b": extra.shape[1],
+                "pvalue": d["pvalue"],
+            }
+        )
+    return _tests_frame(rows)

@@ -5,10 +5,16 @@
 introduction), and formats numbers for the prose and the tables with one formatter,
 :func:`as_text` (:func:`pct` and :func:`ci_text` are its percentage and interval forms).
 A value that is absent (None, NaN) always reads ``n/a``, so every name the prose uses exists.
+
+Claims decided by tests (issue 9, item 7): a :class:`Claim` is a test result (effect with its
+95 % interval, n, test, p-value adjusted with Holm across its chapter's family), and
+:func:`word` states it as established only when the adjusted p-value is below 5 %, otherwise
+as what the data cannot tell apart; :func:`claims_table` is the book's table of every claim.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 
@@ -18,19 +24,28 @@ import pandas as pd
 from . import analysis, noise, store
 
 __all__ = [
+    "ALPHA",
+    "CLAIMS_COLUMNS",
+    "Claim",
     "FINDINGS",
     "HARDWARE_METRICS",
     "PROSE_COLUMNS",
     "as_text",
     "ci_text",
+    "claim_values",
+    "claims_from_tests",
+    "claims_table",
     "findings",
     "format_findings",
     "glue_values",
     "hardware_table",
     "hardware_values",
+    "p_text",
     "pct",
     "prose_values",
     "rare_common_ratio",
+    "study_claims",
+    "word",
 ]
 
 CELL = analysis.CELL
@@ -335,3 +350,193 @@ def hardware_values(per_hw: pd.DataFrame) -> dict[str, str]:
         value = one.loc[(one["hardware"] == labels[side]) & (one["metric"] == metric), "value"]
         out[name] = as_text(value.iloc[0] if len(value) else None, HARDWARE_METRICS[metric][1])
     return out
+
+
+# ----------------------------------------------------------------------------- claims decided by tests
+ALPHA = 0.05  # a claim is established when its Holm-adjusted p-value is below this
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One finding as a test result. ``established`` and ``not_established`` are the two
+    sentences it can read as (:func:`word` picks one by ``p_adjusted``); ``effect`` with ``low``
+    and ``high`` is the effect size and its 95 % interval, in the unit ``kind`` (see
+    :func:`as_text`; ``points`` reads fractions as percentage points); ``n`` says the sample
+    sizes in words. ``verdict``: 'established', 'not established', or 'estimate' for a quantity
+    reported with its interval and no test (p-values NaN)."""
+
+    name: str
+    established: str
+    not_established: str
+    test: str
+    statistic: str
+    effect_name: str
+    effect: float
+    low: float
+    high: float
+    kind: str
+    n: str
+    pvalue: float
+    p_adjusted: float
+
+    @property
+    def verdict(self) -> str:
+        if self.p_adjusted is None or math.isnan(self.p_adjusted):
+            return "estimate"
+        return "established" if self.p_adjusted < ALPHA else "not established"
+
+
+def _amount(v: float, kind: str) -> str:
+    """An effect or bound for the prose: percentage points, or as_text's kinds."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if kind == "points":
+        return f"{100 * v:.2f} points"
+    if kind == "bare_points":
+        return f"{100 * v:.2f}"
+    return as_text(v, kind)
+
+
+def p_text(p: float) -> str:
+    """A p-value for the prose: two significant digits, '< 0.001' below 0.001, 'n/a' when absent."""
+    if p is None or math.isnan(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def _interval_text(claim: Claim) -> str:
+    kind = "bare_points" if claim.kind == "points" else claim.kind
+    return f"{_amount(claim.low, kind)} to {_amount(claim.high, kind)}"
+
+
+def word(claim: Claim) -> str:
+    """The claim as the prose states it: the established sentence only when the Holm-adjusted
+    p-value is below ALPHA, otherwise what the data cannot tell apart; then the effect, its 95 %
+    interval, n and the p-value, e.g. "INIT and DROPOUT give churn the data cannot tell apart
+    (difference 0.52 points, 95 % CI -0.15 to 1.26, n = 10 and 10, p = 1 after Holm)"."""
+    sentence = claim.established if claim.verdict == "established" else claim.not_established
+    detail = f"{claim.effect_name} {_amount(claim.effect, claim.kind)}, 95 % CI {_interval_text(claim)}, n = {claim.n}"
+    if claim.verdict != "estimate":
+        detail += f", p {'' if p_text(claim.p_adjusted).startswith('<') else '= '}{p_text(claim.p_adjusted)} after Holm"
+    return f"{sentence} ({detail})"
+
+
+def _sentences(row) -> tuple[str, str, str, str]:
+    """(established, not established, effect name, kind) for one row of an analysis test frame."""
+    a, b, family, name = row["a"], row["b"], row["family"], row["name"]
+    more = row["effect"] > 0
+    if name == "ulp_returns_to_control":
+        share = _amount(row["effect"], "pct")
+        text = f"{share} of ULP replicas end with CONTROL's predictions"
+        return text, text, "share", "pct"
+    if family in ("churn", "ulp"):
+        return (
+            f"{a} gives {'more' if more else 'less'} churn than {b}",
+            f"{a} and {b} give churn the data cannot tell apart",
+            "difference",
+            "points",
+        )
+    if family == "sd":
+        return (
+            f"{a}'s accuracy varies {'more' if more else 'less'} across replicas than {b}'s",
+            f"{a} and {b} give spreads of accuracy the data cannot tell apart",
+            "SD difference",
+            "points",
+        )
+    if family == "spread":
+        what = "per-class accuracy" if name.startswith("class") else "the rare subgroups' FNR"
+        return (
+            f"Under {a}, {what} moves more than independent examples would make it",
+            f"Under {a}, {what} moves as much as independent examples would make it: the data cannot tell "
+            "its spread apart from the binomial noise of small groups",
+            "excess over the null's median",
+            "2f",
+        )
+    return (
+        f"Jordan's estimate and the direct measurement of the variance over the distribution differ ({a} vs {b})",
+        "Jordan's estimate and the direct measurement of the variance over the distribution cannot be told apart",
+        "difference",
+        "e",
+    )
+
+
+def claims_from_tests(tests: pd.DataFrame) -> list[Claim]:
+    """One :class:`Claim` per row of an analysis test frame (:func:`analysis.churn_tests`,
+    :func:`analysis.sd_tests`, :func:`analysis.spread_null_tests`, :func:`analysis.ulp_tests`,
+    :func:`analysis.variance_tests`), worded for its family."""
+    out = []
+    for _, row in tests.iterrows():
+        established, not_established, effect_name, kind = _sentences(row)
+        if row["family"] == "spread":
+            n = f"{int(row['n_a'])} replicas x {int(row['n_b'])} examples"
+        elif row["family"] == "variance":
+            n = f"{int(row['n_a'])} replicas, {int(row['n_b'])} extra test sets"
+        elif row["name"] == "ulp_returns_to_control":
+            n = f"{int(row['n_a'])} ULP replicas"
+        else:
+            n = f"{int(row['n_a'])} and {int(row['n_b'])}"
+        out.append(
+            Claim(
+                name=row["name"],
+                established=established,
+                not_established=not_established,
+                test=row["test"],
+                statistic=row["statistic"],
+                effect_name=effect_name,
+                effect=float(row["effect"]),
+                low=float(row["effect_lo"]),
+                high=float(row["effect_hi"]),
+                kind=kind,
+                n=n,
+                pvalue=float(row["pvalue"]),
+                p_adjusted=float(row["p_adjusted"]),
+            )
+        )
+    return out
+
+
+def study_claims(
+    runs: store.Runs, cell: dict = analysis.MAIN_CELL, groups_dataset: str = "digits_groups"
+) -> dict[str, list[Claim]]:
+    """Every family of claims of the study's main ``cell`` (hardware, dataset, model), by family
+    (Holm within each): ``churn`` (each single source vs ALGO and among sources), ``sd`` (accuracy
+    SD vs CONTROL and ALGO), ``spread`` (per-class and, on ``groups_dataset``, subgroup spreads
+    vs independent examples), ``ulp`` (ULP vs ALGO churn; the share of ULP replicas with
+    CONTROL's predictions) and ``variance`` (Jordan vs direct, where the store has extra test
+    sets)."""
+    frames = {
+        "churn": analysis.churn_tests(runs, cell),
+        "sd": analysis.sd_tests(runs, cell),
+        "spread": analysis.spread_null_tests(runs, cell, groups_dataset=groups_dataset),
+        "ulp": analysis.ulp_tests(runs, cell),
+        "variance": analysis.variance_tests(runs.select(**cell)),
+    }
+    return {family: claims_from_tests(frame) for family, frame in frames.items()}
+
+
+CLAIMS_COLUMNS = ["claim", "test", "statistic", "effect", "interval", "n", "p", "adjusted p", "verdict"]
+
+
+def claims_table(claims: Iterable[Claim]) -> pd.DataFrame:
+    """The book's table of claims: one row per claim with its worded sentence, test, statistic,
+    effect, 95 % interval, n, p-value, Holm-adjusted p-value and verdict, all as text."""
+    rows = [
+        {
+            "claim": (c.established if c.verdict == "established" else c.not_established),
+            "test": c.test,
+            "statistic": c.statistic,
+            "effect": f"{c.effect_name} {_amount(c.effect, c.kind)}",
+            "interval": _interval_text(c),
+            "n": c.n,
+            "p": p_text(c.pvalue),
+            "adjusted p": p_text(c.p_adjusted),
+            "verdict": c.verdict,
+        }
+        for c in claims
+    ]
+    return pd.DataFrame(rows, columns=CLAIMS_COLUMNS)
+
+
+def claim_values(claims: Iterable[Claim]) -> dict[str, str]:
+    """Each claim worded (:func:`word`) under ``claim_<name>``, for glue into the prose."""
+    return {f"claim_{c.name}": word(c) for c in claims}

@@ -536,18 +536,26 @@ def distribution_variance(preds, labels) -> dict:
     """Split the variance of test accuracy into finite-test-set and distribution parts.
 
     After Jordan, "On the Variance of Neural Network Training with respect to
-    Test Sets and Distributions" (ICLR 2024), Theorem 2.  With
+    Test Sets and Distributions" (ICLR 2024).  With
     ``p_n = mean_r [preds[r,n]==labels[n]]``:
     ``observed_var = var_r(acc_r, ddof=1)``;
     ``predicted_var = sum_n p_n (1 - p_n) * R/(R-1) / N^2``, the accuracy
     variance expected if errors on different examples were independent
     (R/(R-1) makes each per-example Bernoulli variance unbiased);
-    ``distribution_var_raw = observed_var - predicted_var`` and
-    ``distribution_var = max(raw, 0)``.  Jordan's finding is observed ~=
-    predicted: most run-to-run variance is finite-test-set noise.
-    Also returns ``n_replicas`` and ``n_examples``.  Requires R >= 2.
-    Equal accuracies in every replica give ``observed_var`` of exactly 0 (as in ``_sample_std``),
-    and so ``distribution_var_raw = -predicted_var``.
+    ``distribution_var = N/(N-1) * (observed_var - predicted_var)``, the
+    estimate of the variance of accuracy over the data distribution.  Why
+    N/(N-1): for a test set of N examples drawn independently, the expected
+    observed variance is ``E[p(1-p)]/N + (N-1)/N * distribution variance``
+    (the N diagonal terms of the examples' covariance are per-example
+    Bernoulli variances, the N(N-1) others average to the distribution
+    variance).  The estimate is NOT clipped: a negative value means that the
+    noise of the estimate exceeds the quantity, and clipping it to zero would
+    bias the estimator upward; ``negative`` flags it (and nan for N = 1).
+    ``distribution_var_raw = observed_var - predicted_var`` (before N/(N-1)).
+    Jordan's finding is observed ~= predicted: most run-to-run variance is
+    finite-test-set noise.  Also returns ``n_replicas`` and ``n_examples``.
+    Requires R >= 2.  Equal accuracies in every replica give ``observed_var``
+    of exactly 0 (as in ``_sample_std``), and so ``distribution_var_raw = -predicted_var``.
     """
     p, y = _check_preds_labels(preds, labels)
     r, n = p.shape
@@ -558,11 +566,13 @@ def distribution_variance(preds, labels) -> dict:
     pn = correct.mean(axis=0)
     predicted = float((pn * (1.0 - pn)).sum() * r / (r - 1) / (n * n))
     raw = observed - predicted
+    estimate = n / (n - 1) * raw if n >= 2 else float("nan")
     return {
         "observed_var": observed,
         "predicted_var": predicted,
-        "distribution_var": max(raw, 0.0),
+        "distribution_var": estimate,
         "distribution_var_raw": raw,
+        "negative": bool(estimate < 0),
         "n_replicas": int(r),
         "n_examples": int(n),
     }
