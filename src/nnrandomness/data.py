@@ -304,7 +304,8 @@ def mnist1d_arrays(seed: int, num_samples: int, train_split: float, cache_dir: P
     path = Path(cache_dir) / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:32]}.npz"
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as f:
+            # From bytes: np.load of a damaged file would leave its handle open when it fails.
+            with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
                 x, y, stored = f["x"], f["y"], str(f["sha256"])
             if _arrays_sha256(x, y) == stored:
                 return x, y
