@@ -454,7 +454,7 @@ def train_replica(
         snapshots: dict[int, torch.Tensor] = {}  # epoch -> test predictions (int64, CPU)
         if ckpt_path is not None and (ckpt := _resume(ckpt_path, spec, replica)) is not None:
             start_epoch_index, rows, resumed_from = ckpt["epoch"], ckpt["history"], ckpt["epoch"]
-            train_seconds, snapshots = ckpt["train_seconds"], dict(ckpt["snapshots"])
+            train_seconds, snapshots = ckpt["train_seconds"], dict(ckpt.get("snapshots", {}))
 
         n = len(ds.y_train)
         epochs = range(start_epoch_index, spec.epochs)
@@ -507,8 +507,9 @@ def train_replica(
                     "generators": {k: g.get_state() for k, g in gens.items()},
                     "history": rows,
                     "train_seconds": train_seconds,
-                    "snapshots": snapshots,
                 }
+                if spec.snapshot_epochs:  # only then: a run without snapshots keeps its checkpoint's keys
+                    state["snapshots"] = snapshots
                 kept = f"the checkpoint after epoch {epoch}" if epoch else "nothing (this was the first checkpoint)"
                 save_checkpoint(state, ckpt_path, kept)
 
