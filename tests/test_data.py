@@ -457,22 +457,22 @@ def test_mnist1d_cache_dir_follows_the_data_root(tmp_path, monkeypatch):
 def test_mnist1d_groups_small(tmp_path):
     plain = load_dataset("mnist1d", tmp_path, **SMALL)
     d = load_dataset("mnist1d_groups", tmp_path, **SMALL)
-    assert d.group_name == "flipped" and d.g_train.dtype == torch.int64
+    assert d.group_name == "shifted" and d.g_train.dtype == torch.int64
     for x, x0, g in ((d.x_train, plain.x_train, d.g_train), (d.x_test, plain.x_test, d.g_test)):
-        flipped = g.bool()
-        assert torch.equal(x[flipped], -x0[flipped]) and torch.equal(x[~flipped], x0[~flipped])
+        shifted = g.bool()
+        assert torch.equal(x[shifted], x0[shifted] + 1.0) and torch.equal(x[~shifted], x0[~shifted])
     assert torch.equal(d.y_train, plain.y_train)
     even = d.y_train % 2 == 0
     assert d.g_train[even].float().mean() > 0.7 and d.g_train[~even].float().mean() < 0.3
     (seed, x, _y), (_, x0, _) = next(iter(d.extra_tests)), next(iter(plain.extra_tests))
     assert seed == data.MNIST1D_EXTRA_SEEDS[0]
-    assert ((x == -x0).all(dim=(1, 2)) | (x == x0).all(dim=(1, 2))).all() and not torch.equal(x, x0)
+    assert ((x == x0 + 1.0).all(dim=(1, 2)) | (x == x0).all(dim=(1, 2))).all() and not torch.equal(x, x0)
     again = load_dataset("mnist1d_groups", tmp_path, **SMALL)  # the attribute is part of the data: fixed
     assert torch.equal(again.g_train, d.g_train) and torch.equal(again.g_test, d.g_test)
 
 
 def test_mnist1d_groups_real_sizes():
-    """The real sets (generated once into data/cache, ~8 s cold): every (label, flipped) test subgroup holds
+    """The real sets (generated once into data/cache, ~8 s cold): every (label, shifted) test subgroup holds
     at least 300 examples; in training the rare ones hold about 10 % of their class."""
     d = load_dataset("mnist1d_groups")
     assert len(d.y_train) == 4000 and len(d.y_test) == data.MNIST1D_TEST_SIZE

@@ -375,40 +375,46 @@ def load_mnist1d(root=None, **options) -> Dataset:
     )
 
 
-# In mnist1d_groups the signal is flipped in polarity (x -> -x) with a class-dependent rate in
-# training, as digits_groups inverts contrast: flipped is common for even digits and rare for odd
-# ones, so a model can take the polarity as a shortcut to the label's parity. In every test set the
-# rate is MNIST1D_TEST_GROUP_RATE for every class, so that each (label, polarity) subgroup holds
-# about 500 of its class's 1,000 test examples (at least 300: tests/test_data.py checks the real set).
+# In mnist1d_groups the signal is shifted up by MNIST1D_OFFSET (one standard deviation of the
+# standardised signals) with a class-dependent rate in training, as digits_groups inverts contrast:
+# shifted is common for even digits and rare for odd ones, so a model can take the level as a
+# shortcut to the label's parity. In every test set the rate is MNIST1D_TEST_GROUP_RATE for every
+# class, so that each (label, shifted) subgroup holds about 500 of its class's 1,000 test examples
+# (at least 300: tests/test_data.py checks the real set). Measured (cnn1d, 30 epochs, batch 128, Adam
+# 0.01, two ALGO replicas): 90 % test accuracy, 85 % on the rare subgroups against 95 % on the common
+# ones, 13 % churn. A polarity flip (x -> -x) was tried first and is too strong a shortcut (56 % test
+# accuracy, 32 % on the rare subgroups); time reversal gave 78 % (64 % rare).
+MNIST1D_OFFSET = 1.0
 MNIST1D_TEST_GROUP_RATE = 0.5
 MNIST1D_GROUP_SEED = 1  # the attribute's own generator: part of the data, not a noise source
 
 
-def _polarity(x: torch.Tensor, y: torch.Tensor, rate: dict[int, float], seed: int):
-    """(x with the drawn examples flipped, the attribute) with P(flip | label) = rate[label % 2], drawn
-    from numpy's PCG64 seeded with (MNIST1D_GROUP_SEED, seed): isolated and the same on every machine."""
+def _shift(x: torch.Tensor, y: torch.Tensor, rate: dict[int, float], seed: int):
+    """(x + MNIST1D_OFFSET where the attribute is drawn, the attribute) with P(shifted | label) =
+    rate[label % 2], drawn from numpy's PCG64 seeded with (MNIST1D_GROUP_SEED, seed): isolated and the
+    same on every machine."""
     p = np.where(y.numpy() % 2 == 0, rate[0], rate[1])
     g = torch.from_numpy((np.random.default_rng([MNIST1D_GROUP_SEED, seed]).random(len(p)) < p).astype(np.int64))
-    return torch.where(g.view(-1, 1, 1).bool(), -x, x), g
+    return torch.where(g.view(-1, 1, 1).bool(), x + MNIST1D_OFFSET, x), g
 
 
 def load_mnist1d_groups(root=None, **options) -> Dataset:
-    """MNIST-1D plus a nuisance attribute "flipped" (polarity x -> -x), correlated with the label in training.
+    """MNIST-1D plus a nuisance attribute "shifted" (x + 1, a constant offset), correlated with the label in training.
 
-    Train (4,000): P(flipped | even) = 0.9, P(flipped | odd) = 0.1 (GROUP_RATE, as digits_groups), so
-    (odd, flipped) and (even, plain) are rare, about 40 examples per class. Test (10,000) and every extra
-    test set: P(flipped) = 0.5 for every class, so each of the 20 (label, flipped) subgroups has about
+    Train (4,000): P(shifted | even) = 0.9, P(shifted | odd) = 0.1 (GROUP_RATE, as digits_groups), so
+    (odd, shifted) and (even, plain) are rare, about 40 examples per class. Test (10,000) and every extra
+    test set: P(shifted) = 0.5 for every class, so each of the 20 (label, shifted) subgroups has about
     500 examples (at least 300). Options as `load_mnist1d`.
     """
     d = load_mnist1d(root, **options)
     balanced = {0: MNIST1D_TEST_GROUP_RATE, 1: MNIST1D_TEST_GROUP_RATE}
-    x_train, g_train = _polarity(d.x_train, d.y_train, GROUP_RATE, MNIST1D_TRAIN_SEED)
-    x_test, g_test = _polarity(d.x_test, d.y_test, balanced, MNIST1D_TEST_SEED)
+    x_train, g_train = _shift(d.x_train, d.y_train, GROUP_RATE, MNIST1D_TRAIN_SEED)
+    x_test, g_test = _shift(d.x_test, d.y_test, balanced, MNIST1D_TEST_SEED)
     make = d.extra_tests.make
 
     def extra(seed: int):
         x, y = make(seed)
-        return _polarity(x, y, balanced, seed)[0], y
+        return _shift(x, y, balanced, seed)[0], y
 
     return replace(
         d,
@@ -417,11 +423,11 @@ def load_mnist1d_groups(root=None, **options) -> Dataset:
         x_test=x_test,
         g_train=g_train,
         g_test=g_test,
-        group_name="flipped",
+        group_name="shifted",
         info={
             **d.info,
-            "attribute": "polarity flip x -> -x; train P(flip|even)=0.9, P(flip|odd)=0.1; test P(flip)=0.5; "
-            f"default_rng([{MNIST1D_GROUP_SEED}, generator seed])",
+            "attribute": f"constant offset x + {MNIST1D_OFFSET}; train P(shifted|even)=0.9, P(shifted|odd)=0.1; "
+            f"test P(shifted)=0.5; default_rng([{MNIST1D_GROUP_SEED}, generator seed])",
         },
         extra_tests=ExtraTests(d.extra_tests.seeds, extra),
     )
