@@ -10,6 +10,7 @@ import pytest
 
 from nnrandomness import cell, metrics, store, train
 from nnrandomness.cell import run_cell
+from nnrandomness.data import load_dataset
 from nnrandomness.train import ReplicaSpec, train_replica
 
 TINY = ReplicaSpec(dataset="digits", model="smallcnn", epochs=3, lr=2e-3, threads=1)
@@ -76,3 +77,15 @@ def test_train_knows_nothing_of_the_store_and_the_store_nothing_of_train():
     assert "store" not in _imported_modules(train)
     assert not _imported_modules(store) & {"train", "cell"}
     assert {"train", "store"} <= _imported_modules(cell)
+
+
+def test_a_mnist1d_cell_records_its_extra_test_sets(tmp_path):
+    # a small MNIST-1D (80 train, 100 test, 2 extra sets of 100) passed in, its cache in tmp_path
+    small = load_dataset("mnist1d", tmp_path / "data", train_pool=100, test_size=100, extra_size=100, extra_sets=2)
+    spec = ReplicaSpec(dataset="mnist1d", model="cnn1d", epochs=2, batch_size=16, lr=0.01, keep_probabilities=False)
+    rows = run_cell(spec, 2, tmp_path / "runs", "cpu-1t", progress=False, dataset=small)
+    assert rows["weights_hash"].nunique() == 1  # CONTROL, on signals too
+    assert rows["extra_n"].tolist() == [[100, 100]] * 2 and len(rows["extra_accuracy"].iloc[0]) == 2
+    assert rows["has_probabilities"].tolist() == [False, False]
+    with pytest.raises(ValueError, match="the dataset passed is 'mnist1d', the spec's is 'digits'"):
+        run_cell(TINY, 1, tmp_path / "runs", "cpu-1t", dataset=small)

@@ -375,3 +375,131 @@ def test_augment_matches_naive_crop_and_flip():
         padded = torch.nn.functional.pad(x[i], (pad, pad, pad, pad))
         crop = padded[:, shifts[0, i] : shifts[0, i] + h, shifts[1, i] : shifts[1, i] + w]
         assert torch.equal(out[i], crop.flip(-1) if flips[i] else crop)
+
+
+# ----------------------------------------------------------------------------- MNIST-1D
+# Small sets (100 examples) for speed, through the loader's own size options; the cache in tmp_path.
+SMALL = {"train_pool": 100, "test_size": 100, "extra_size": 100, "extra_sets": 2}
+
+
+def test_mnist1d_small_shapes_split_and_extra_sets(tmp_path):
+    d = load_dataset("mnist1d", tmp_path, **SMALL)
+    assert d.x_train.shape == (80, 1, 40) and d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
+    assert d.x_test.shape == (100, 1, 40) and d.in_channels == 1 and d.input_dims == 1 and d.image_size == 40
+    assert d.normalization == "none" and d.g_train is None and d.num_classes == 10
+    assert torch.equal(data.to_float(d.x_test, d.normalization), d.x_test)  # real-valued: used as they are
+    # train: the package's canonical split (first 80 % of seed 42); test: another seed
+    x, y = data.generate_mnist1d(data._mnist1d_args(data.MNIST1D_TRAIN_SEED, 100, 0.8))
+    assert np.array_equal(d.x_train.numpy(), x[:80]) and np.array_equal(d.y_train.numpy(), y[:80])
+    assert not np.array_equal(d.x_test.numpy()[:80], x[:80])
+    assert sorted(np.bincount(d.y_test.numpy())) == [10] * 10  # the generator balances classes
+    sets = list(d.extra_tests)
+    assert [s for s, _, _ in sets] == list(data.MNIST1D_EXTRA_SEEDS[:2]) and len(d.extra_tests) == 2
+    assert all(xe.shape == (100, 1, 40) and ye.shape == (100,) for _, xe, ye in sets)
+    assert not torch.equal(sets[0][1], sets[1][1]) and not torch.equal(sets[0][1], d.x_test)
+    with pytest.raises(TypeError, match="'colour'.*valid options: train_pool"):
+        load_dataset("mnist1d", tmp_path, colour=True)
+
+
+def test_mnist1d_generation_leaves_global_rngs_alone():
+    import random
+
+    random.seed(123)
+    np.random.seed(456)
+    expected = (random.random(), np.random.random())
+    random.seed(123)
+    np.random.seed(456)
+    data.generate_mnist1d(data._mnist1d_args(7, 20, 0.0))  # make_dataset seeds both global generators
+    assert (random.random(), np.random.random()) == expected
+
+
+def test_mnist1d_cache_hit_miss_and_damage(tmp_path, monkeypatch):
+    x, y = data.mnist1d_arrays(3, 50, 0.0, tmp_path)  # miss: generated and written
+    (path,) = tmp_path.glob("mnist1d-*.npz")
+    assert not list(tmp_path.glob("*.tmp-*"))  # written atomically, no temporary left
+    data.mnist1d_arrays(4, 50, 0.0, tmp_path)  # other arguments, another file
+    assert len(list(tmp_path.glob("mnist1d-*.npz"))) == 2
+
+    def fail(args):
+        raise AssertionError("a cache hit must not generate")
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "generate_mnist1d", fail)
+        hx, hy = data.mnist1d_arrays(3, 50, 0.0, tmp_path)  # hit
+    assert np.array_equal(hx, x) and np.array_equal(hy, y)
+
+    # arrays that fail their stored hash: regenerated with a warning
+    with np.load(path) as f:
+        fields = dict(f)
+    fields["x"] = fields["x"] + 1
+    np.savez(path, **fields)
+    with pytest.warns(RuntimeWarning, match=r"fail their SHA-256\); regenerating"):
+        rx, _ = data.mnist1d_arrays(3, 50, 0.0, tmp_path)
+    assert np.array_equal(rx, x)
+    # a truncated file: regenerated with a warning, then a hit again
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(RuntimeWarning, match="does not load"):
+        rx, _ = data.mnist1d_arrays(3, 50, 0.0, tmp_path)
+    assert np.array_equal(rx, x)
+    with monkeypatch.context() as m:
+        m.setattr(data, "generate_mnist1d", fail)
+        data.mnist1d_arrays(3, 50, 0.0, tmp_path)
+
+
+def test_mnist1d_cache_dir_follows_the_data_root(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_ROOT_ENV, raising=False)
+    assert data.mnist1d_cache_dir(tmp_path) == tmp_path / "cache"
+    assert data.mnist1d_cache_dir().parts[-2:] == ("data", "cache")  # the checkout's, git-ignored
+    monkeypatch.setenv(data.DATA_ROOT_ENV, str(tmp_path / "env"))
+    assert data.mnist1d_cache_dir() == tmp_path / "env" / "cache"
+
+
+def test_mnist1d_groups_small(tmp_path):
+    plain = load_dataset("mnist1d", tmp_path, **SMALL)
+    d = load_dataset("mnist1d_groups", tmp_path, **SMALL)
+    assert d.group_name == "shifted" and d.g_train.dtype == torch.int64
+    for x, x0, g in ((d.x_train, plain.x_train, d.g_train), (d.x_test, plain.x_test, d.g_test)):
+        shifted = g.bool()
+        assert torch.equal(x[shifted], x0[shifted] + 1.0) and torch.equal(x[~shifted], x0[~shifted])
+    assert torch.equal(d.y_train, plain.y_train)
+    even = d.y_train % 2 == 0
+    assert d.g_train[even].float().mean() > 0.7 and d.g_train[~even].float().mean() < 0.3
+    (seed, x, _y), (_, x0, _) = next(iter(d.extra_tests)), next(iter(plain.extra_tests))
+    assert seed == data.MNIST1D_EXTRA_SEEDS[0]
+    assert ((x == x0 + 1.0).all(dim=(1, 2)) | (x == x0).all(dim=(1, 2))).all() and not torch.equal(x, x0)
+    again = load_dataset("mnist1d_groups", tmp_path, **SMALL)  # the attribute is part of the data: fixed
+    assert torch.equal(again.g_train, d.g_train) and torch.equal(again.g_test, d.g_test)
+
+
+def test_mnist1d_groups_real_sizes():
+    """The real sets (generated once into data/cache, ~8 s cold): every (label, shifted) test subgroup holds
+    at least 300 examples; in training the rare ones hold about 10 % of their class."""
+    d = load_dataset("mnist1d_groups")
+    assert len(d.y_train) == 4000 and len(d.y_test) == data.MNIST1D_TEST_SIZE
+    test = np.bincount(d.y_test.numpy() * 2 + d.g_test.numpy(), minlength=20)
+    assert test.min() >= 300, test
+    train = np.bincount(d.y_train.numpy() * 2 + d.g_train.numpy(), minlength=20).reshape(10, 2)
+    rare = np.where(np.arange(10) % 2 == 0, train[:, 0], train[:, 1]) / train.sum(1)
+    assert (rare > 0.05).all() and (rare < 0.15).all(), rare
+    assert len(d.extra_tests) == 20 and d.extra_tests.seeds == data.MNIST1D_EXTRA_SEEDS
+
+
+def signals(n: int = 16, length: int = 10) -> torch.Tensor:
+    return torch.randn(n, 2, length, generator=torch.Generator().manual_seed(5))
+
+
+def test_augment_signal_matches_naive_shift_and_reversal():
+    x, pad = signals(), 2
+    n, _, length = x.shape
+    g = torch.Generator().manual_seed(11)
+    replay = torch.Generator().set_state(g.get_state())
+    shifts = torch.randint(0, 2 * pad + 1, (n,), generator=replay)
+    flips = torch.rand(n, generator=replay) < 0.5
+    out = augment(x, pad, True, g)  # a (N, C, L) batch goes to augment_signal
+    assert flips.any() and (~flips).any() and (shifts != pad).any()
+    for i in range(n):
+        crop = torch.nn.functional.pad(x[i], (pad, pad))[:, shifts[i] : shifts[i] + length]
+        assert torch.equal(out[i], crop.flip(-1) if flips[i] else crop)
+    assert torch.equal(augment(x, 0, False, g), x)
+    again = augment(x, pad, True, torch.Generator().manual_seed(11))
+    assert torch.equal(again, out)

@@ -15,14 +15,18 @@ from torch import nn
 from nnrandomness.models import (
     BN_EPS,
     BN_MOMENTUM,
+    CNN1D,
     MIN_IMAGE_SIZE,
     MODELS,
+    SIGNAL_LENGTH,
+    SIGNAL_MODELS,
     MediumCNN,
     ResNet18,
     SeededDropout,
     SmallCNN,
     adapt_in_channels,
     build_model,
+    check_input_dims,
     check_input_size,
     count_parameters,
     glorot_init,
@@ -42,8 +46,10 @@ TORCHVISION = [
     "efficientnet_b0",
 ]
 OWN = ["smallcnn", "smallcnn_bn", "resnet18", "mediumcnn_k1", "mediumcnn_k3", "mediumcnn_k5", "mediumcnn_k7"]
+SIGNAL = ["cnn1d", "cnn1d_bn", "mlp1d"]  # MNIST-1D: signals (N, C, 40)
+IMAGE_MODELS = [n for n in MODELS if n not in SIGNAL]
 # cheap to build several times (< 0.3 s each); the others are built once, by the cache
-CHEAP = OWN + ["resnet50", "densenet121", "inception_v3", "mobilenet_v2", "efficientnet_b0"]
+CHEAP = OWN + SIGNAL + ["resnet50", "densenet121", "inception_v3", "mobilenet_v2", "efficientnet_b0"]
 INIT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 _CACHE: dict[str, nn.Module] = {}
@@ -166,13 +172,62 @@ def test_mediumcnn_k3_forward_shape():
         MediumCNN(10, 3, kernel_size=4)
 
 
+# ----------------------------------------------------------------------------- MNIST-1D models
+def test_signal_model_parameter_counts():
+    # cnn1d: convs 1*16*5+16 + 2 * (16*16*5+16) = 2,688, head 16*5*10+10 = 810 (length 40 pooled to 5)
+    assert count_parameters(build_model("cnn1d", 10, 1, generator=_gen())) == 3498
+    assert count_parameters(build_model("cnn1d_bn", 10, 1, generator=_gen())) == 3498 + 3 * 2 * 16
+    # mlp1d: 40*100+100 + 100*100+100 + 100*10+10
+    assert count_parameters(build_model("mlp1d", 10, 1, generator=_gen())) == 15210
+
+
+@pytest.mark.parametrize("name", SIGNAL)
+def test_signal_models_forward_shapes_and_dropout(name):
+    model = build_model(name, 10, 1, generator=_gen(), dropout=0.5)
+    set_dropout_generator(model, _gen(7))
+    x = torch.randn(4, 1, SIGNAL_LENGTH, generator=_gen(0))
+    model.train()
+    a, b = model(x), model(x)
+    assert a.shape == (4, 10) and not torch.equal(a, b)  # dropout draws a fresh mask (so DROPOUT varies something)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    assert [m.p for m in model.modules() if isinstance(m, SeededDropout)] == [0.5]
+
+
+def test_cnn1d_structure():
+    bn = CNN1D(10, 1, batchnorm=True)
+    assert [type(m).__name__ for m in bn.features][:4] == ["Conv1d", "BatchNorm1d", "ReLU", "MaxPool1d"]
+    norms = [m for m in bn.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(norms) == 3 and all(m.eps == BN_EPS and m.momentum == BN_MOMENTUM for m in norms)
+    convs = [m for m in CNN1D().modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(16, (5,), (2,))] * 3
+
+
+def test_input_dims_refuse_the_wrong_kind_of_model():
+    check_input_dims("cnn1d", 1)
+    check_input_dims("smallcnn", 2)
+    with pytest.raises(
+        ValueError, match=r"'smallcnn' cannot take 1D signals.*valid models for them: cnn1d, cnn1d_bn, mlp1d"
+    ):
+        check_input_dims("smallcnn", 1)
+    with pytest.raises(ValueError, match=r"'mlp1d' cannot take 2D images.*smallcnn"):
+        check_input_dims("mlp1d", 2)
+    check_input_size("cnn1d", SIGNAL_LENGTH, dims=1)
+    with pytest.raises(ValueError, match="length 40, got 32"):
+        check_input_size("cnn1d", 32, dims=1)
+    with pytest.raises(ValueError, match="cannot take 2D images"):
+        check_input_size("cnn1d", 32)
+
+
 # ----------------------------------------------------------------------------- registry and sizes
 def test_registry_names():
-    assert set(OWN + TORCHVISION) == set(MODELS)
-    assert set(MIN_IMAGE_SIZE) == set(MODELS)
+    assert set(OWN + TORCHVISION + SIGNAL) == set(MODELS)
+    assert set(SIGNAL_MODELS) == set(SIGNAL)
+    assert set(MIN_IMAGE_SIZE) == set(IMAGE_MODELS)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_forward_at_min_image_size(name):
     model = _model(name)
     size = MIN_IMAGE_SIZE.get(name, 32)
@@ -183,7 +238,7 @@ def test_forward_at_min_image_size(name):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if MIN_IMAGE_SIZE[n] > 1])
+@pytest.mark.parametrize("name", [n for n in MIN_IMAGE_SIZE if MIN_IMAGE_SIZE[n] > 1])
 def test_min_image_size_is_tight(name):
     # one pixel below the minimum the forward pass fails, so the minimum is not overly cautious
     size = MIN_IMAGE_SIZE[name] - 1
@@ -310,7 +365,7 @@ def test_build_does_not_consume_global_rng(name):
 def test_glorot_bounds_and_zero_biases(name):
     model = _model(name)
     for module_name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             w = m.weight.detach()
             receptive = w[0][0].numel()
             fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
@@ -321,7 +376,7 @@ def test_glorot_bounds_and_zero_biases(name):
                 assert low < -0.5 * bound and high > 0.5 * bound, f"{name}.{module_name}"
             if m.bias is not None:
                 assert torch.count_nonzero(m.bias) == 0, f"{name}.{module_name}"
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             assert torch.all(m.weight == 1) and torch.count_nonzero(m.bias) == 0, f"{name}.{module_name}"
 
 

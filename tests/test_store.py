@@ -199,3 +199,63 @@ def test_select(root):
     assert runs.select(setting="CONTROL").replicas.empty and list(runs.select(setting="CONTROL").iter_cells()) == []
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['seed'\]; valid keys: hardware"):
         runs.select(seed=1)
+
+
+# ----------------------------------------------------------------------------- MNIST-1D: compact replicas
+def compact_result(replica: int, preds) -> ReplicaResult:
+    """A result written without probabilities, with two snapshots and two extra test sets."""
+    r = fake_result(replica, preds)
+    return dataclasses.replace(
+        r,
+        spec=dataclasses.replace(r.spec, dataset="mnist1d_groups", model="cnn1d", keep_probabilities=False),
+        probabilities=None,
+        snapshots={1: np.array([0, 0, 0, 0]), 2: np.array([0, 1, 2, 2])},
+        extra_tests={"seeds": [101, 102], "n": [100, 100], "accuracy": [0.5 + replica / 10, 0.75]},
+    )
+
+
+def test_keep_probabilities_false_round_trip(tmp_path):
+    for k in (0, 1):
+        store.write_replica(tmp_path, "cpu-1t", compact_result(k, [0, 1, 2, 1]))
+    store.write_replica(tmp_path, "cpu-1t", fake_result(0, [0, 1, 2, 1]))  # digits_groups keeps its probabilities
+    d = tmp_path / "cpu-1t/mnist1d_groups/cnn1d/ALGO/replica-0"
+    m = store.read_manifest(d)
+    assert m["has_probabilities"] is False and m["snapshot_epochs"] == [1, 2]
+    # predictions only: the hash covers the predictions alone
+    assert m["predictions_hash"] == store.predictions_hash(np.array([0, 1, 2, 1]), None)
+    assert m["predictions_hash"] != store.predictions_hash(np.array([0, 1, 2, 1]), np.zeros((4, 3), np.float32))
+    raw = pd.read_parquet(d / "predictions.parquet")
+    assert not [c for c in raw.columns if c.startswith("prob_")]
+    assert raw["prediction_epoch_2"].dtype == np.int8 and raw["prediction_epoch_2"].tolist() == [0, 1, 2, 2]
+
+    runs = store.load_runs(tmp_path)
+    reps = runs.replicas.set_index(["dataset", "replica"])
+    assert reps.loc[("mnist1d_groups", 1), "extra_accuracy"] == [0.6, 0.75]
+    assert reps.loc[("mnist1d_groups", 0), "extra_n"] == [100, 100]
+    assert reps.loc[("digits_groups", 0), "extra_accuracy"] == [] and reps.loc[("digits_groups", 0), "extra_n"] == []
+    assert reps["has_probabilities"].tolist() == [True, False, False]
+    assert "prediction_epoch_1" not in runs.predictions.columns  # snapshots only when asked for
+    with pytest.raises(ValueError, match=r"2 replica\(s\) hold no probabilities.*keep_probabilities false"):
+        store.load_runs(tmp_path, probabilities=True)
+    assert len(store.load_runs(tmp_path, probabilities=True, dataset="digits_groups").predictions) == 4
+
+    snaps = store.load_runs(tmp_path, snapshots=True, dataset="mnist1d_groups")
+    (cell,) = snaps.iter_cells()
+    preds, _, _ = store.prediction_matrix(cell.predictions, store.snapshot_column(2))
+    assert preds.tolist() == [[0, 1, 2, 2], [0, 1, 2, 2]] and cell.preds.tolist() == [[0, 1, 2, 1]] * 2
+
+
+def test_malformed_extra_tests_are_a_problem(tmp_path):
+    path = store.write_replica(tmp_path, "cpu-1t", compact_result(0, [0, 1, 2, 1]))
+    m = json.loads((path / store.MANIFEST).read_text())
+    for bad, message in (
+        ({"seeds": [1], "n": [1, 2], "accuracy": [0.5]}, "one length"),
+        ({"seeds": [1], "n": ["x"], "accuracy": [0.5]}, "must hold numbers"),
+        (5, "null or an object"),
+    ):
+        (path / store.MANIFEST).write_text(json.dumps({**m, "extra_tests": bad}))
+        with pytest.raises(ValueError, match=message):
+            store.read_manifest(path)
+    (path / store.MANIFEST).write_text(json.dumps({**m, "snapshot_epochs": ["1"]}))
+    with pytest.raises(ValueError, match="snapshot_epochs must be a list of integers"):
+        store.read_manifest(path)

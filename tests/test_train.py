@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnrandomness import metrics, store
+from nnrandomness import metrics, models, store
 from nnrandomness.data import load_dataset
 from nnrandomness.train import ReplicaSpec, load_checkpoint, lr_at, train_replica, validate_spec
 
@@ -44,6 +44,11 @@ def train(digits, **changes):
         (dict(setting="DROPOUT"), ValueError, r"varies only dropout, but the recipe has dropout=0"),
         (dict(setting="AUG"), ValueError, r"varies only augmentation, but the recipe has augment=False"),
         (dict(dataset="cifar10", data_root="/nonexistent"), FileNotFoundError, r"cifar10.*/nonexistent"),
+        (dict(snapshot_epochs=(2, 4)), ValueError, r"snapshot_epochs must lie in 1 \.\. epochs \(3\), got \[4\]"),
+        (dict(snapshot_epochs=(2, 2)), ValueError, r"snapshot_epochs must not repeat an epoch, got \[2, 2\]"),
+        (dict(snapshot_epochs=(0,)), ValueError, r"snapshot_epochs must be a list of positive epoch numbers"),
+        (dict(dataset="mnist1d"), ValueError, r"'smallcnn' cannot take 1D signals.*valid models for them: cnn1d"),
+        (dict(model="cnn1d"), ValueError, r"'cnn1d' cannot take 2D images.*valid models for them: smallcnn"),
     ],
 )
 def test_bad_spec_is_refused_with_the_value_and_choices(changes, error, message):
@@ -149,3 +154,68 @@ def test_control_on_cuda_is_bit_identical_and_algo_impl_records_benchmark():
     c = train_replica(dataclasses.replace(spec, setting="ALGO+IMPL"))
     assert c.backend["effective"]["cudnn_benchmark"] is True
     assert c.backend["effective"]["deterministic_algorithms"] is False
+
+
+# ----------------------------------------------------------------------------- MNIST-1D, snapshots, store size
+SMALL_MNIST1D = {"train_pool": 100, "test_size": 100, "extra_size": 100, "extra_sets": 2}
+SIGNAL = ReplicaSpec(dataset="mnist1d", model="cnn1d", epochs=3, batch_size=16, lr=0.01, lr_milestones=(), threads=1)
+
+
+@pytest.fixture(scope="module")
+def mnist1d(tmp_path_factory):
+    """A small MNIST-1D (80 train, 100 test, 2 extra test sets of 100) cached in a temporary data root."""
+    return load_dataset("mnist1d", tmp_path_factory.mktemp("data"), **SMALL_MNIST1D)
+
+
+def test_snapshots_record_predictions_without_changing_the_bits(mnist1d):
+    plain = train_replica(dataclasses.replace(SIGNAL, setting="ALGO", dropout=0.2), mnist1d)
+    snap = train_replica(dataclasses.replace(SIGNAL, setting="ALGO", dropout=0.2, snapshot_epochs=(1, 3)), mnist1d)
+    assert store.weights_hash(snap.weights) == store.weights_hash(plain.weights)
+    assert np.array_equal(snap.predictions, plain.predictions) and plain.snapshots == {}
+    assert sorted(snap.snapshots) == [1, 3] and np.array_equal(snap.snapshots[3], snap.predictions)
+    first = snap.history.set_index("epoch").loc[1, "test_accuracy"]
+    assert (snap.snapshots[1] == snap.labels).mean() == pytest.approx(first)
+
+
+def test_snapshots_survive_a_resume(tmp_path, mnist1d):
+    spec = dataclasses.replace(SIGNAL, snapshot_epochs=(1, 2))
+    whole = train_replica(spec, mnist1d, checkpoint_dir=tmp_path)  # leaves its checkpoint after epoch 3
+    resumed = train_replica(spec, mnist1d, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from_epoch == 3 and sorted(resumed.snapshots) == [1, 2]
+    assert all(np.array_equal(resumed.snapshots[e], whole.snapshots[e]) for e in (1, 2))
+
+
+def test_extra_test_sets_and_keep_probabilities(mnist1d, digits):
+    r = train_replica(dataclasses.replace(SIGNAL, keep_probabilities=False), mnist1d)
+    assert r.probabilities is None and r.predictions.shape == (100,)
+    extra = r.extra_tests
+    assert extra["seeds"] == [101, 102] and extra["n"] == [100, 100]
+    assert all(0 <= a <= 1 for a in extra["accuracy"]) and r.timings["extra_eval_seconds"] > 0
+    # the accuracy of each set is the model's: evaluated again by hand on the first set
+    model = models.build_model("cnn1d", 10, 1, generator=torch.Generator())
+    model.load_state_dict(r.weights)
+    _, x, y = next(iter(mnist1d.extra_tests))
+    with torch.no_grad():
+        assert (model.eval()(x).argmax(1) == y).float().mean().item() == pytest.approx(extra["accuracy"][0])
+    assert train(digits, epochs=1).extra_tests is None
+
+
+@pytest.mark.parametrize("model", ["cnn1d", "cnn1d_bn", "mlp1d"])
+@pytest.mark.parametrize("setting", ["INIT", "ORDER", "AUG", "DROPOUT", "ULP"])
+def test_every_single_source_varies_the_signal_models(mnist1d, model, setting):
+    # each source alone changes the weights between replicas 0 and 1 (AUG: the time shift; DROPOUT: SeededDropout)
+    spec = dataclasses.replace(SIGNAL, model=model, setting=setting, epochs=1, dropout=0.2, augment=True)
+    a, b = (train_replica(dataclasses.replace(spec, replica=k), mnist1d) for k in (0, 1))
+    assert store.weights_hash(a.weights) != store.weights_hash(b.weights)
+    assert (a.perturbation is not None) == (setting == "ULP")
+
+
+def test_one_mnist1d_replica_without_probabilities_is_small(tmp_path):
+    """The real sizes: one cnn1d replica (4,000 train, 10,000 test examples) written with keep_probabilities
+    false and two snapshots takes under 60 KB on disk. Without the extra test sets (their first generation
+    takes ~80 s): the 20 sets' seeds, sizes and accuracies add ~1.2 KB to the manifest, left as margin."""
+    dataset = load_dataset("mnist1d", extra_sets=0)
+    spec = dataclasses.replace(SIGNAL, epochs=2, batch_size=128, keep_probabilities=False, snapshot_epochs=(1, 2))
+    path = store.write_replica(tmp_path, "cpu-1t", train_replica(spec, dataset))
+    size = sum(f.stat().st_size for f in path.iterdir())
+    assert size + 2_000 < 60_000, {f.name: f.stat().st_size for f in path.iterdir()}

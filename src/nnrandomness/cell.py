@@ -55,21 +55,25 @@ def run_cell(
     *,
     progress: bool = True,
     overwrite: bool = False,
+    dataset: data_mod.Dataset | None = None,
 ) -> pd.DataFrame:
     """Train and store the replicas of one cell (hardware x dataset x model x setting).
 
     Replicas already complete in the store are skipped (resume), interrupted ones resume from
     their checkpoint. When the setting promises bit-identical replicas (CONTROL), their hashes
     are compared at the end and a difference raises `store.DeterminismViolation`.
-    Returns the store's per-replica rows for the cell.
+    dataset: the loaded data of `base.dataset` (loaded here, once, when None; a caller that runs
+    several cells, or a test with a small MNIST-1D, passes it).
+    Returns the store's per-replica rows for the cell (with the extra test sets' accuracies, if any).
     """
     indices = list(range(replicas)) if isinstance(replicas, int) else list(replicas)
     if not indices:
         raise ValueError("replicas must be a positive count or a non-empty list of indices")
+    if dataset is not None and dataset.name != base.dataset:
+        raise ValueError(f"run_cell: the dataset passed is {dataset.name!r}, the spec's is {base.dataset!r}")
     for k in indices:  # validate everything before any work
-        validate_spec(dataclasses.replace(base, replica=k), check_data=(k == indices[0]))
+        validate_spec(dataclasses.replace(base, replica=k), check_data=(k == indices[0] and dataset is None))
     watch_runner()
-    dataset = None
     for k in indices:
         spec = dataclasses.replace(base, replica=k)
         path = store.replica_dir(root, hardware, spec.dataset, spec.model, spec.setting, k)

@@ -4,28 +4,70 @@ Every loader returns a `Dataset` of uint8 image tensors (N, C, H, W) and int64 l
 optional group attribute (for subgroup metrics) and class names. Small datasets stay on the
 device as uint8 and are augmented there a batch at a time (airbench-style): uint8 on the
 device is 4x smaller than floats and per-sample CPU transforms are the bottleneck otherwise.
+The one exception is MNIST-1D: real-valued signals, float32 (N, 1, 40), normalization "none".
 
 `digits` (scikit-learn's handwritten digits, which ships with scikit-learn) is the embedded
-default. Real datasets load from a data root (argument, then $NNRANDOMNESS_DATA); a missing one
-is an error saying where the files go. Nothing is ever downloaded.
+default; `mnist1d` (generated offline by the `mnist1d` package, cached) is the main testbed, with
+large test sets and further test sets from the same distribution. Real datasets load from a data
+root (argument, then $NNRANDOMNESS_DATA); a missing one is an error saying where the files go.
+Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
-from collections.abc import Callable
+import random
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .files import write_atomic
+
 DATA_ROOT_ENV = "NNRANDOMNESS_DATA"
 
 
 @dataclass
+class ExtraTests:
+    """Further test sets from the dataset's distribution, each made by `make(seed)` -> (x, y) on first use.
+
+    Generated lazily (only a run that evaluates them pays for them) and kept in memory once made,
+    so that one loaded dataset serves every replica of a cell.
+    """
+
+    seeds: tuple[int, ...]  # one generator seed per set, in evaluation order
+    make: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    _made: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def load(self, progress: bool = True) -> None:
+        """Make every set not yet in memory (a tqdm bar over them: minutes when the cache is cold)."""
+        missing = [s for s in self.seeds if s not in self._made]
+        if progress and missing:
+            from tqdm import tqdm
+
+            missing = tqdm(missing, desc="extra test sets", unit="set")
+        for seed in missing:
+            self._made[seed] = self.make(seed)
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(seed, x, y) of every set, in `seeds` order."""
+        self.load()
+        for seed in self.seeds:
+            yield (seed, *self._made[seed])
+
+
+@dataclass
 class Dataset:
-    """Train and test splits of one dataset, images as uint8 (N, C, H, W)."""
+    """Train and test splits of one dataset: images as uint8 (N, C, H, W), or signals as float32 (N, C, L)."""
 
     name: str
     x_train: torch.Tensor
@@ -42,6 +84,7 @@ class Dataset:
     augment_pad: int = 0  # pad-and-crop amount used by `augment`, in pixels
     augment_flip: bool = False  # horizontal flips make sense for photos, not for digits
     info: dict = field(default_factory=dict)  # provenance: source files, split rule
+    extra_tests: ExtraTests | None = None  # further test sets of the same distribution (mnist1d)
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +98,11 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.x_train.shape[-1])
 
+    @property
+    def input_dims(self) -> int:
+        """Spatial dimensions of an input: 2 for images (N, C, H, W), 1 for signals (N, C, L)."""
+        return self.x_train.dim() - 2
+
     def to(self, device) -> Dataset:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(
@@ -65,8 +113,10 @@ class Dataset:
 
 # ----------------------------------------------------------------------------- preprocessing
 def to_float(x: torch.Tensor, normalization: str) -> torch.Tensor:
-    """uint8 images -> float32 model inputs."""
+    """uint8 images -> float32 model inputs; "none" takes real-valued inputs as they are (MNIST-1D)."""
     x = x.float()
+    if normalization == "none":
+        return x
     if normalization == "unit":
         return x / 255.0
     if normalization == "standardize":
@@ -75,15 +125,18 @@ def to_float(x: torch.Tensor, normalization: str) -> torch.Tensor:
         mean = flat.mean(1).view(-1, 1, 1, 1)
         std = flat.std(1, correction=0).clamp_min(1.0 / flat.shape[1] ** 0.5).view(-1, 1, 1, 1)
         return (x - mean) / std
-    raise ValueError(f"unknown normalization {normalization!r}; valid: 'unit', 'standardize'")
+    raise ValueError(f"unknown normalization {normalization!r}; valid: 'unit', 'standardize', 'none'")
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random pad-and-crop and horizontal flip of a uint8 batch, on its device, in one go.
 
     All draws come from `generator` (the augmentation stream), one call per batch, so the
-    augmentation of a replica depends only on its seed and the batch sequence.
+    augmentation of a replica depends only on its seed and the batch sequence. A batch of
+    signals (N, C, L) is shifted in time instead (`augment_signal`).
     """
+    if x.dim() == 3:
+        return augment_signal(x, pad, flip, generator)
     n, _, h, w = x.shape
     if pad:
         shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=generator.device).to(x.device)
@@ -97,6 +150,21 @@ def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -
     if flip:
         mask = torch.rand(n, generator=generator, device=generator.device).to(x.device) < 0.5
         x = torch.where(mask.view(n, 1, 1, 1), x.flip(-1), x)
+    return x
+
+
+def augment_signal(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random zero-pad-and-crop along time (a shift of up to `pad` steps either way) and time
+    reversal of a batch of signals (N, C, L); draws from `generator` like `augment`."""
+    n, _, length = x.shape
+    if pad:
+        shifts = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
+        padded = torch.nn.functional.pad(x, (pad, pad))
+        cols = (shifts.view(n, 1) + torch.arange(length, device=x.device)).view(n, 1, length)
+        x = padded.gather(2, cols.expand(-1, x.shape[1], -1))
+    if flip:
+        mask = torch.rand(n, generator=generator, device=generator.device).to(x.device) < 0.5
+        x = torch.where(mask.view(n, 1, 1), x.flip(-1), x)
     return x
 
 
@@ -164,6 +232,204 @@ def load_digits_groups(root=None) -> Dataset:
         g_test=g_test,
         group_name="inverted",
         info={**d.info, "attribute": "inverted contrast, P(inv|even)=0.9, P(inv|odd)=0.1, default_rng(1)"},
+    )
+
+
+# ----------------------------------------------------------------------------- MNIST-1D
+# Greydanus & Kobak, "Scaling down deep learning with MNIST-1D" (ICML 2024; the `mnist1d` package,
+# Apache-2.0): ten 1D templates, randomly padded, translated, scaled, sheared and noised into
+# signals of 40 steps. Generated here with `mnist1d.data.make_dataset` only (its `get_dataset`
+# downloads). Train: the canonical 4,000 (the package's default arguments, seed 42, first 80 %);
+# test: 10,000 from MNIST1D_TEST_SEED; MNIST1D_EXTRA_SEEDS: 20 further test sets of 10,000, so that
+# variance over the data distribution can be measured directly. Each generated set is standardised
+# by the package with the mean and std of that whole set (train and test of the canonical set
+# together; each test set with its own), so a set's scale differs from another's by that much.
+MNIST1D_TRAIN_SEED = 42  # the package's default: its canonical 4,000 / 1,000 split
+MNIST1D_TEST_SEED = 1  # the main test set (ours: another seed than the training set's)
+MNIST1D_EXTRA_SEEDS = tuple(range(101, 121))  # 20 further test sets, one generator seed each
+MNIST1D_TEST_SIZE = 10_000  # examples per test set (1,000 per class: the generator balances classes)
+MNIST1D_CACHE = "cache"  # under the data root, else under the checkout's data/ (git-ignored)
+
+
+def mnist1d_cache_dir(root=None) -> Path:
+    """Where generated MNIST-1D arrays are cached: ``<data root>/cache`` when a data root is given
+    (argument or $NNRANDOMNESS_DATA), else ``data/cache`` of the checkout this package runs from."""
+    base = data_root(root)
+    return (base if base is not None else Path(__file__).resolve().parents[2] / "data") / MNIST1D_CACHE
+
+
+def _mnist1d_args(seed: int, num_samples: int, train_split: float) -> dict:
+    """The generator's full argument set: the package's defaults with seed, size and split replaced."""
+    from mnist1d.data import get_dataset_args
+
+    return {**get_dataset_args(as_dict=True), "seed": seed, "num_samples": num_samples, "train_split": train_split}
+
+
+def _arrays_sha256(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in (x, y):
+        h.update(f"{a.dtype}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def generate_mnist1d(args: dict) -> tuple[np.ndarray, np.ndarray]:
+    """All examples of `make_dataset(args)` (its train part, then its test part): x float32 (N, 1, L),
+    y int64 (N,). The package seeds Python's and NumPy's *global* generators (`set_seed`); both
+    states are saved before and restored after, so the caller's global randomness is untouched."""
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        d = make_dataset(ObjectView(dict(args)))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)[:, None, :]
+    return x, np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
+
+
+def mnist1d_arrays(seed: int, num_samples: int, train_split: float, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`generate_mnist1d` of these arguments, through the cache.
+
+    The file is ``mnist1d-<SHA-256 of the arguments and the package version>.npz`` holding x, y and
+    the SHA-256 of x and y; a file that does not load or fails its hash is regenerated with a warning.
+    Written atomically (`files.write_atomic`), so a killed run leaves no half file.
+    """
+    from importlib.metadata import version
+
+    args = _mnist1d_args(seed, num_samples, train_split)
+    key = json.dumps({"args": args, "mnist1d": version("mnist1d")}, sort_keys=True)
+    path = Path(cache_dir) / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:32]}.npz"
+    if path.exists():
+        try:
+            # From bytes: np.load of a damaged file would leave its handle open when it fails.
+            with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
+                x, y, stored = f["x"], f["y"], str(f["sha256"])
+            if _arrays_sha256(x, y) == stored:
+                return x, y
+            reason = "its arrays fail their SHA-256"
+        except Exception as e:  # a truncated or foreign file: regenerate, it is only a cache
+            reason = f"it does not load ({type(e).__name__})"
+        warnings.warn(
+            f"MNIST-1D cache file {path} is damaged ({reason}); regenerating it", RuntimeWarning, stacklevel=2
+        )
+    x, y = generate_mnist1d(args)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y, sha256=np.array(_arrays_sha256(x, y)), arguments=np.array(key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buffer.getvalue(), "nothing (a cache file: the next load generates it again)")
+    return x, y
+
+
+def load_mnist1d(root=None, **options) -> Dataset:
+    """MNIST-1D: train on the canonical 4,000, test on 10,000 from another seed; 20 extra test sets.
+
+    Options (for tests and small machines): train_pool=5000 (num_samples of the canonical set, of which
+    the first 80 % train), test_size=10000 and extra_size=10000 (examples per test set; a multiple of 10
+    keeps the classes balanced), extra_sets=20 (how many of MNIST1D_EXTRA_SEEDS), augment_pad=2 (time
+    shift of the "aug" source, in steps). Measured cold (2 busy cores): 8 s for train + test, 82 s
+    for the 20 extra sets (made only when a run evaluates them); cached: 0.01 s.
+    """
+    opts = _options(
+        "mnist1d",
+        options,
+        {
+            "train_pool": 5000,
+            "test_size": MNIST1D_TEST_SIZE,
+            "extra_size": MNIST1D_TEST_SIZE,
+            "extra_sets": 20,
+            "augment_pad": 2,
+        },
+    )
+    for option in ("train_pool", "test_size", "extra_size"):
+        _count("mnist1d", option, opts[option])
+    if not 0 <= opts["extra_sets"] <= len(MNIST1D_EXTRA_SEEDS):
+        raise ValueError(f"mnist1d: extra_sets must be in 0..{len(MNIST1D_EXTRA_SEEDS)}, got {opts['extra_sets']!r}")
+    cache = mnist1d_cache_dir(root)
+    x, y = mnist1d_arrays(MNIST1D_TRAIN_SEED, opts["train_pool"], 0.8, cache)
+    n_train = int(opts["train_pool"] * 0.8)  # make_dataset's own split index
+    x_test, y_test = mnist1d_arrays(MNIST1D_TEST_SEED, opts["test_size"], 0.0, cache)
+    t = torch.from_numpy
+
+    def extra(seed: int):
+        return tuple(map(t, mnist1d_arrays(seed, opts["extra_size"], 0.0, cache)))
+
+    return Dataset(
+        name="mnist1d",
+        x_train=t(x[:n_train]),
+        y_train=t(y[:n_train]),
+        x_test=t(x_test),
+        y_test=t(y_test),
+        classes=[str(i) for i in range(10)],
+        normalization="none",  # already standardised by the generator
+        augment_pad=opts["augment_pad"],
+        info={
+            "source": "mnist1d.data.make_dataset (generated offline, cached)",
+            "split": f"train: seed {MNIST1D_TRAIN_SEED}, first {n_train} of {opts['train_pool']}; "
+            f"test: seed {MNIST1D_TEST_SEED}, {opts['test_size']} examples",
+            "extra_tests": f"seeds {MNIST1D_EXTRA_SEEDS[: opts['extra_sets']]}, {opts['extra_size']} examples each",
+        },
+        extra_tests=ExtraTests(MNIST1D_EXTRA_SEEDS[: opts["extra_sets"]], extra),
+    )
+
+
+# In mnist1d_groups the signal is shifted up by MNIST1D_OFFSET (one standard deviation of the
+# standardised signals) with a class-dependent rate in training, as digits_groups inverts contrast:
+# shifted is common for even digits and rare for odd ones, so a model can take the level as a
+# shortcut to the label's parity. In every test set the rate is MNIST1D_TEST_GROUP_RATE for every
+# class, so that each (label, shifted) subgroup holds about 500 of its class's 1,000 test examples
+# (at least 300: tests/test_data.py checks the real set). Measured (cnn1d, 30 epochs, batch 128, Adam
+# 0.01, two ALGO replicas): 90 % test accuracy, 85 % on the rare subgroups against 95 % on the common
+# ones, 13 % churn. A polarity flip (x -> -x) was tried first and is too strong a shortcut (56 % test
+# accuracy, 32 % on the rare subgroups); time reversal gave 78 % (64 % rare).
+MNIST1D_OFFSET = 1.0
+MNIST1D_TEST_GROUP_RATE = 0.5
+MNIST1D_GROUP_SEED = 1  # the attribute's own generator: part of the data, not a noise source
+
+
+def _shift(x: torch.Tensor, y: torch.Tensor, rate: dict[int, float], seed: int):
+    """(x + MNIST1D_OFFSET where the attribute is drawn, the attribute) with P(shifted | label) =
+    rate[label % 2], drawn from numpy's PCG64 seeded with (MNIST1D_GROUP_SEED, seed): isolated and the
+    same on every machine."""
+    p = np.where(y.numpy() % 2 == 0, rate[0], rate[1])
+    g = torch.from_numpy((np.random.default_rng([MNIST1D_GROUP_SEED, seed]).random(len(p)) < p).astype(np.int64))
+    return torch.where(g.view(-1, 1, 1).bool(), x + MNIST1D_OFFSET, x), g
+
+
+def load_mnist1d_groups(root=None, **options) -> Dataset:
+    """MNIST-1D plus a nuisance attribute "shifted" (x + 1, a constant offset), correlated with the label in training.
+
+    Train (4,000): P(shifted | even) = 0.9, P(shifted | odd) = 0.1 (GROUP_RATE, as digits_groups), so
+    (odd, shifted) and (even, plain) are rare, about 40 examples per class. Test (10,000) and every extra
+    test set: P(shifted) = 0.5 for every class, so each of the 20 (label, shifted) subgroups has about
+    500 examples (at least 300). Options as `load_mnist1d`.
+    """
+    d = load_mnist1d(root, **options)
+    balanced = {0: MNIST1D_TEST_GROUP_RATE, 1: MNIST1D_TEST_GROUP_RATE}
+    x_train, g_train = _shift(d.x_train, d.y_train, GROUP_RATE, MNIST1D_TRAIN_SEED)
+    x_test, g_test = _shift(d.x_test, d.y_test, balanced, MNIST1D_TEST_SEED)
+    make = d.extra_tests.make
+
+    def extra(seed: int):
+        x, y = make(seed)
+        return _shift(x, y, balanced, seed)[0], y
+
+    return replace(
+        d,
+        name="mnist1d_groups",
+        x_train=x_train,
+        x_test=x_test,
+        g_train=g_train,
+        g_test=g_test,
+        group_name="shifted",
+        info={
+            **d.info,
+            "attribute": f"constant offset x + {MNIST1D_OFFSET}; train P(shifted|even)=0.9, P(shifted|odd)=0.1; "
+            f"test P(shifted)=0.5; default_rng([{MNIST1D_GROUP_SEED}, generator seed])",
+        },
+        extra_tests=ExtraTests(d.extra_tests.seeds, extra),
     )
 
 
@@ -560,12 +826,20 @@ def not_found_error(name: str, where: Path | None, expected: str) -> FileNotFoun
 LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": load_digits,
     "digits_groups": load_digits_groups,
+    "mnist1d": load_mnist1d,
+    "mnist1d_groups": load_mnist1d_groups,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "celeba": load_celeba,
     "imagenet": load_imagenet,
 }
-EMBEDDED = ("digits", "digits_groups")  # need no data root
+EMBEDDED = ("digits", "digits_groups", "mnist1d", "mnist1d_groups")  # need no data root
+SIGNALS = ("mnist1d", "mnist1d_groups")  # 1D inputs (N, C, L); every other dataset holds images (N, C, H, W)
+
+
+def input_dims(name: str) -> int:
+    """Spatial dimensions of dataset `name`'s inputs (1: signals, 2: images), known without loading it."""
+    return 1 if name in SIGNALS else 2
 
 
 def check_dataset(name: str, root=None) -> None:

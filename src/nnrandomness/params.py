@@ -227,6 +227,21 @@ PARAMETERS: dict[str, Parameter] = {
             500,
             _integer(1),
         ),
+        # --- MNIST-1D testbed (issue 9): prediction snapshots and the store's size
+        Parameter(
+            "snapshot_epochs",
+            (list,),
+            "epochs after which the test predictions are also stored (each in 1 .. epochs)",
+            [],
+            _milestones,
+        ),
+        Parameter(
+            "keep_probabilities",
+            (bool,),
+            "store the test softmax probabilities (false: predictions only, a much smaller store)",
+            True,
+        ),
+        # --- end MNIST-1D testbed
         Parameter("data_root", (str,), "root of the real datasets; empty: $NNRANDOMNESS_DATA", ""),
         Parameter("output_root", (str,), "the run store; empty: a fresh temporary directory"),
         Parameter(

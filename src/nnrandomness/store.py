@@ -2,7 +2,9 @@
 
 Layout: ``<root>/<hardware>/<dataset>/<model>/<setting>/replica-<k>/`` holding
 
-* ``predictions.parquet``: one row per test example (label, group, prediction, probabilities);
+* ``predictions.parquet``: one row per test example (label, group, prediction, the softmax
+  probabilities ``prob_<k>`` unless the spec keeps none, and ``prediction_epoch_<e>`` for every
+  snapshot epoch e);
 * ``history.parquet``: one row per epoch;
 * ``weights.safetensors``: the final state_dict (parameters and buffers);
 * ``manifest.json``: spec, seeds, environment, backend flags, timings, content hashes and the
@@ -102,11 +104,36 @@ def weights_hash(weights: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def predictions_hash(predictions: np.ndarray, probabilities: np.ndarray) -> str:
+def predictions_hash(predictions: np.ndarray, probabilities: np.ndarray | None) -> str:
+    """SHA-256 of the final predictions (int64) and probabilities (float32); of the predictions alone
+    when a replica keeps no probabilities."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(predictions, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(probabilities, dtype=np.float32).tobytes())
+    if probabilities is not None:
+        h.update(np.ascontiguousarray(probabilities, dtype=np.float32).tobytes())
     return h.hexdigest()
+
+
+def snapshot_column(epoch: int) -> str:
+    """The predictions.parquet column of the test predictions after `epoch`."""
+    return f"prediction_epoch_{epoch}"
+
+
+# How predictions.parquet is written when a replica keeps no probabilities (the large stores: 10,000
+# test examples x ~750 replicas): the example ids 0..N-1 delta-encoded (dictionary-encoded they cost
+# 40 KB of 10,000), zstd. 11 KB instead of 70 KB for 10,000 examples; a replica with probabilities
+# keeps pandas' defaults, so the digits store's files stay byte for byte what they were.
+def _compact(columns) -> dict:
+    return {
+        "compression": "zstd",
+        "use_dictionary": [c for c in columns if c != "example"],
+        "column_encoding": {"example": "DELTA_BINARY_PACKED"},
+    }
+
+
+def _class_dtype(num_classes: int):
+    """The smallest integer type that holds every class index (int8 up to 127 classes)."""
+    return np.int8 if num_classes <= np.iinfo(np.int8).max + 1 else np.int16
 
 
 def _json_default(o):
@@ -162,8 +189,8 @@ def write_replica(root, hardware: str, result) -> Path:
 
     result: a `train.ReplicaResult`, duck-typed (store is on the ground floor and imports nothing
     of train): read are its spec (dataset, model, setting, replica, noise, to_dict()), seeds,
-    history, predictions, probabilities, labels, groups, weights, backend, environment,
-    perturbation, timings and resumed_from_epoch.
+    history, predictions, probabilities (None: none kept), labels, groups, weights, backend,
+    environment, perturbation, timings, resumed_from_epoch, snapshots and extra_tests.
 
     Every file is serialised in memory and written by `files.write_atomic`, so that a full disk raises an
     OSError naming the file and what was kept (the replica's checkpoint: a re-run resumes from it);
@@ -179,7 +206,7 @@ def write_replica(root, hardware: str, result) -> Path:
         else "no manifest, so the replica counts as incomplete"
     )
 
-    n, c = result.probabilities.shape
+    n = len(result.predictions)
     preds = pd.DataFrame(
         {
             "example": np.arange(n, dtype=np.int64),
@@ -188,9 +215,19 @@ def write_replica(root, hardware: str, result) -> Path:
             "prediction": result.predictions.astype(np.int64),
         }
     )
-    probs = pd.DataFrame(result.probabilities, columns=[f"prob_{k}" for k in range(c)])
+    columns = [preds]
+    if result.probabilities is not None:
+        c = result.probabilities.shape[1]
+        columns.append(pd.DataFrame(result.probabilities, columns=[f"prob_{k}" for k in range(c)]))
+    snapshots = result.snapshots
+    if snapshots:  # a small integer type: 10,000 examples cost 10 KB per snapshot instead of 80
+        dtype = _class_dtype(int(max(result.labels.max(), *(p.max() for p in snapshots.values()))) + 1)
+        columns.append(pd.DataFrame({snapshot_column(e): p.astype(dtype) for e, p in sorted(snapshots.items())}))
+    table = pd.concat(columns, axis=1)
     contents = {
-        "predictions.parquet": pd.concat([preds, probs], axis=1).to_parquet(index=False),
+        "predictions.parquet": table.to_parquet(
+            index=False, **(_compact(table.columns) if result.probabilities is None else {})
+        ),
         "history.parquet": result.history.to_parquet(index=False),
         "weights.safetensors": save_weights({k: v.contiguous() for k, v in result.weights.items()}),
     }
@@ -214,6 +251,9 @@ def write_replica(root, hardware: str, result) -> Path:
         "perturbation": result.perturbation,
         "timings": result.timings,
         "resumed_from_epoch": result.resumed_from_epoch,
+        "has_probabilities": result.probabilities is not None,
+        "snapshot_epochs": sorted(snapshots),
+        "extra_tests": result.extra_tests,
         "final": {k: float(v) for k, v in final.items()},
         "weights_hash": weights_hash(result.weights),
         "predictions_hash": predictions_hash(result.predictions, result.probabilities),
@@ -269,6 +309,26 @@ def manifest_error(manifest) -> str | None:
             return f"{key} must map names to numbers"
     if e := path_component_error(manifest["hardware"]):
         return f"hardware {e}"
+    return _optional_error(manifest)
+
+
+def _optional_error(manifest: dict) -> str | None:
+    """The keys that newer writers add (absent from older manifests), checked where present:
+    has_probabilities, snapshot_epochs, extra_tests (null, or lists seeds, n, accuracy of one length)."""
+    if not isinstance(manifest.get("has_probabilities", True), bool):
+        return "has_probabilities must be true/false"
+    epochs = manifest.get("snapshot_epochs", [])
+    if not isinstance(epochs, list) or not all(isinstance(e, int) and not isinstance(e, bool) for e in epochs):
+        return "snapshot_epochs must be a list of integers"
+    extra = manifest.get("extra_tests")
+    if extra is None:
+        return None
+    if not isinstance(extra, dict) or not all(isinstance(extra.get(k), list) for k in ("seeds", "n", "accuracy")):
+        return "extra_tests must be null or an object with lists seeds, n and accuracy"
+    if not len(extra["seeds"]) == len(extra["n"]) == len(extra["accuracy"]):
+        return "extra_tests.seeds, n and accuracy must have one length"
+    if not all(_json_type(v) == "a number" for k in ("seeds", "n", "accuracy") for v in extra[k]):
+        return "extra_tests must hold numbers"
     return None
 
 
@@ -459,12 +519,19 @@ def iter_replica_dirs(root, **filters):
     yield from sorted(p for p in Path(root).glob(pattern) if p.is_dir())
 
 
-def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filters) -> Runs:
+def load_runs(root, *, probabilities: bool = False, snapshots: bool = False, verify: bool = True, **filters) -> Runs:
     """Load every complete replica under `root`. Incomplete or damaged ones (a manifest missing,
     unreadable or of the wrong shape, e.g. recording no meaning of its setting; a file failing its
     checksum) are reported in `problems` with their path and reason (and a warning is printed),
-    never returned as results."""
-    rows, preds, hists, problems = [], [], [], []
+    never returned as results.
+
+    probabilities: keep the ``prob_<k>`` columns; a ValueError names the replicas written without
+    them (keep_probabilities false). snapshots: keep the ``prediction_epoch_<e>`` columns (the
+    predictions after epoch e; `prediction_matrix(cell.predictions, snapshot_column(e))`).
+    `replicas` lists, per replica, ``has_probabilities``, ``snapshot_epochs`` and the accuracy and
+    size of each extra test set, ``extra_accuracy`` and ``extra_n`` (empty lists where the dataset has none).
+    """
+    rows, preds, hists, problems, without = [], [], [], [], []
     for path in iter_replica_dirs(root, **filters):
         try:  # a manifest of the wrong shape is refused here, before anything below reads it
             m = read_manifest(path, verify)
@@ -499,14 +566,28 @@ def load_runs(root, *, probabilities: bool = False, verify: bool = True, **filte
                 "varied": tuple(sorted(meaning["varied"])),
                 "deterministic": bool(meaning["deterministic"]),
                 "perturb_ulp": bool(meaning["perturb_ulp"]),
+                # Written by every writer since the MNIST-1D testbed; older manifests kept probabilities.
+                "has_probabilities": bool(m.get("has_probabilities", True)),
+                "snapshot_epochs": list(m.get("snapshot_epochs") or []),
+                "extra_accuracy": list((m.get("extra_tests") or {}).get("accuracy", [])),
+                "extra_n": list((m.get("extra_tests") or {}).get("n", [])),
             }
         )
+        if probabilities and not rows[-1]["has_probabilities"]:
+            without.append(str(path))
         p = pd.read_parquet(path / "predictions.parquet")
-        if not probabilities:
-            p = p[["example", "label", "group", "prediction"]]
+        keep = ["example", "label", "group", "prediction"]
+        keep += [c for c in p.columns if (probabilities and c.startswith("prob_"))]
+        keep += [c for c in p.columns if (snapshots and c.startswith("prediction_epoch_"))]
+        p = p[keep]
         p["correct"] = p["prediction"] == p["label"]
         preds.append(p.assign(**key))
         hists.append(pd.read_parquet(path / "history.parquet").assign(**key))
+    if without:
+        raise ValueError(
+            f"{len(without)} replica(s) hold no probabilities (trained with keep_probabilities false): "
+            f"{without[:3]}; load with probabilities=False, or re-run them with keep_probabilities true"
+        )
     if problems:
         import warnings
 

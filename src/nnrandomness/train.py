@@ -61,6 +61,8 @@ class ReplicaSpec:
     threads: int | None = _RECIPE["threads"]  # None leaves torch's thread count alone
     precision: str = _RECIPE["precision"]
     eval_batch_size: int = _RECIPE["eval_batch_size"]
+    snapshot_epochs: tuple[int, ...] = tuple(_RECIPE["snapshot_epochs"])  # test predictions also kept after these
+    keep_probabilities: bool = _RECIPE["keep_probabilities"]  # False: the store keeps predictions only
     data_root: str | None = None  # real datasets' root (else $NNRANDOMNESS_DATA)
     fill_uninitialized_memory: bool | None = None  # None: torch's default with the flag
     cublas_workspace_config: str | None = None  # recorded factor; None leaves it unset
@@ -68,6 +70,7 @@ class ReplicaSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
+        d["snapshot_epochs"] = list(self.snapshot_epochs)
         return d
 
     @classmethod
@@ -77,17 +80,22 @@ class ReplicaSpec:
         The one mapping from parameters to a spec: the notebook and the runner (`plan.Job.spec`) use it.
         """
         fields = {n: values[n] for n in _PARAMETER_FIELDS}
-        fields.update(lr_milestones=tuple(values["lr_milestones"]), data_root=values["data_root"] or None)
+        fields.update(
+            lr_milestones=tuple(values["lr_milestones"]),
+            snapshot_epochs=tuple(values["snapshot_epochs"]),
+            data_root=values["data_root"] or None,
+        )
         return cls(**fields, setting=setting, replica=replica)
 
     def parameters(self) -> dict:
         """The notebook parameters this spec's fields hold, written as the notebook writes them."""
         values = {n: getattr(self, n) for n in _PARAMETER_FIELDS}
-        milestones = self.lr_milestones
+        as_list = lambda v: list(v) if isinstance(v, (tuple, list)) else v  # noqa: E731 (a wrong type stays, to be refused)
         values.update(
             settings=[self.setting],
             data_root=self.data_root or "",
-            lr_milestones=list(milestones) if isinstance(milestones, (tuple, list)) else milestones,
+            lr_milestones=as_list(self.lr_milestones),
+            snapshot_epochs=as_list(self.snapshot_epochs),
         )
         if self.threads is None:  # a spec may leave torch's thread count alone; a notebook may not
             del values["threads"]
@@ -127,11 +135,29 @@ def validate_spec(spec: ReplicaSpec, check_data: bool = True) -> None:
         errors.append(f"weight_decay must be >= 0, got {spec.weight_decay!r}")
     if not errors and (e := params.setting_error(spec.setting, values)):
         errors.append(e)
+    if not errors and (e := snapshot_error(spec.snapshot_epochs, spec.epochs)):
+        errors.append(e)
+    if not errors:
+        try:  # known without loading the data: a 2D model on signals fails here, listing the valid models
+            models.check_input_dims(spec.model, data_mod.input_dims(spec.dataset))
+        except ValueError as e:
+            errors.append(f"dataset {spec.dataset!r}: {e}")
     if errors:
         raise ValueError("; ".join(errors))
     noise.validate_backend(spec.backend())  # the cuBLAS workspace setting
     if check_data:  # files on disk (skipped when the caller passes the loaded data)
         data_mod.check_dataset(spec.dataset, spec.data_root)
+
+
+def snapshot_error(snapshot_epochs, epochs: int) -> str | None:
+    """Why `snapshot_epochs` (positive epoch numbers, checked by params) cannot be snapshots of a run
+    of `epochs` epochs: an epoch past the last one, or one given twice; None when they can."""
+    late = sorted(e for e in snapshot_epochs if e > epochs)
+    if late:
+        return f"snapshot_epochs must lie in 1 .. epochs ({epochs}), got {params.quote(late)} past the last epoch"
+    if len(set(snapshot_epochs)) != len(snapshot_epochs):
+        return f"snapshot_epochs must not repeat an epoch, got {params.quote(list(snapshot_epochs))}"
+    return None
 
 
 # ----------------------------------------------------------------------------- results
@@ -143,7 +169,7 @@ class ReplicaResult:
     seeds: dict[str, int]
     history: pd.DataFrame  # one row per epoch
     predictions: np.ndarray  # (N,) predicted class per test example
-    probabilities: np.ndarray  # (N, C) float32 softmax
+    probabilities: np.ndarray | None  # (N, C) float32 softmax; None when the spec keeps no probabilities
     labels: np.ndarray  # (N,) test labels
     groups: np.ndarray | None  # (N,) group attribute, or None
     weights: dict[str, torch.Tensor]  # final state_dict on the CPU (parameters and buffers)
@@ -152,6 +178,9 @@ class ReplicaResult:
     perturbation: dict | None = None
     timings: dict = field(default_factory=dict)
     resumed_from_epoch: int | None = None
+    snapshots: dict[int, np.ndarray] = field(default_factory=dict)  # epoch -> (N,) test predictions after it
+    # The dataset's extra test sets, evaluated at the end: {"seeds": [...], "n": [...], "accuracy": [...]}.
+    extra_tests: dict | None = None
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -422,9 +451,10 @@ def train_replica(
         model, opt, gens = replica.model, replica.opt, replica.gens
 
         start_epoch_index, rows, resumed_from, train_seconds = 0, [], None, 0.0
+        snapshots: dict[int, torch.Tensor] = {}  # epoch -> test predictions (int64, CPU)
         if ckpt_path is not None and (ckpt := _resume(ckpt_path, spec, replica)) is not None:
             start_epoch_index, rows, resumed_from = ckpt["epoch"], ckpt["history"], ckpt["epoch"]
-            train_seconds = ckpt["train_seconds"]
+            train_seconds, snapshots = ckpt["train_seconds"], dict(ckpt.get("snapshots", {}))
 
         n = len(ds.y_train)
         epochs = range(start_epoch_index, spec.epochs)
@@ -465,6 +495,8 @@ def train_replica(
                     "seconds": epoch_seconds,
                 }
             )
+            if epoch + 1 in spec.snapshot_epochs:  # the evaluation above ran anyway: a snapshot draws nothing
+                snapshots[epoch + 1] = test_logits.argmax(1).cpu()
             if ckpt_path is not None:
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 state = {
@@ -476,6 +508,8 @@ def train_replica(
                     "history": rows,
                     "train_seconds": train_seconds,
                 }
+                if spec.snapshot_epochs:  # only then: a run without snapshots keeps its checkpoint's keys
+                    state["snapshots"] = snapshots
                 kept = f"the checkpoint after epoch {epoch}" if epoch else "nothing (this was the first checkpoint)"
                 save_checkpoint(state, ckpt_path, kept)
 
@@ -485,6 +519,9 @@ def train_replica(
         )
         probabilities = torch.softmax(logits, 1)
         eval_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        extra_tests = evaluate_extra_tests(model, ds, spec, progress)
+        extra_seconds = time.perf_counter() - t0
         env = environment.fingerprint(device)
 
     return ReplicaResult(
@@ -492,7 +529,7 @@ def train_replica(
         seeds=replica.seeds,
         history=pd.DataFrame(rows),
         predictions=logits.argmax(1).cpu().numpy(),
-        probabilities=probabilities.cpu().numpy().astype(np.float32),
+        probabilities=probabilities.cpu().numpy().astype(np.float32) if spec.keep_probabilities else None,
         labels=ds.y_test.cpu().numpy(),
         groups=None if ds.g_test is None else ds.g_test.cpu().numpy(),
         weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -502,7 +539,27 @@ def train_replica(
         timings={
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
+            "extra_eval_seconds": extra_seconds if extra_tests else None,
             "examples_per_second": n * spec.epochs / train_seconds if train_seconds else None,
         },
         resumed_from_epoch=resumed_from,
+        snapshots={e: p.numpy() for e, p in sorted(snapshots.items())},
+        extra_tests=extra_tests,
     )
+
+
+def evaluate_extra_tests(model, ds: data_mod.Dataset, spec: ReplicaSpec, progress: bool = False) -> dict | None:
+    """Accuracy of `model` on each of the dataset's extra test sets (same eval batch size and precision as
+    the main test set): {"seeds": [...], "n": [...], "accuracy": [...]}, or None when it has none.
+    The sets are made on first use (`data.ExtraTests`), with a bar when `progress`."""
+    if not ds.extra_tests:
+        return None
+    ds.extra_tests.load(progress=progress)
+    out = {"seeds": [], "n": [], "accuracy": []}
+    for seed, x, y in ds.extra_tests:
+        x, y = x.to(spec.device), y.to(spec.device)
+        logits, _ = evaluate(model, x, y, ds.normalization, spec.eval_batch_size, spec.precision, spec.device)
+        out["seeds"].append(int(seed))
+        out["n"].append(len(y))
+        out["accuracy"].append(float((logits.argmax(1) == y).float().mean()))
+    return out
