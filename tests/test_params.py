@@ -234,3 +234,21 @@ def test_unknown_names_are_the_plain_data_that_is_no_parameter():
         "fn": len,
     }
     assert params.unknown_names(namespace, PARAMETERS) == {"epoch", "lrs", "opts"}
+
+
+def test_the_recipe_as_a_whole_is_checked_before_any_data_is_loaded():
+    values = {**params.RECIPE_DEFAULTS, "dataset": "mnist1d", "model": "smallcnn", "epochs": 3}
+    values["snapshot_epochs"] = [2, 5]
+    errors = params.recipe_errors(values)
+    assert errors == [
+        "snapshot_epochs must lie in 1 .. epochs (3), got [5] past the last epoch",
+        "dataset 'mnist1d': model 'smallcnn' cannot take 1D signals (N, C, L); valid models for them: "
+        "cnn1d, cnn1d_bn, mlp1d",
+    ]
+    assert params.recipe_errors({**values, "model": "cnn1d", "snapshot_epochs": [1, 3]}) == []
+    assert params.recipe_errors({**values, "model": "cnn1d", "snapshot_epochs": [2, 2]}) == [
+        "snapshot_epochs must not repeat an epoch, got [2, 2]"
+    ]
+    whole = {**values, "settings": ["ALGO"], "replicas": 2, "output_root": "", "snapshot_epochs": []}
+    with pytest.raises(ValueError, match="cannot take 1D signals"):
+        params.check_parameters(whole, check_machine=False)

@@ -63,25 +63,31 @@ def at_root(monkeypatch):
 def test_default_plan_expands_to_the_study():
     p = load_plan(ROOT / "plans" / "default.yaml")
     names = [j.name for j in p.jobs]
-    assert len(names) == len(set(names)) == 2 * 2 * 4 + 5 + 2
-    for dataset in ("digits", "digits_groups"):
-        for model in ("smallcnn", "smallcnn_bn"):
-            assert {f"cpu-1t/{dataset}/{model}/{s}" for s in PAPER_SETTINGS} <= set(names)
-    assert {f"cpu-1t/digits/smallcnn/{s}" for s in ("INIT", "ORDER", "AUG", "DROPOUT", "ULP")} <= set(names)
-    assert {j.name for j in p.jobs if j.threads == 2} == {f"cpu-2t/digits/smallcnn/{s}" for s in ("CONTROL", "ALGO")}
-    assert all(j.replicas >= 10 and j.parameters["device"] == "cpu" for j in p.jobs)
-    # one recipe for the whole plan: jobs differ only by what names the job
-    recipes = {
-        json.dumps(
-            {k: v for k, v in j.parameters.items() if k not in ("dataset", "model", "settings", "threads", "hardware")},
-            sort_keys=True,
-        )
-        for j in p.jobs
+    assert len(names) == len(set(names)) == 29
+    main = "cpu-1t/mnist1d/cnn1d"
+    # issue 9: at least 100 replicas of ALGO, each single source and ULP on the main cell; 30 on the others
+    assert {j.setting: j.replicas for j in p.jobs if j.name.startswith(main + "/") and j.replicas >= 100} == {
+        s: 100 for s in ("ALGO", "INIT", "ORDER", "AUG", "DROPOUT", "ULP")
     }
+    assert {f"{main}/{s}" for s in PAPER_SETTINGS} <= set(names)
+    others = {"cpu-1t/mnist1d/cnn1d_bn/ALGO", "cpu-1t/mnist1d/mlp1d/ALGO", "cpu-1t/mnist1d_groups/cnn1d/ALGO"}
+    assert {j.name: j.replicas for j in p.jobs if j.name in others} == dict.fromkeys(others, 30)
+    # the CPU's tooling configurations: threads 1-4 x the ATen capability, each with CONTROL's seeds
+    configurations = {f"cpu-{t}t{c}" for t in (1, 2, 3, 4) for c in ("", "-avx2")}
+    assert {
+        j.name.split("/")[0] for j in p.jobs if j.setting == "CONTROL" and "/cnn1d/" in j.name and "/mnist1d/" in j.name
+    } == configurations
+    assert {j.name.split("/")[0] for j in p.jobs if j.setting == "ALGO" and j.name.endswith("/mnist1d/cnn1d/ALGO")} == (
+        configurations
+    )
+    assert all(j.parameters["device"] == "cpu" for j in p.jobs)
+    # one recipe for the whole plan: jobs differ only by what names the job
+    named = ("dataset", "model", "settings", "replicas", "threads", "cpu_capability", "hardware")
+    recipes = {json.dumps({k: v for k, v in j.parameters.items() if k not in named}, sort_keys=True) for j in p.jobs}
     assert len(recipes) == 1
     # paths as written (relative to the repository root, where the runner is started)
     assert all(j.parameters["output_root"] == "data/runs" for j in p.jobs)
-    assert p.jobs[0].executed == ROOT / "data/executed/cpu-1t/digits/smallcnn/ALGO+IMPL.ipynb"
+    assert p.jobs[0].executed == ROOT / "data/executed/cpu-1t/mnist1d/cnn1d/ALGO.ipynb"
 
 
 @pytest.mark.usefixtures("at_root")

@@ -326,6 +326,28 @@ def setting_error(setting: str, values: Mapping) -> str | None:
     return None
 
 
+def snapshot_error(snapshot_epochs, epochs: int) -> str | None:
+    """Why `snapshot_epochs` (positive epoch numbers, each checked by its own rule) cannot be snapshots
+    of a run of `epochs` epochs: an epoch past the last one, or one given twice; None when they can."""
+    late = sorted(e for e in snapshot_epochs if e > epochs)
+    if late:
+        return f"snapshot_epochs must lie in 1 .. epochs ({epochs}), got {quote(late)} past the last epoch"
+    if len(set(snapshot_epochs)) != len(snapshot_epochs):
+        return f"snapshot_epochs must not repeat an epoch, got {quote(list(snapshot_epochs))}"
+    return None
+
+
+def recipe_errors(values: Mapping) -> list[str]:
+    """What makes a recipe impossible as a whole, known before any data is loaded: snapshots past the
+    last epoch, a model that cannot take the dataset's inputs (a 2D model on 1D signals)."""
+    errors = [e] if (e := snapshot_error(values["snapshot_epochs"], values["epochs"])) else []
+    try:
+        models.check_input_dims(values["model"], data.input_dims(values["dataset"]))
+    except ValueError as e:
+        errors.append(f"dataset {values['dataset']!r}: {e}")
+    return errors
+
+
 # ----------------------------------------------------------------------------- a whole set of values
 def check_parameters(values: Mapping, *, unknown=(), check_machine: bool = True) -> None:
     """Raise ValueError naming every problem with a whole set of the notebook's parameters.
@@ -349,7 +371,7 @@ def check_parameters(values: Mapping, *, unknown=(), check_machine: bool = True)
     ]
     errors += value_errors(values)
     if not errors:
-        errors += [e for s in values["settings"] if (e := setting_error(s, values))]
+        errors += [e for s in values["settings"] if (e := setting_error(s, values))] + recipe_errors(values)
     if not errors and check_machine:
         errors += _machine_errors(values)
     if errors:

@@ -347,8 +347,8 @@ def expand(raw, path: Path, overrides: dict, check_data: bool = True) -> Plan:
                 where,
                 cwd,
             )
-            # Each value was judged in the first pass; what is left is the setting against the recipe.
-            found = [e for e in (problem, params.setting_error(setting, values)) if e]
+            # Each value was judged in the first pass; what is left is the recipe as a whole.
+            found = [e for e in (problem, params.setting_error(setting, values)) if e] + params.recipe_errors(values)
             if job.name in jobs:
                 found.append(
                     f"the same job as {jobs[job.name].origin}; a store cell can be planned once "

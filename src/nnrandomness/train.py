@@ -135,29 +135,13 @@ def validate_spec(spec: ReplicaSpec, check_data: bool = True) -> None:
         errors.append(f"weight_decay must be >= 0, got {spec.weight_decay!r}")
     if not errors and (e := params.setting_error(spec.setting, values)):
         errors.append(e)
-    if not errors and (e := snapshot_error(spec.snapshot_epochs, spec.epochs)):
-        errors.append(e)
     if not errors:
-        try:  # known without loading the data: a 2D model on signals fails here, listing the valid models
-            models.check_input_dims(spec.model, data_mod.input_dims(spec.dataset))
-        except ValueError as e:
-            errors.append(f"dataset {spec.dataset!r}: {e}")
+        errors += params.recipe_errors(values)
     if errors:
         raise ValueError("; ".join(errors))
     noise.validate_backend(spec.backend())  # the cuBLAS workspace setting
     if check_data:  # files on disk (skipped when the caller passes the loaded data)
         data_mod.check_dataset(spec.dataset, spec.data_root)
-
-
-def snapshot_error(snapshot_epochs, epochs: int) -> str | None:
-    """Why `snapshot_epochs` (positive epoch numbers, checked by params) cannot be snapshots of a run
-    of `epochs` epochs: an epoch past the last one, or one given twice; None when they can."""
-    late = sorted(e for e in snapshot_epochs if e > epochs)
-    if late:
-        return f"snapshot_epochs must lie in 1 .. epochs ({epochs}), got {params.quote(late)} past the last epoch"
-    if len(set(snapshot_epochs)) != len(snapshot_epochs):
-        return f"snapshot_epochs must not repeat an epoch, got {params.quote(list(snapshot_epochs))}"
-    return None
 
 
 # ----------------------------------------------------------------------------- results
