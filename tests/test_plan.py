@@ -82,7 +82,7 @@ def test_default_plan_expands_to_the_study():
     )
     assert all(j.parameters["device"] == "cpu" for j in p.jobs)
     # one recipe for the whole plan: jobs differ only by what names the job
-    named = ("dataset", "model", "settings", "replicas", "threads", "cpu_capability", "hardware")
+    named = ("dataset", "model", "settings", "replicas", "threads", "cpu_capability", "hardware", "extra_tests")
     recipes = {json.dumps({k: v for k, v in j.parameters.items() if k not in named}, sort_keys=True) for j in p.jobs}
     assert len(recipes) == 1
     # paths as written (relative to the repository root, where the runner is started)
@@ -372,13 +372,13 @@ def test_dry_run_prints_the_schedule_of_every_gpu_busy(tmp_path, capsys, monkeyp
     gpus = ["--gpus", "0,1,2,3,4,5,6,7", "--cpus", "16"]
     assert cli.main(["run", "plans/default.yaml", "--dry-run", *gpus, *roots]) == 0
     out = capsys.readouterr().out
-    assert "schedule: up to 8 of 23 jobs at once (8 workers; 16 CPU slots" in out
+    assert "schedule: up to 8 of 29 jobs at once (8 workers; 16 CPU slots" in out
     assert "8 GPU slots (8 GPUs x 1 per GPU)" in out
     assert cli.main(["run", "plans/default.yaml", "--dry-run", *gpus, "--jobs-per-gpu", "2", *roots]) == 0
-    assert "up to 16 of 23 jobs at once (16 workers; 16 CPU slots" in capsys.readouterr().out
+    assert "up to 16 of 29 jobs at once (16 workers; 16 CPU slots" in capsys.readouterr().out
     # Without GPUs the pool is --workers (default 1), whatever the cores.
     assert cli.main(["run", "plans/default.yaml", "--dry-run", "--cpus", "16", *roots]) == 0
-    assert "up to 1 of 23 jobs at once (1 workers;" in capsys.readouterr().out
+    assert "up to 1 of 29 jobs at once (1 workers;" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 

@@ -200,6 +200,18 @@ def test_extra_test_sets_and_keep_probabilities(mnist1d, digits):
     assert train(digits, epochs=1).extra_tests is None
 
 
+def test_testing_less_often_and_no_extra_sets_keep_the_bits(mnist1d):
+    full = train_replica(dataclasses.replace(SIGNAL, setting="ALGO", snapshot_epochs=(1,)), mnist1d)
+    lean = dataclasses.replace(SIGNAL, setting="ALGO", snapshot_epochs=(1,), test_every_epoch=False, extra_tests=False)
+    r = train_replica(lean, mnist1d)
+    assert store.weights_hash(r.weights) == store.weights_hash(full.weights)
+    assert np.array_equal(r.snapshots[1], full.snapshots[1]) and r.extra_tests is None
+    tested = r.history.set_index("epoch")["test_accuracy"]
+    # epoch 1 is a snapshot and epoch 3 the last: tested; epoch 2 is not
+    assert tested.isna().tolist() == [False, True, False]
+    assert tested[3] == full.history.set_index("epoch")["test_accuracy"][3]
+
+
 @pytest.mark.parametrize("model", ["cnn1d", "cnn1d_bn", "mlp1d"])
 @pytest.mark.parametrize("setting", ["INIT", "ORDER", "AUG", "DROPOUT", "ULP"])
 def test_every_single_source_varies_the_signal_models(mnist1d, model, setting):

@@ -241,6 +241,18 @@ PARAMETERS: dict[str, Parameter] = {
             "store the test softmax probabilities (false: predictions only, a much smaller store)",
             True,
         ),
+        Parameter(
+            "test_every_epoch",
+            (bool,),
+            "evaluate the test set after every epoch (false: after the snapshot epochs and the last one only)",
+            True,
+        ),
+        Parameter(
+            "extra_tests",
+            (bool,),
+            "also evaluate the dataset's extra test sets at the end, if it has any (MNIST-1D: 20 x 10,000)",
+            True,
+        ),
         # --- end MNIST-1D testbed
         Parameter("data_root", (str,), "root of the real datasets; empty: $NNRANDOMNESS_DATA", ""),
         Parameter("output_root", (str,), "the run store; empty: a fresh temporary directory"),
