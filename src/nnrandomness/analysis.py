@@ -42,6 +42,7 @@ __all__ = [
     "MAIN_CELL",
     "MIN_REPLICAS_CI",
     "N_BOOT",
+    "TOOLING_COLUMNS",
     "TOOLING_GROUPS",
     "TOOLING_TESTS",
     "by_hardware",
