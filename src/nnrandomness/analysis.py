@@ -1106,11 +1106,12 @@ def tooling_times(runs: store.Runs) -> pd.DataFrame:
 def runs_table(runs: store.Runs) -> pd.DataFrame:
     """One row per cell, for the runs appendix: replicas, epochs, threads, device, precision,
     final test accuracy mean/min/max, the mean recorded ``train_seconds`` per replica, the git
-    commit(s) the replicas record, and ``identical``: whether all the cell's replicas hold the
-    same weights and predictions (one weights hash and one predictions hash; None below 2
-    replicas, where there is nothing to compare)."""
+    commit(s) the replicas record, ``expects_identical`` (the setting as its first replica's
+    manifest records it promises bit-identical replicas) and ``identical``: whether all the
+    cell's replicas hold the same weights and predictions (one weights hash and one predictions
+    hash; None below 2 replicas, where there is nothing to compare). Reads no predictions."""
     columns = CELL + ["replicas", "epochs", "threads", "device", "precision", "acc_mean", "acc_min", "acc_max"]
-    columns += ["train_seconds", "git_commit", "identical"]
+    columns += ["train_seconds", "git_commit", "expects_identical", "identical"]
     r = runs.replicas
     if r.empty or "epochs" not in r.columns:
         return _frame([], columns)
@@ -1132,6 +1133,11 @@ def runs_table(runs: store.Runs) -> pd.DataFrame:
         n_weights=("weights_hash", "nunique"),
         n_predictions=("predictions_hash", "nunique"),
     )
+    first = r.groupby(CELL, as_index=False)[store.MEANING].first()
+    out["expects_identical"] = [
+        noise.NoiseSetting(name, frozenset(v), bool(d), bool(u)).expects_identical
+        for name, v, d, u in zip(first["setting"], *(first[c] for c in store.MEANING))
+    ]
     same = (out["n_weights"] == 1) & (out["n_predictions"] == 1)
     out["identical"] = [bool(v) if n >= 2 else None for v, n in zip(same, out["replicas"])]
     return _sorted(out[columns])
