@@ -45,7 +45,7 @@ executed_root = "../data/executed"  # executed training notebooks of the batch j
 # weights hash and one predictions hash; "-" for a single replica) and the commit they ran from.
 
 # %%
-runs = store.load_runs(runs_root)
+runs = analysis.load_summary(runs_root)  # the store without its predictions, which no table here needs
 table = analysis.runs_table(runs)
 if table.empty:
     display(Markdown(f"**The run store `{runs_root}` holds no complete replica.** Fill it with `make book` (it "

@@ -100,6 +100,24 @@ def test_load_settings_is_load_runs_of_those_settings(root, runs):
     assert analysis.load_settings(root, ["INIT"]).replicas.empty
 
 
+def test_load_summary_is_load_runs_without_predictions(root, runs, tmp_path):
+    summary = analysis.load_summary(root)
+    cols = list(summary.replicas.columns)
+    assert {"path", "train_seconds", "git_commit", "varied", "deterministic"} <= set(cols)
+    pd.testing.assert_frame_equal(summary.replicas, runs.replicas[cols])
+    pd.testing.assert_frame_equal(summary.history, runs.history[list(summary.history.columns)])
+    assert summary.predictions.empty and summary.problems == []
+    pd.testing.assert_frame_equal(analysis.runs_table(summary), analysis.runs_table(runs))
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy)
+    bad = store.replica_dir(copy, "cpu-2t", "mnist1d", "cnn1d", "ALGO", 1)
+    (bad / "history.parquet").write_bytes(b"damaged")
+    damaged = analysis.load_summary(copy)
+    assert damaged.problems == [(str(bad), "history.parquet fails its SHA-256 checksum")]
+    assert len(damaged.replicas) == len(runs.replicas) - 1
+    assert analysis.load_summary(tmp_path / "nothing").replicas.empty
+
+
 # ----------------------------------------------------------------------------- tooling
 def test_tooling_churn_by_hand(runs):
     c = analysis.tooling_churn(runs, dataset="mnist1d", model="cnn1d")

@@ -57,6 +57,7 @@ __all__ = [
     "identity",
     "instability_summary",
     "load_settings",
+    "load_summary",
     "missing",
     "missing_note",
     "per_class",
@@ -965,6 +966,58 @@ def load_settings(runs_root, settings: Iterable[str], **filters) -> store.Runs:
     ]
     problems = [x for p in parts for x in p.problems]
     return store.Runs(*(f.sort_values(store.KEYS, ignore_index=True, kind="mergesort") for f in frames), problems)
+
+
+# What load_summary reads from each manifest: column -> (section of the manifest or None for its
+# top level, key), the columns of load_runs' ``replicas`` that runs_table and the curves need.
+_SUMMARY_FIELDS = {
+    "hardware": (None, "hardware"),
+    "dataset": ("spec", "dataset"),
+    "model": ("spec", "model"),
+    "setting": ("spec", "setting"),
+    "replica": ("spec", "replica"),
+    "epochs": ("spec", "epochs"),
+    "threads": ("spec", "threads"),
+    "device": ("spec", "device"),
+    "precision": ("spec", "precision"),
+    "weights_hash": (None, "weights_hash"),
+    "predictions_hash": (None, "predictions_hash"),
+    "test_accuracy": ("final", "test_accuracy"),
+    "train_seconds": ("timings", "train_seconds"),
+    "git_commit": ("environment", "git_commit"),
+    "varied": ("setting", "varied"),
+    "deterministic": ("setting", "deterministic"),
+    "perturb_ulp": ("setting", "perturb_ulp"),
+}
+
+
+def load_summary(runs_root, verify: bool = True) -> store.Runs:
+    """The run store without its predictions, for the runs chapter: a ``store.Runs`` whose
+    ``replicas`` holds, per complete replica, its ``path`` and the manifest fields of
+    ``_SUMMARY_FIELDS`` (named and typed as in ``store.load_runs``), whose ``history`` is every
+    replica's training history, whose ``predictions`` is empty, and whose ``problems`` lists the
+    replica folders load_runs would skip with its reasons (``store.read_manifest``: manifest
+    missing or malformed, a file missing or, with ``verify``, failing its checksum).
+    load_runs also reads each replica's test predictions (10,000 rows on MNIST-1D) into one frame:
+    most of its time on a store of ~800 replicas, and nothing a per-cell summary needs."""
+    rows, hists, problems = [], [], []
+    for path in store.iter_replica_dirs(runs_root):
+        try:
+            m = store.read_manifest(path, verify)
+        except ValueError as e:
+            problems.append((str(path), str(e)))
+            continue
+        row = {col: (m if part is None else m[part]).get(key) for col, (part, key) in _SUMMARY_FIELDS.items()}
+        row.update(varied=tuple(sorted(row["varied"])), deterministic=bool(row["deterministic"]), path=str(path))
+        row["perturb_ulp"] = bool(row["perturb_ulp"])
+        rows.append(row)
+        hists.append(pd.read_parquet(path / "history.parquet").assign(**{k: row[k] for k in store.KEYS}))
+    columns = store.KEYS + [c for c in [*_SUMMARY_FIELDS, "path"] if c not in store.KEYS]
+    replicas = pd.DataFrame(rows, columns=columns).sort_values(store.KEYS, ignore_index=True)
+    history = pd.concat(hists, ignore_index=True) if hists else pd.DataFrame(columns=store.KEYS)
+    history = history[store.KEYS + [c for c in history.columns if c not in store.KEYS]]
+    history = history.sort_values(store.KEYS + (["epoch"] if "epoch" in history else []), ignore_index=True)
+    return store.Runs(replicas, pd.DataFrame(columns=store.KEYS), history, problems)
 
 
 # ----------------------------------------------------------------------------- CPU tooling
