@@ -97,10 +97,9 @@ charts.glue_numbers(findings.tooling_values(compare, analysis.identity(control),
 # :::
 
 # %% tags=["hide-input", "remove-output"]
-if len(compare):
-    chart, n = charts.tooling_matrix(compare), int(compare["n_matched"].min())
-else:
-    chart, n = charts.missing_chart(f"no CONTROL cell of {dataset}/{model} under two hardware labels"), 0
+chart = charts.tooling_matrix(compare) if len(compare) else charts.missing_chart(
+    f"no CONTROL cell of {dataset}/{model} under two hardware labels")
+n = int(compare["n_matched"].min()) if len(compare) else 0
 charts.glue_figure("hardware", "matrix", chart,
                    "Churn between the CONTROL models (the same seeds) of every two tooling configurations; the "
                    "diagonal: churn between the replicas of one configuration", n=n,

@@ -968,26 +968,15 @@ def load_settings(runs_root, settings: Iterable[str], **filters) -> store.Runs:
     return store.Runs(*(f.sort_values(store.KEYS, ignore_index=True, kind="mergesort") for f in frames), problems)
 
 
-# What load_summary reads from each manifest: column -> (section of the manifest or None for its
-# top level, key), the columns of load_runs' ``replicas`` that runs_table and the curves need.
+# What load_summary reads from each manifest: the keys of each of its sections (None: its top
+# level), the columns of load_runs' ``replicas`` that runs_table and the training curves need.
 _SUMMARY_FIELDS = {
-    "hardware": (None, "hardware"),
-    "dataset": ("spec", "dataset"),
-    "model": ("spec", "model"),
-    "setting": ("spec", "setting"),
-    "replica": ("spec", "replica"),
-    "epochs": ("spec", "epochs"),
-    "threads": ("spec", "threads"),
-    "device": ("spec", "device"),
-    "precision": ("spec", "precision"),
-    "weights_hash": (None, "weights_hash"),
-    "predictions_hash": (None, "predictions_hash"),
-    "test_accuracy": ("final", "test_accuracy"),
-    "train_seconds": ("timings", "train_seconds"),
-    "git_commit": ("environment", "git_commit"),
-    "varied": ("setting", "varied"),
-    "deterministic": ("setting", "deterministic"),
-    "perturb_ulp": ("setting", "perturb_ulp"),
+    None: ("hardware", "weights_hash", "predictions_hash"),
+    "spec": ("dataset", "model", "setting", "replica", "epochs", "threads", "device", "precision"),
+    "final": ("test_accuracy",),
+    "timings": ("train_seconds",),
+    "environment": ("git_commit",),
+    "setting": ("varied", "deterministic", "perturb_ulp"),
 }
 
 
@@ -1007,12 +996,12 @@ def load_summary(runs_root, verify: bool = True) -> store.Runs:
         except ValueError as e:
             problems.append((str(path), str(e)))
             continue
-        row = {col: (m if part is None else m[part]).get(key) for col, (part, key) in _SUMMARY_FIELDS.items()}
+        row = {key: (m if part is None else m[part]).get(key) for part, keys in _SUMMARY_FIELDS.items() for key in keys}
         row.update(varied=tuple(sorted(row["varied"])), deterministic=bool(row["deterministic"]), path=str(path))
         row["perturb_ulp"] = bool(row["perturb_ulp"])
         rows.append(row)
         hists.append(pd.read_parquet(path / "history.parquet").assign(**{k: row[k] for k in store.KEYS}))
-    columns = store.KEYS + [c for c in [*_SUMMARY_FIELDS, "path"] if c not in store.KEYS]
+    columns = store.KEYS + [c for keys in _SUMMARY_FIELDS.values() for c in keys if c not in store.KEYS] + ["path"]
     replicas = pd.DataFrame(rows, columns=columns).sort_values(store.KEYS, ignore_index=True)
     history = pd.concat(hists, ignore_index=True) if hists else pd.DataFrame(columns=store.KEYS)
     history = history[store.KEYS + [c for c in history.columns if c not in store.KEYS]]
