@@ -166,6 +166,10 @@ charts.glue_numbers({**{f"claim_{name}": "n/a (runs missing)" for name, _, _ in 
 # {glue:text}`claim_tooling_control_vs_seeds`. With ALGO's seeds:
 # {glue:text}`claim_tooling_algo_vs_seeds`.
 #
+# The verdict is the permutation test's. A kind with a handful of comparisons (one per
+# configuration with CONTROL's seeds) gives a bootstrap interval narrower than its 95 % (a BCa
+# interval from a few values undercovers), so an interval that misses zero beside a test that
+# does not reject says how little a few configurations tell, not that the test missed.
 # The comparisons of one kind share their reference model, and the configurations are the few
 # this CPU offers, not a random sample of all tooling: the tests say whether these
 # configurations' churn and the poke's (or new seeds') come from one distribution, not what any
