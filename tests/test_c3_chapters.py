@@ -246,6 +246,8 @@ def test_runs_table_summarises_each_cell(runs):
     assert t.loc[("cpu-1t", "CONTROL"), "identical"] and algo is not None and not algo
     assert t.loc[("cpu-1t", "CONTROL"), "train_seconds"] == pytest.approx(1.5)
     assert t.loc[("cpu-1t", "ALGO"), "git_commit"] == "abc" and t.loc[("cpu-2t", "ALGO"), "replicas"] == 2
+    # as the manifests record the settings: CONTROL promises the same bits, ALGO and ULP do not
+    assert t["expects_identical"].to_dict() == {(hw, s): s == "CONTROL" for hw, s in t.index}
     one = analysis.runs_table(runs.select(setting="ALGO", replica=0, hardware="cpu-2t"))
     assert one["identical"].tolist() == [None]  # one replica: nothing to compare
 
