@@ -17,16 +17,17 @@
 # (runs)=
 # # The runs
 #
-# What the run store holds: every cell (hardware, dataset, model, setting) with its replicas and
-# final test accuracy, the machines and software that produced them (from the manifest each
-# replica writes), the check that CONTROL replicas are bit-identical, the training curves, and
-# the executed training notebooks of the batch jobs.
+# What the run store holds: every cell (hardware, dataset, model, setting) with its number of
+# replicas, their mean final test accuracy, training time and bit identity; the commits the
+# replicas were produced from and the machines and software they ran on (from the manifest each
+# replica writes); the training curves; and the executed training notebooks of the batch jobs.
 
 # %%
 from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from nnrandomness import analysis, charts, findings, store
 
@@ -38,19 +39,55 @@ executed_root = "../data/executed"  # executed training notebooks of the batch j
 
 # %% [markdown]
 # ## The cells
+#
+# One row per cell: its replicas, their mean final test accuracy and mean training seconds per
+# replica (as each manifest records it), whether all its replicas hold the same bits (one
+# weights hash and one predictions hash; "-" for a single replica) and the commit they ran from.
 
 # %%
-runs = store.load_runs(runs_root)
+runs = analysis.load_summary(runs_root)  # the store without its predictions, which no table here needs
 table = analysis.runs_table(runs)
 if table.empty:
     display(Markdown(f"**The run store `{runs_root}` holds no complete replica.** Fill it with `make book` (it "
                      "runs `nnrandomness run plans/default.yaml`), then re-execute this chapter."))
 pd.DataFrame({
     "hardware": table["hardware"], "dataset": table["dataset"], "model": table["model"], "setting": table["setting"],
-    "replicas": table["replicas"], "epochs": table["epochs"], "threads": table["threads"], "device": table["device"],
-    "precision": table["precision"], "final accuracy (mean)": table["acc_mean"].map(findings.pct),
-    "min": table["acc_min"].map(findings.pct), "max": table["acc_max"].map(findings.pct),
+    "replicas": table["replicas"], "accuracy (mean)": table["acc_mean"].map(findings.pct),
+    "train s per replica": table["train_seconds"].map(lambda s: findings.as_text(s, "2f")),
+    "bit-identical": table["identical"].map(lambda v: "-" if v is None else findings.as_text(v, "flag")),
+    "git commit": table["git_commit"].str.replace(r"\b([0-9a-f]{10})[0-9a-f]{30}", r"\1", regex=True),
 }).set_index(["hardware", "dataset", "model", "setting"])
+
+# %% [markdown]
+# The analysis chapters check their parameters (`hardware`, `dataset`, `model`, `settings`)
+# against the store before any work (`analysis.check_selection`): a name the store lacks stops
+# the chapter with the list of what it holds, unless the package knows the name (then the runs
+# are missing, and the chapter says so). What this store holds, by parameter:
+
+# %%
+held = analysis.held(runs_root)
+names = {key: sorted(set(held[key])) for key in analysis.CELL} | {"setting": analysis.setting_order(held["setting"])}
+pd.DataFrame({"holds": {key: ", ".join(v) for key, v in names.items()}}).rename_axis("parameter")
+
+# %% [markdown]
+# ## The commits
+#
+# The git commit of the package each replica ran from, as its manifest records it (`+dirty`:
+# the working tree had uncommitted changes). {glue:text}`runs_commits`
+
+# %%
+reps = runs.replicas.reindex(columns=analysis.CELL + ["replica", "git_commit"]).fillna({"git_commit": "(not recorded)"})
+commits = pd.DataFrame({
+    "replicas": reps.groupby("git_commit").size(),
+    "cells": reps.drop_duplicates(analysis.CELL + ["git_commit"]).groupby("git_commit").size(),
+}).rename_axis("git commit")
+commits
+
+# %% tags=["hide-input", "remove-output"]
+named = [str(c) for c in commits.index]
+charts.glue_numbers({"runs_commits": (
+    f"The {len(runs.replicas)} replicas ran from {'commit' if len(named) == 1 else f'{len(named)} commits:'} "
+    + ", ".join(f"`{c}`" for c in named) + "." if named else "The store holds no replica.")})
 
 # %% [markdown]
 # Replica directories that are incomplete (interrupted before their manifest was written) or
@@ -81,11 +118,12 @@ pd.DataFrame(envs, index=fields) if envs else None
 # ## CONTROL is bit-identical
 #
 # Every cell whose setting promises bit-identical replicas (nothing varies, deterministic
-# kernels): the number of distinct hashes of the final weights and of the predictions must be 1.
+# kernels, as the replicas' manifests record the setting): its replicas must hold one weights
+# hash and one predictions hash.
 
 # %%
-ident = analysis.identity(runs)
-ident[ident["expects_identical"].astype(bool)].drop(columns=["expects_identical"]).reset_index(drop=True)
+promised = table[table["expects_identical"].astype(bool)] if len(table) else table
+promised[analysis.CELL + ["replicas", "identical"]].reset_index(drop=True)
 
 # %% [markdown]
 # ## Training curves
@@ -116,16 +154,24 @@ charts.glue_figure("runs", "curves", chart, "Mean test accuracy over the replica
 # Each batch job executes the training chapter ({ref}`training`) with its parameters, one job per
 # cell, and keeps the executed notebook, failed ones too, under `data/executed/` in the
 # repository (`<hardware>/<dataset>/<model>/<setting>.ipynb`): open one to see exactly what a
-# job ran and printed.
+# job ran and printed, or download it here:
+#
+# :::{glue:md} runs_executed
+# :format: myst
+# :::
 
 # %%
 executed_notebooks = sorted(Path(executed_root).rglob("*.ipynb")) if Path(executed_root).is_dir() else []
-if executed_notebooks:
-    out = pd.DataFrame({
-        "notebook": [p.relative_to(executed_root).as_posix() for p in executed_notebooks],
-        "cells with an error": [p.read_text(encoding="utf-8").count('"output_type": "error"')
-                                for p in executed_notebooks],
-    }).set_index("notebook")
-else:
-    out = Markdown(f"No executed job notebooks under `{executed_root}` (they appear there once a plan has run).")
-out
+jobs = pd.DataFrame({
+    "notebook": [p.relative_to(executed_root).as_posix() for p in executed_notebooks],
+    "cells with an error": [p.read_text(encoding="utf-8").count('"output_type": "error"') for p in executed_notebooks],
+}, columns=["notebook", "cells with an error"]).set_index("notebook")
+jobs if len(jobs) else Markdown(f"No executed job notebooks under `{executed_root}` (they appear there once a plan "
+                                "has run).")
+
+# %% tags=["remove-cell"]
+# The book's download links (relative to this chapter, as {download} wants them), glued for the
+# directive above; JupyterLab lists the same notebooks in the table of the cell before.
+glue("runs_executed", Markdown("\n".join(
+    f"- {{download}}`{name} <{Path(executed_root).as_posix()}/{name}>`" for name in jobs.index
+) or "*No executed job notebooks.*"), display=False)

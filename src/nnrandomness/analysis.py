@@ -28,27 +28,36 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import metrics, noise, stats, store
+from . import data, metrics, models, noise, stats, store
 
 __all__ = [
     "CELL",
     "MAIN_CELL",
     "MIN_REPLICAS_CI",
     "N_BOOT",
+    "TOOLING_COLUMNS",
+    "TOOLING_GROUPS",
+    "TOOLING_TESTS",
     "by_hardware",
     "cell_name",
+    "check_selection",
     "churn_flips",
     "churn_tests",
     "distribution_variance",
     "examples_votes",
     "hardware_compare",
+    "held",
     "identity",
     "instability_summary",
+    "load_settings",
+    "load_summary",
     "missing",
     "missing_note",
     "per_class",
@@ -64,6 +73,9 @@ __all__ = [
     "subgroup_noise_summary",
     "subgroup_rates",
     "subgroups",
+    "tooling_churn",
+    "tooling_tests",
+    "tooling_times",
     "topline",
     "training_curves",
     "twin_identity",
@@ -886,11 +898,262 @@ def by_hardware(runs: store.Runs, weights: bool = True) -> pd.DataFrame:
     return out.rename(columns={"_hw": "hardware"}).drop(columns="_rank")[columns]
 
 
+# ----------------------------------------------------------------------------- chapter parameters
+# The forms a hardware label takes (environment.hardware_label): the CPU at t threads or a GPU,
+# either with an ATen CPU capability suffix. A well-formed label the store lacks is missing data.
+_HARDWARE_LABEL = re.compile(r"^(cpu-[1-9][0-9]*t|cuda-[a-z0-9]+(-[a-z0-9]+)*)(-(avx2|avx512))?$")
+
+
+def _known(key: str, value: str) -> bool:
+    """Whether the package knows ``value`` as a ``key`` (a name it could have trained)."""
+    if key == "setting":
+        return value in noise.SETTINGS
+    if key == "dataset":
+        return value in data.LOADERS
+    if key == "model":
+        return value in models.MODELS
+    return bool(_HARDWARE_LABEL.match(value))
+
+
+def held(runs_root) -> pd.DataFrame:
+    """What the run store at ``runs_root`` holds, from its folders alone (no file is read): one
+    row per cell (hardware, dataset, model, setting) with ``replicas``, the replica folders that
+    hold a manifest (written last, so: complete ones; damaged ones count until load_runs reads
+    them). Cheap on any store, unlike load_runs, which reads every replica's predictions."""
+    rows = []
+    for path in store.iter_replica_dirs(runs_root):
+        if (path / store.MANIFEST).is_file():
+            rows.append(dict(zip(CELL, path.parts[-5:-1])))
+    cells = pd.DataFrame(rows, columns=CELL)
+    return _sorted(cells.groupby(CELL, as_index=False).size().rename(columns={"size": "replicas"}))
+
+
+def check_selection(runs_root, **wanted) -> None:
+    """Check an analysis chapter's parameters against what the run store at ``runs_root`` holds
+    (:func:`held`), before any work: ``wanted`` maps hardware, dataset, model or setting to a
+    name or a list of names (None: not checked).
+
+    A name the store holds passes. A name it lacks raises ValueError naming the parameter and the
+    value and listing what the store holds, unless the package knows the name (a setting of
+    ``noise.SETTINGS``, a dataset of ``data.LOADERS``, a model of ``models.MODELS``, a
+    well-formed hardware label such as ``cpu-8t``): then the store simply lacks those runs, and
+    the chapter shows them as missing. An empty store is not checked (there is nothing to list;
+    the chapter says the runs are missing). Each key is checked on its own, not their
+    combinations: a chapter names what it misses per cell."""
+    unknown = set(wanted) - set(CELL)
+    if unknown:
+        raise ValueError(f"unknown selection key(s) {sorted(unknown)}; valid keys: {', '.join(CELL)}")
+    cells = held(runs_root)
+    if cells.empty:
+        return
+    for key, value in wanted.items():
+        if value is None:
+            continue
+        names = sorted(cells[key].unique())
+        for v in [value] if isinstance(value, str) else list(value):
+            if v not in names and not (isinstance(v, str) and _known(key, v)):
+                raise ValueError(f"{key} {v!r} is not in the run store, which holds: {', '.join(names)}")
+
+
+def load_settings(runs_root, settings: Iterable[str], **filters) -> store.Runs:
+    """One view of the replicas of ``settings`` (and ``filters``: hardware, dataset, model) read
+    with one ``store.load_runs`` per setting, so that only their folders are read: a chapter
+    that needs three settings of a store of 800 replicas reads its 250."""
+    parts = [store.load_runs(runs_root, setting=s, **filters) for s in dict.fromkeys(settings)]
+    frames = [
+        pd.concat([getattr(p, name) for p in parts if len(getattr(p, name))] or [getattr(parts[0], name)])
+        for name in ("replicas", "predictions", "history")
+    ]
+    problems = [x for p in parts for x in p.problems]
+    return store.Runs(*(f.sort_values(store.KEYS, ignore_index=True, kind="mergesort") for f in frames), problems)
+
+
+# What load_summary reads from each manifest: the keys of each of its sections (None: its top
+# level), the columns of load_runs' ``replicas`` that runs_table and the training curves need.
+_SUMMARY_FIELDS = {
+    None: ("hardware", "weights_hash", "predictions_hash"),
+    "spec": ("dataset", "model", "setting", "replica", "epochs", "threads", "device", "precision"),
+    "final": ("test_accuracy",),
+    "timings": ("train_seconds",),
+    "environment": ("git_commit",),
+    "setting": ("varied", "deterministic", "perturb_ulp"),
+}
+
+
+def load_summary(runs_root, verify: bool = True) -> store.Runs:
+    """The run store without its predictions, for the runs chapter: a ``store.Runs`` whose
+    ``replicas`` holds, per complete replica, its ``path`` and the manifest fields of
+    ``_SUMMARY_FIELDS`` (named and typed as in ``store.load_runs``), whose ``history`` is every
+    replica's training history, whose ``predictions`` is empty, and whose ``problems`` lists the
+    replica folders load_runs would skip with its reasons (``store.read_manifest``: manifest
+    missing or malformed, a file missing or, with ``verify``, failing its checksum).
+    load_runs also reads each replica's test predictions (10,000 rows on MNIST-1D) into one frame:
+    most of its time on a store of ~800 replicas, and nothing a per-cell summary needs."""
+    rows, hists, problems = [], [], []
+    for path in store.iter_replica_dirs(runs_root):
+        try:
+            m = store.read_manifest(path, verify)
+        except ValueError as e:
+            problems.append((str(path), str(e)))
+            continue
+        row = {key: (m if part is None else m[part]).get(key) for part, keys in _SUMMARY_FIELDS.items() for key in keys}
+        row.update(varied=tuple(sorted(row["varied"])), deterministic=bool(row["deterministic"]), path=str(path))
+        row["perturb_ulp"] = bool(row["perturb_ulp"])
+        rows.append(row)
+        hists.append(pd.read_parquet(path / "history.parquet").assign(**{k: row[k] for k in store.KEYS}))
+    columns = store.KEYS + [c for keys in _SUMMARY_FIELDS.values() for c in keys if c not in store.KEYS] + ["path"]
+    replicas = pd.DataFrame(rows, columns=columns).sort_values(store.KEYS, ignore_index=True)
+    history = pd.concat(hists, ignore_index=True) if hists else pd.DataFrame(columns=store.KEYS)
+    history = history[store.KEYS + [c for c in history.columns if c not in store.KEYS]]
+    history = history.sort_values(store.KEYS + (["epoch"] if "epoch" in history else []), ignore_index=True)
+    return store.Runs(replicas, pd.DataFrame(columns=store.KEYS), history, problems)
+
+
+# ----------------------------------------------------------------------------- CPU tooling
+# 24_hardware's four kinds of churn, in the chart's and the tests' order: a tooling configuration
+# against the reference one with CONTROL's seeds and with ALGO's (replica k against replica k),
+# a one-ULP poke against CONTROL (same reference), and two ALGO replicas of different seeds.
+TOOLING_GROUPS = ("configuration, CONTROL's seeds", "configuration, ALGO's seeds", "one-ULP poke", "ALGO seeds")
+TOOLING_COLUMNS = ["group", "hardware", "replica", "other", "churn", "identical"]
+
+
+def _same_bits(a: pd.Series, b: pd.Series) -> bool:
+    """Two replicas' rows (of Runs.replicas) hold the same weights and predictions."""
+    return bool(a["weights_hash"] == b["weights_hash"] and a["predictions_hash"] == b["predictions_hash"])
+
+
+def _tooling_row(group: str, a: store.Cell, i: int, b: store.Cell, j: int) -> dict:
+    """The churn between replica ``i`` of cell a and replica ``j`` of cell b (replica ids)."""
+    ra, rb = a.replica_ids.index(i), b.replica_ids.index(j)
+    return {
+        "group": group,
+        "hardware": a.key["hardware"],
+        "replica": i,
+        "other": f"{b.key['hardware']}/{b.key['setting']}/{j}",
+        "churn": metrics.churn(np.vstack([a.preds[ra], b.preds[rb]])),
+        "identical": _same_bits(a.replicas.iloc[ra], b.replicas.iloc[rb]),
+    }
+
+
+def tooling_churn(
+    runs: store.Runs,
+    *,
+    dataset: str,
+    model: str,
+    reference: str = "cpu-1t",
+    control: str = "CONTROL",
+    algo: str = "ALGO",
+    ulp: str = "ULP",
+) -> pd.DataFrame:
+    """Every churn value of :data:`TOOLING_GROUPS` on (dataset, model), one row each:
+
+    * ``configuration, CONTROL's seeds``: each hardware label other than ``reference`` against
+      ``reference``, CONTROL's lowest replica id on both (CONTROL's replicas repeat one seed set,
+      so more replicas would repeat the value; their bit identity is :func:`identity`'s);
+    * ``configuration, ALGO's seeds``: ALGO's replica k on each other label against replica k on
+      ``reference`` (same seeds: the tooling alone differs), every k both labels hold;
+    * ``one-ULP poke``: each ULP replica on ``reference`` against CONTROL's lowest replica there;
+    * ``ALGO seeds``: disjoint pairs of ALGO replicas on ``reference`` (ids in ascending order,
+      (0, 1), (2, 3), ...): every seed differs, and no replica is in two pairs.
+
+    ``other`` names the replica compared against (hardware/setting/id), ``identical`` whether the
+    two hold the same weights and predictions. The first three groups perturb one reference
+    model each (the cpu-1t model of the same seeds), the last compares independent replicas.
+    A group whose cells are absent has no rows."""
+    cells = {
+        (c.key["hardware"], c.key["setting"]): c
+        for c in runs.iter_cells()
+        if c.key["dataset"] == dataset and c.key["model"] == model
+    }
+    rows = []
+    ref_control, ref_algo = cells.get((reference, control)), cells.get((reference, algo))
+    others = sorted({hw for hw, _ in cells} - {reference})
+    for group, setting, ref in ((TOOLING_GROUPS[0], control, ref_control), (TOOLING_GROUPS[1], algo, ref_algo)):
+        for hw in others if ref is not None else []:
+            cell = cells.get((hw, setting))
+            matched = sorted(set(cell.replica_ids) & set(ref.replica_ids)) if cell is not None else []
+            for k in matched[:1] if setting == control else matched:
+                rows.append(_tooling_row(group, cell, k, ref, k))
+    poke = cells.get((reference, ulp))
+    if poke is not None and ref_control is not None:
+        first = ref_control.replica_ids[0]
+        rows += [_tooling_row(TOOLING_GROUPS[2], poke, r, ref_control, first) for r in poke.replica_ids]
+    if ref_algo is not None:
+        ids = ref_algo.replica_ids
+        rows += [_tooling_row(TOOLING_GROUPS[3], ref_algo, i, ref_algo, j) for i, j in zip(ids[::2], ids[1::2])]
+    return _frame(rows, TOOLING_COLUMNS)
+
+
+# (name, group a, group b) of tooling_tests, in the family's order
+TOOLING_TESTS = (
+    ("tooling_control_vs_ulp", TOOLING_GROUPS[0], TOOLING_GROUPS[2]),
+    ("tooling_algo_vs_ulp", TOOLING_GROUPS[1], TOOLING_GROUPS[2]),
+    ("tooling_control_vs_seeds", TOOLING_GROUPS[0], TOOLING_GROUPS[3]),
+    ("tooling_algo_vs_seeds", TOOLING_GROUPS[1], TOOLING_GROUPS[3]),
+)
+
+
+def tooling_tests(churn: pd.DataFrame, n: int = stats.N_PERM, seed: int = SEED) -> pd.DataFrame:
+    """Does a tooling change act like a one-ULP poke, and does it rival the algorithmic seeds?
+    For each comparison of TOOLING_TESTS over :func:`tooling_churn`'s values: the permutation
+    test of the difference in mean churn (group a - group b) and its two-sample BCa interval
+    (``stats.difference_interval``), Holm across the family ``tooling``. The permutation test is
+    ``stats.pair_permutation_test`` on d_ij = (x_i + x_j) / 2 with a zero diagonal: the mean of d
+    over pairs of distinct members of a group is the group's mean of x, so its statistic is the
+    difference in means. Comparisons with fewer than 2 values on a side give no row."""
+    rows = []
+    for name, a, b in TOOLING_TESTS:
+        xa = churn.loc[churn["group"] == a, "churn"].to_numpy(dtype=np.float64)
+        xb = churn.loc[churn["group"] == b, "churn"].to_numpy(dtype=np.float64)
+        if min(len(xa), len(xb)) < 2:
+            continue
+        x = np.concatenate([xa, xb])
+        d = (x[:, None] + x[None, :]) / 2
+        np.fill_diagonal(d, 0.0)
+        t = stats.pair_permutation_test(d, len(xa), "difference in mean churn", n_perm=n, seed=seed)
+        iv = stats.difference_interval(xa, xb, "mean", n_boot=n, seed=seed)
+        rows.append(_test_row("tooling", name, a, b, t, iv))
+    return _tests_frame(rows)
+
+
+def tooling_times(runs: store.Runs) -> pd.DataFrame:
+    """Recorded training time per hardware label: one row per label with its threads (the most
+    any of its replicas used), the machine's core count (``cpu_count`` of a manifest), replicas
+    and the median, min and max of ``train_seconds`` per replica (each setting's replicas train
+    alike; all are pooled)."""
+    columns = ["hardware", "threads", "cpu_count", "replicas", "seconds_median", "seconds_min", "seconds_max"]
+    r = runs.replicas
+    if r.empty:
+        return _frame([], columns)
+    rows = []
+    for hw, reps in r.groupby("hardware", sort=True):
+        env = store.read_manifest(Path(reps["path"].iloc[0]), verify=False)["environment"]
+        s = reps["train_seconds"].astype(np.float64)
+        threads = reps["threads"].dropna()
+        rows.append(
+            {
+                "hardware": hw,
+                "threads": int(threads.max()) if len(threads) else None,
+                "cpu_count": env.get("cpu_count"),
+                "replicas": len(reps),
+                "seconds_median": float(s.median()),
+                "seconds_min": float(s.min()),
+                "seconds_max": float(s.max()),
+            }
+        )
+    return _frame(rows, columns)
+
+
 # ----------------------------------------------------------------------------- the runs
 def runs_table(runs: store.Runs) -> pd.DataFrame:
-    """One row per cell, for the runs appendix: replicas (and their ids when not 0..R-1),
-    epochs, threads, device, precision, final test accuracy mean/min/max."""
+    """One row per cell, for the runs appendix: replicas, epochs, threads, device, precision,
+    final test accuracy mean/min/max, the mean recorded ``train_seconds`` per replica, the git
+    commit(s) the replicas record, ``expects_identical`` (the setting as its first replica's
+    manifest records it promises bit-identical replicas) and ``identical``: whether all the
+    cell's replicas hold the same weights and predictions (one weights hash and one predictions
+    hash; None below 2 replicas, where there is nothing to compare). Reads no predictions."""
     columns = CELL + ["replicas", "epochs", "threads", "device", "precision", "acc_mean", "acc_min", "acc_max"]
+    columns += ["train_seconds", "git_commit", "expects_identical", "identical"]
     r = runs.replicas
     if r.empty or "epochs" not in r.columns:
         return _frame([], columns)
@@ -907,7 +1170,18 @@ def runs_table(runs: store.Runs) -> pd.DataFrame:
         acc_mean=("test_accuracy", "mean"),
         acc_min=("test_accuracy", "min"),
         acc_max=("test_accuracy", "max"),
+        train_seconds=("train_seconds", "mean"),
+        git_commit=("git_commit", values),
+        n_weights=("weights_hash", "nunique"),
+        n_predictions=("predictions_hash", "nunique"),
     )
+    first = r.groupby(CELL, as_index=False)[store.MEANING].first()
+    out["expects_identical"] = [
+        noise.NoiseSetting(name, frozenset(v), bool(d), bool(u)).expects_identical
+        for name, v, d, u in zip(first["setting"], *(first[c] for c in store.MEANING))
+    ]
+    same = (out["n_weights"] == 1) & (out["n_predictions"] == 1)
+    out["identical"] = [bool(v) if n >= 2 else None for v, n in zip(same, out["replicas"])]
     return _sorted(out[columns])
 
 

@@ -71,6 +71,7 @@ __all__ = [
     "RENDERER",
     "REPLICAS_TOOLTIP",
     "SETTING_COLORS",
+    "TOOLING_GREY",
     "accuracy_churn",
     "batchnorm_chart",
     "bundle_header",
@@ -103,6 +104,9 @@ __all__ = [
     "subgroup_replicas",
     "subgroup_spread",
     "tidy_limit",
+    "tooling_churn_chart",
+    "tooling_matrix",
+    "train_seconds_chart",
     "training_curves",
     "unstable_examples",
     "variance_chart",
@@ -913,6 +917,117 @@ def hardware_churn(compare: pd.DataFrame) -> alt.FacetChart:
         .properties(width=320, height=90, title="Churn within one hardware label and across two")
         .resolve_scale(y="independent")
     )
+
+
+# ---- CPU tooling (24_hardware): neutral greys, since configurations and comparisons are no settings
+TOOLING_GREY = "#555555"  # marks that stand for no setting
+
+
+def _churn_format(churn: pd.Series) -> str:
+    """An axis format that fits the ticks' step: Vega-Lite steps by tenths of a percent below a
+    2 % range, where '.1%' would repeat labels."""
+    return ".2%" if len(churn) and float(churn.max()) < 0.02 else ".1%"
+
+
+def tooling_matrix(compare: pd.DataFrame) -> alt.LayerChart:
+    """24_hardware: churn between the models of every pair of hardware labels with the same seeds
+    (analysis.hardware_compare rows on one setting: ``churn_matched``), as a symmetric matrix in
+    neutral greys with each cell's churn written in it; the diagonal holds the churn within one
+    label (``churn_within_a``/``_b``: 0 where its replicas are bit-identical)."""
+    cols = ["hardware_a", "hardware_b", "churn_matched", "n_matched", "n_identical"]
+    pairs = compare[cols].rename(columns={"churn_matched": "churn"})
+    mirror = pairs.rename(columns={"hardware_a": "hardware_b", "hardware_b": "hardware_a"})
+    within = pd.concat(
+        [
+            compare[[f"hardware_{s}", f"churn_within_{s}", f"n_{s}"]].set_axis(
+                ["hardware_a", "churn", "n_matched"], axis=1
+            )
+            for s in ("a", "b")
+        ]
+    ).drop_duplicates("hardware_a")
+    within = within.assign(hardware_b=within["hardware_a"], n_identical=np.nan)
+    long = pd.concat([pairs, mirror, within[cols[:1] + ["hardware_b", "churn", "n_matched", "n_identical"]]])
+    long = long.dropna(subset=["churn"]).reset_index(drop=True)
+    labels = sorted(set(long["hardware_a"]))
+    top = float(long["churn"].max()) if len(long) else 0.0
+    base = alt.Chart(tidy_limit(long)).encode(
+        x=alt.X("hardware_a:N", sort=labels, title="configuration", axis=alt.Axis(labelAngle=-45)),
+        y=alt.Y("hardware_b:N", sort=labels, title="configuration"),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color(
+            "churn:Q",
+            scale=alt.Scale(scheme="greys", domain=[0, max(top, 1e-9)]),
+            legend=alt.Legend(title="churn", format=_churn_format(long["churn"])),
+        ),
+        tooltip=[
+            alt.Tooltip("hardware_a:N", title="configuration a"),
+            alt.Tooltip("hardware_b:N", title="configuration b"),
+            alt.Tooltip("churn:Q", format=".2%"),
+            alt.Tooltip("n_matched:Q", title="replicas compared"),
+            alt.Tooltip("n_identical:Q", title="bit-identical pairs"),
+        ],
+    )
+    text = base.mark_text(fontSize=10).encode(
+        text=alt.Text("churn:Q", format=".1%"),
+        color=alt.when(alt.datum.churn > top / 2).then(alt.value("white")).otherwise(alt.value("black")),
+    )
+    side = max(240, 48 * len(labels))
+    return (cells + text).properties(
+        width=side, height=side, title="Churn between the same seeds' models on two configurations"
+    )
+
+
+def tooling_churn_chart(churn: pd.DataFrame) -> alt.LayerChart:
+    """24_hardware: every churn value of analysis.tooling_churn (one tick each) and each group's
+    mean (a black diamond), one row per group in analysis.TOOLING_GROUPS order, neutral greys."""
+    groups = list(dict.fromkeys(churn["group"]))
+    means = churn.groupby("group", as_index=False, sort=False).agg(churn=("churn", "mean"), n=("churn", "size"))
+    y = alt.Y("group:N", sort=groups, title=None)
+    x = alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=_churn_format(churn["churn"])))
+    ticks = (
+        alt.Chart(tidy_limit(churn))
+        .mark_tick(color=TOOLING_GREY, opacity=0.5, thickness=1.5)
+        .encode(
+            x=x,
+            y=y,
+            tooltip=[
+                "group:N",
+                alt.Tooltip("hardware:N", title="configuration"),
+                "replica:Q",
+                alt.Tooltip("other:N", title="against"),
+                alt.Tooltip("churn:Q", format=".2%"),
+            ],
+        )
+    )
+    mean = (
+        alt.Chart(means)
+        .mark_point(shape="diamond", filled=True, size=90, color="black")
+        .encode(x=x, y=y, tooltip=["group:N", alt.Tooltip("churn:Q", title="mean churn", format=".2%"), "n:Q"])
+    )
+    return (ticks + mean).properties(width=440, title="Churn of a tooling change, a ULP poke and new seeds")
+
+
+def train_seconds_chart(times: pd.DataFrame) -> alt.LayerChart:
+    """24_hardware: recorded training seconds per replica per hardware label (analysis.tooling_times
+    rows): a bar to the median and a rule from the least to the largest, neutral greys."""
+    labels = list(times["hardware"])
+    y = alt.Y("hardware:N", sort=labels, title="configuration")
+    tips = [
+        alt.Tooltip("hardware:N", title="configuration"),
+        "threads:N",
+        alt.Tooltip("cpu_count:Q", title="CPU cores"),
+        "replicas:Q",
+        alt.Tooltip("seconds_median:Q", title="median s", format=".1f"),
+        alt.Tooltip("seconds_min:Q", title="least s", format=".1f"),
+        alt.Tooltip("seconds_max:Q", title="largest s", format=".1f"),
+    ]
+    base = alt.Chart(tidy_limit(times))
+    bars = base.mark_bar(color="#BBBBBB").encode(
+        x=alt.X("seconds_median:Q", title="training seconds per replica"), y=y, tooltip=tips
+    )
+    spread = base.mark_rule(color=TOOLING_GREY).encode(x="seconds_min:Q", x2="seconds_max:Q", y=y, tooltip=tips)
+    return (bars + spread).properties(width=420, title="Recorded training time per replica")
 
 
 def glue_figure(chapter: str, slug: str, chart, text: str, *, n: int, hardware: str, cell: str) -> None:

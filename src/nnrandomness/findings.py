@@ -30,6 +30,7 @@ __all__ = [
     "FINDINGS",
     "HARDWARE_METRICS",
     "PROSE_COLUMNS",
+    "TOOLING_PHRASES",
     "as_text",
     "ci_text",
     "claim_values",
@@ -45,6 +46,8 @@ __all__ = [
     "prose_values",
     "rare_common_ratio",
     "study_claims",
+    "tooling_claims",
+    "tooling_values",
     "word",
 ]
 
@@ -350,6 +353,82 @@ def hardware_values(per_hw: pd.DataFrame) -> dict[str, str]:
         value = one.loc[(one["hardware"] == labels[side]) & (one["metric"] == metric), "value"]
         out[name] = as_text(value.iloc[0] if len(value) else None, HARDWARE_METRICS[metric][1])
     return out
+
+
+# ----------------------------------------------------------------------------- CPU tooling (24_hardware)
+# How the tooling claims name each group of analysis.TOOLING_GROUPS inside a sentence.
+TOOLING_PHRASES = {
+    "configuration, CONTROL's seeds": "a change of tooling configuration with CONTROL's seeds",
+    "configuration, ALGO's seeds": "a change of tooling configuration with ALGO's seeds",
+    "one-ULP poke": "a one-ULP poke of CONTROL",
+    "ALGO seeds": "a change of every algorithmic seed (two ALGO replicas)",
+}
+
+
+def tooling_claims(tests: pd.DataFrame) -> list[Claim]:
+    """One :class:`Claim` per row of :func:`analysis.tooling_tests`: "A (group a) moves more (or
+    fewer) test predictions than (group b)" when the Holm-adjusted p-value is below ALPHA, else
+    that the data cannot tell their churn apart; effect: the difference in mean churn with its
+    BCa interval, in percentage points; n: the churn values on each side."""
+    out = []
+    for _, row in tests.iterrows():
+        a, b = TOOLING_PHRASES.get(row["a"], row["a"]), TOOLING_PHRASES.get(row["b"], row["b"])
+        more = "more" if row["effect"] > 0 else "fewer"
+        out.append(
+            Claim(
+                name=row["name"],
+                established=f"{a[0].upper()}{a[1:]} moves {more} test predictions than {b}",
+                not_established=f"{a[0].upper()}{a[1:]} and {b} move test predictions by amounts the data "
+                "cannot tell apart",
+                test=row["test"],
+                statistic=row["statistic"],
+                effect_name="difference in mean churn",
+                effect=float(row["effect"]),
+                low=float(row["effect_lo"]),
+                high=float(row["effect_hi"]),
+                kind="points",
+                n=f"{int(row['n_a'])} and {int(row['n_b'])} comparisons",
+                pvalue=float(row["pvalue"]),
+                p_adjusted=float(row["p_adjusted"]),
+            )
+        )
+    return out
+
+
+def tooling_values(compare: pd.DataFrame, ident: pd.DataFrame, churn: pd.DataFrame) -> dict[str, str]:
+    """The tooling chapter's descriptive numbers, as text: from :func:`analysis.hardware_compare`
+    on CONTROL (``compare``, one row per pair of labels) the labels, the pairs, the mean, least
+    and largest churn between two configurations and the pairs that give them, and how many pairs
+    are bit-identical; from :func:`analysis.identity` on CONTROL (``ident``) how many labels hold
+    bit-identical replicas; from :func:`analysis.tooling_churn` each group's mean churn with its
+    number of values, and how many ULP replicas end with CONTROL's bits. 'n/a' where absent."""
+    pairs = compare.dropna(subset=["churn_matched"])
+    labels = sorted(set(compare["hardware_a"]) | set(compare["hardware_b"]))
+    lo = pairs.loc[pairs["churn_matched"].idxmin()] if len(pairs) else None
+    hi = pairs.loc[pairs["churn_matched"].idxmax()] if len(pairs) else None
+    ulp = churn[churn["group"] == "one-ULP poke"]
+
+    def mean(group: str) -> str:
+        values = churn.loc[churn["group"] == group, "churn"]
+        return f"{pct(values.mean()) if len(values) else 'n/a'} (n = {len(values)})"
+
+    return {
+        "tooling_labels": ", ".join(labels) or "n/a",
+        "tooling_n_labels": str(len(labels)),
+        "tooling_n_pairs": str(len(pairs)),
+        "tooling_churn_mean": pct(pairs["churn_matched"].mean()) if len(pairs) else "n/a",
+        "tooling_churn_min": pct(lo["churn_matched"]) if lo is not None else "n/a",
+        "tooling_churn_max": pct(hi["churn_matched"]) if hi is not None else "n/a",
+        "tooling_pair_min": f"{lo['hardware_a']} and {lo['hardware_b']}" if lo is not None else "n/a",
+        "tooling_pair_max": f"{hi['hardware_a']} and {hi['hardware_b']}" if hi is not None else "n/a",
+        "tooling_identical_pairs": f"{int((pairs['n_identical'] > 0).sum())} of {len(pairs)}",
+        "tooling_identical_within": f"{int(ident['identical'].sum())} of {len(ident)}",
+        "tooling_mean_control": mean("configuration, CONTROL's seeds"),
+        "tooling_mean_algo": mean("configuration, ALGO's seeds"),
+        "tooling_mean_ulp": mean("one-ULP poke"),
+        "tooling_mean_seeds": mean("ALGO seeds"),
+        "tooling_ulp_identical": f"{int(ulp['identical'].sum())} of {len(ulp)}",
+    }
 
 
 # ----------------------------------------------------------------------------- claims decided by tests
