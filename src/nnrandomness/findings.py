@@ -45,6 +45,7 @@ __all__ = [
     "prose_values",
     "rare_common_ratio",
     "study_claims",
+    "subgroup_claims",
     "word",
 ]
 
@@ -160,6 +161,39 @@ def rare_common_ratio(summary: pd.DataFrame) -> pd.DataFrame:
     wide["ratio"] = (wide["rare"] / wide["common"]).where(wide["common"] > 0)
     wide.columns.name = None
     return wide.reset_index()[columns]
+
+
+def subgroup_claims(tests: pd.DataFrame) -> list[Claim]:
+    """One :class:`Claim` per row of :func:`analysis.subgroup_null_tests` (family ``subgroup``),
+    worded for what it tests: the rare/common ratio of FNR spreads (effect: the ratio's excess over
+    the null's median), or the mean FNR SD of the rare or of the common subgroups (effect: the
+    excess in percentage points), each against independent examples."""
+    out = []
+    for _, row in tests.iterrows():
+        a, name = row["a"], row["name"]
+        if name.startswith("subgroup_ratio"):
+            what, kind = "the rare subgroups' FNR spread, relative to the common subgroups',", "2f"
+        else:
+            what, kind = f"the {'rare' if name.startswith('subgroup_rare') else 'common'} subgroups' FNR", "points"
+        out.append(
+            Claim(
+                name=name,
+                established=f"Under {a}, {what} moves more than independent examples would make it",
+                not_established=f"Under {a}, {what} moves as much as independent examples would make it: the data "
+                "cannot tell its spread apart from the binomial noise of the subgroups' sizes",
+                test=row["test"],
+                statistic=row["statistic"],
+                effect_name="excess over the null's median",
+                effect=float(row["effect"]),
+                low=float(row["effect_lo"]),
+                high=float(row["effect_hi"]),
+                kind=kind,
+                n=f"{int(row['n_a'])} replicas x {int(row['n_b'])} examples",
+                pvalue=float(row["pvalue"]),
+                p_adjusted=float(row["p_adjusted"]),
+            )
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- findings
