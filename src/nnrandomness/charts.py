@@ -109,6 +109,7 @@ __all__ = [
     "tidy_limit",
     "training_curves",
     "unstable_examples",
+    "unstable_signals",
     "variance_chart",
     "write_bundle",
 ]
@@ -967,6 +968,58 @@ def jordan_direct_chart(variance: pd.DataFrame) -> alt.LayerChart:
             x="var:Q", shape=alt.Shape("method:N", sort=methods, legend=None)
         )
     ).properties(width=420, title="Variance of accuracy over the data distribution: Jordan's estimate and direct")
+
+
+def unstable_signals(chosen: pd.DataFrame, signals: np.ndarray, votes: pd.DataFrame, setting: str) -> alt.HConcatChart:
+    """23_per_example on 1D data: the ``chosen`` test examples (analysis.unstable_examples rows)
+    drawn as the signals they are (``signals`` (N, C, L), channels averaged), beside how many
+    replicas of ``setting`` predict each class (``votes``: analysis.examples_votes rows; the true
+    class outlined). Neutral colours: the votes are counts, not settings."""
+    order = [f"#{e} (label {y})" for e, y in zip(chosen["example"], chosen["label"])]
+    title = dict(zip(chosen["example"], order))
+    values = signals[chosen["example"].to_numpy()].mean(axis=1)  # (k, L)
+    lines = pd.DataFrame(
+        [
+            {"example": title[e], "t": t, "x": float(v)}
+            for e, row in zip(chosen["example"], values)
+            for t, v in enumerate(row)
+        ]
+    )
+    signal = (
+        alt.Chart(tidy_limit(lines))
+        .mark_line(color=NEUTRAL_DARK, strokeWidth=1.5)
+        .encode(
+            x=alt.X("t:Q", title="position", axis=alt.Axis(tickMinStep=10)),
+            y=alt.Y("x:Q", title=None, axis=None),
+            tooltip=[
+                "example:N",
+                alt.Tooltip("t:Q", title="position"),
+                alt.Tooltip("x:Q", title="value", format=".2f"),
+            ],
+        )
+        .properties(width=150, height=45)
+        .facet(row=alt.Row("example:N", sort=order, title=None, header=alt.Header(labelAngle=0, labelAlign="left")))
+    )
+    shown = votes.assign(
+        example=votes["example"].map(title), outcome=votes["correct"].map({True: "right", False: "wrong"})
+    )
+    y = alt.Y("example:N", sort=order, title=None, axis=alt.Axis(labels=False, ticks=False))
+    x = alt.X("prediction:O", title=f"class predicted by the {setting} replicas", axis=alt.Axis(labelAngle=0))
+    cells = alt.Chart(tidy_limit(shown)).encode(
+        x=x, y=y, tooltip=["example:N", alt.Tooltip("prediction:O", title="predicted class"), "votes:Q", "outcome:N"]
+    )
+    heat = cells.mark_rect().encode(
+        color=alt.Color("votes:Q", scale=alt.Scale(scheme="greys"), title="replicas"),
+        stroke=alt.condition(alt.datum.outcome == "right", alt.value("#000000"), alt.value(None)),
+        strokeWidth=alt.value(2),
+    )
+    text = cells.mark_text(fontSize=10).encode(
+        text="votes:Q",
+        color=alt.condition(alt.datum.votes > chosen["n_replicas"].max() / 2, alt.value("white"), alt.value("black")),
+    )
+    return alt.hconcat(signal, (heat + text).properties(width=300, height=alt.Step(53))).properties(
+        title=f"The {len(chosen)} test examples the {setting} replicas agree on least"
+    )
 
 
 def hardware_churn(compare: pd.DataFrame) -> alt.FacetChart:
