@@ -878,7 +878,8 @@ def variance_chart(dv: pd.DataFrame) -> alt.Chart:
 
 # Neutral marks for what is not a setting: an observation (dark), its null or a second method
 # (light); rare and common subgroups by shape, not colour.
-NEUTRAL_DARK, NEUTRAL_LIGHT = "#333333", "#AAAAAA"
+NEUTRAL_DARK = "#333333"  # an observation, or the first of two methods
+NEUTRAL_LIGHT = "#AAAAAA"  # its null, or the second method
 
 
 def null_range_chart(groups: pd.DataFrame, *, label: str, title: str) -> alt.FacetChart:
