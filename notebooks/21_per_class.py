@@ -92,8 +92,7 @@ chart = (charts.per_class_chart(classes, spread) if len(spread)
 charts.glue_figure("per-class", "spread", chart,
                    "Left: standard deviation across replicas of each class's test accuracy (one tick per class) "
                    "and of top-1 accuracy (diamond), per setting. Right: the per-class standard deviations of the "
-                   "settings picked in the legend (n counts the settings with 3 or more replicas)", n=n,
-                   hardware=hardware, cell=main_cell)
+                   "settings picked in the legend", n=n, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## More than independent examples would give?

@@ -106,8 +106,8 @@ chart = (charts.subgroup_spread(subs, attribute) if len(subs)
 charts.glue_figure("subgroups", "fnr-spread", chart,
                    "Standard deviation across replicas of each (label, attribute) subgroup's false negative rate "
                    "(left) and false positive rate (right, one class against the rest), against the number of test "
-                   "examples in the subgroup (log scale); subgroups rare in training are triangles", n=n,
-                   hardware=hardware, cell=main_cell)
+                   "examples in the subgroup (log scale); triangles: rare in training", n=n, hardware=hardware,
+                   cell=main_cell)
 
 # %% [markdown]
 # The averages over rare and over common subgroups, for every setting:

@@ -234,10 +234,12 @@ Markdown("\n".join(f"- {setting}: {findings.word(c)}." for setting, c in by_sett
 
 # %% tags=["hide-input", "remove-output"]
 shown = variance[variance["n_sets"] > 0]
-chart = (charts.jordan_direct_chart(shown) if len(shown)
-         else charts.missing_chart(f"no replicas of {hardware}/{main_cell} with extra test sets"))
-charts.glue_figure("per-example", "jordan-direct", chart,
-                   "Variance of accuracy over the data distribution, per setting: Jordan's estimate from the main "
-                   "test set and the direct measurement on the extra test sets, each with its 95 % interval (BCa "
-                   "over replicas), shown as signed standard deviations (sign times the square root)",
-                   n=int(shown["n_replicas"].min()) if len(shown) else 0, hardware=hardware, cell=main_cell)
+text = ("Variance of accuracy over the data distribution, per setting: Jordan's estimate from the main test set and "
+        "the direct measurement on the extra test sets, each with its 95 % interval (BCa over replicas), shown as "
+        "signed standard deviations (sign times the square root)")
+if len(shown):
+    charts.glue_figure("per-example", "jordan-direct", charts.jordan_direct_chart(shown), text,
+                       n=int(shown["n_replicas"].min()), hardware=hardware, cell=main_cell)
+else:
+    charts.glue_figure("per-example", "jordan-direct", charts.missing_chart(f"no {hardware}/{main_cell} replicas "
+                       "with extra test sets"), text, n=0, hardware=hardware, cell=main_cell)

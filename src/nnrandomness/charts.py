@@ -891,16 +891,14 @@ def null_range_chart(groups: pd.DataFrame, *, label: str, title: str) -> alt.Fac
     present = setting_sort(groups["setting"])
     shown = groups.assign(kind=groups["rare"].map({True: "rare", False: "common"}).fillna("class"))
     order = shown.sort_values(["class", "group"])["name"].unique().tolist()
-    tips = [
-        "setting:N",
-        alt.Tooltip("name:N", title=label),
-        alt.Tooltip("n_examples:Q", title="test examples"),
-        alt.Tooltip("sd:Q", title="observed SD", format=".2%"),
-        alt.Tooltip("null_median:Q", title="null median", format=".2%"),
-        alt.Tooltip("null_lo:Q", title="null 2.5 %", format=".2%"),
-        alt.Tooltip("null_hi:Q", title="null 97.5 %", format=".2%"),
-        REPLICAS_TOOLTIP,
-    ]
+    spreads = (
+        ("sd", "observed SD"),
+        ("null_median", "null median"),
+        ("null_lo", "null 2.5 %"),
+        ("null_hi", "null 97.5 %"),
+    )
+    tips = ["setting:N", alt.Tooltip("name:N", title=label), alt.Tooltip("n_examples:Q", title="test examples")]
+    tips += [alt.Tooltip(f"{field}:Q", title=text, format=".2%") for field, text in spreads] + [REPLICAS_TOOLTIP]
     y = alt.Y("name:N", sort=order, title=label)
     base = alt.Chart().encode(y=y, tooltip=tips)
     x_title = "SD of accuracy across replicas"
