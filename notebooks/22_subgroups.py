@@ -137,7 +137,7 @@ pd.DataFrame({
 cell = {"hardware": hardware, "dataset": dataset, "model": model}
 present = analysis.setting_order(subs["setting"].unique())
 tests = analysis.subgroup_null_tests(runs, cell, settings=present, rare=rare, rare_share=rare_share)
-claims = findings.subgroup_claims(tests)
+claims = findings.null_claims(tests)
 pd.DataFrame({
     "test": tests["name"], "statistic": tests["statistic"], "replicas": tests["n_a"],
     "observed": tests["observed"].round(4), "null median": tests["null_median"].round(4),

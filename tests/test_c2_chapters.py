@@ -1,5 +1,5 @@
-"""Brief C2's additions for chapters 21-23 (analysis.spread_null_groups, subgroup_null_tests,
-rare_subgroups; findings.subgroup_claims; charts.null_range_chart, jordan_direct_chart,
+"""Brief C2's additions for chapters 21-23 (analysis.spread_null_groups, class_null_tests,
+subgroup_null_tests, rare_subgroups; findings.null_claims; charts.null_range_chart, jordan_direct_chart,
 unstable_signals), checked on a hand-made store against numbers computed by hand."""
 
 import math
@@ -102,12 +102,26 @@ def test_subgroup_null_tests_by_hand(runs):
     assert by_share.at["subgroup_ratio_algo", "observed"] == pytest.approx(2 * math.sqrt(3))
 
 
+def test_class_null_tests_by_hand(runs):
+    t = analysis.class_null_tests(runs, CELL, settings=["ALGO", "CONTROL"], n=199).set_index("name")
+    assert list(t.index) == ["class_max_algo", "class_ratio_algo"] and (t["family"] == "class").all()
+    # both classes: SD sqrt(11/192); top-1 accuracies 1, 3/4, 3/4, 3/4: variance 3/64 / 3, SD 1/8
+    assert t.at["class_max_algo", "observed"] == pytest.approx(math.sqrt(11 / 192))
+    assert t.at["class_ratio_algo", "observed"] == pytest.approx(8 * math.sqrt(11 / 192))
+    assert t["p_adjusted"].to_numpy() == pytest.approx(study_stats.holm(t["pvalue"].to_numpy()))
+    # The ratio row is the one spread_null_tests computes (same n and seed).
+    same = analysis.spread_null_tests(runs, CELL, groups_dataset="", n=199).iloc[0]
+    assert same["observed"] == pytest.approx(t.at["class_ratio_algo", "observed"])
+    assert same["pvalue"] == t.at["class_ratio_algo", "pvalue"]
+    assert same["null_median"] == t.at["class_ratio_algo", "null_median"]
+
+
 def test_subgroup_null_tests_need_both_kinds_and_groups(runs):
     assert analysis.subgroup_null_tests(runs, CELL, rare={(0, 0), (0, 1), (1, 0), (1, 1)}, n=99).empty
     assert analysis.subgroup_null_tests(runs, {**CELL, "dataset": "absent"}, n=99).empty
 
 
-def test_subgroup_claims_wording():
+def test_null_claims_wording():
     tests = pd.DataFrame(
         {
             "name": ["subgroup_ratio_algo", "subgroup_rare_algo", "subgroup_common_algo"],
@@ -123,12 +137,23 @@ def test_subgroup_claims_wording():
             "p_adjusted": [0.02, 0.003, 0.3],
         }
     )
-    ratio, rare, common = findings.subgroup_claims(tests)
+    ratio, rare, common = findings.null_claims(tests)
     assert ratio.verdict == "established" and rare.verdict == "established" and common.verdict == "not established"
-    assert findings.word(ratio).startswith("Under ALGO, the rare subgroups' FNR spread, relative to the common")
+    assert findings.word(ratio).startswith(
+        "Under ALGO, the rare subgroups' FNR, relative to the common subgroups', moves more than"
+    )
     assert "0.50, 95 % CI 0.10 to 0.90, n = 30 replicas x 10000 examples, p = 0.02 after Holm" in findings.word(ratio)
     assert "excess over the null's median 1.00 points, 95 % CI 0.50 to 2.00" in findings.word(rare)
-    assert "common subgroups' FNR moves as much as independent examples" in findings.word(common)
+    assert findings.word(common).startswith("Under ALGO, the data cannot tell whether the common subgroups' FNR")
+    # Not established with the whole interval below zero: less than independent examples give.
+    below = tests.iloc[[0]].assign(
+        name="class_max_algo", effect=-0.01, effect_lo=-0.02, effect_hi=-0.005, p_adjusted=1.0
+    )
+    (claim,) = findings.null_claims(below)
+    assert findings.word(claim).startswith(
+        "Under ALGO, the most variable class's accuracy moves less than independent examples would make it "
+        "(excess over the null's median -1.00 points, 95 % CI -2.00 to -0.50"
+    )
 
 
 def test_null_range_chart_is_neutral_and_faceted(runs):
@@ -137,6 +162,9 @@ def test_null_range_chart_is_neutral_and_faceted(runs):
     text = str(spec)
     assert spec["facet"]["field"] == "setting" and charts.NEUTRAL_DARK in text and charts.NEUTRAL_LIGHT in text
     assert not any(colour in text for colour in charts.SETTING_COLORS.values() if colour != "#999999")
+    assert "triangle-up" in text  # rare subgroups by shape
+    g = analysis.spread_null_groups(runs, CELL, n=99)  # classes: no shape, no legend
+    assert "triangle-up" not in str(charts.null_range_chart(g.assign(name="c"), label="class", title="t").to_dict())
 
 
 def test_jordan_direct_chart_keeps_the_sign():

@@ -37,6 +37,7 @@ from . import metrics, noise, stats, store
 
 __all__ = [
     "CELL",
+    "CLASS_TESTS",
     "MAIN_CELL",
     "MIN_REPLICAS_CI",
     "NULL_GROUP_COLUMNS",
@@ -46,6 +47,7 @@ __all__ = [
     "cell_name",
     "churn_flips",
     "churn_tests",
+    "class_null_tests",
     "distribution_variance",
     "examples_votes",
     "hardware_compare",
@@ -841,12 +843,53 @@ def spread_null_groups(
     return _frame(rows, NULL_GROUP_COLUMNS)
 
 
-# (name prefix, statistic, what it summarises) of the subgroup family, per setting
+# (name prefix, statistic, what it summarises) of each family, per setting
+CLASS_TESTS = (
+    ("class_max", "max", "largest per-class accuracy SD"),
+    ("class_ratio", "max_ratio", "largest per-class accuracy SD / top-1 accuracy SD"),
+)
 SUBGROUP_TESTS = (
     ("subgroup_ratio", "rare_common_ratio", "mean FNR SD of rare / of common subgroups"),
     ("subgroup_rare", "mean", "mean FNR SD of the rare subgroups"),
     ("subgroup_common", "mean", "mean FNR SD of the common subgroups"),
 )
+_NULL_EXTRA = ["null_median", "null_lo", "null_hi", "ratio", "ratio_lo", "ratio_hi"]
+
+
+def _null_row(family: str, prefix: str, setting: str, what: str, out: dict, n: int) -> dict:
+    return {
+        "family": family,
+        "name": f"{prefix}_{_slug(setting)}",
+        "a": setting,
+        "b": "independent examples",
+        "test": f"independent-examples null ({n} simulations)",
+        "statistic": what,
+        **{column: out[key] for column, key in _NULL_KEYS.items()},
+    }
+
+
+def _null_frame(rows: list[dict]) -> pd.DataFrame:
+    """TEST_COLUMNS with Holm across the rows, then the null's columns (_NULL_EXTRA)."""
+    extra = pd.DataFrame([{k: r[k] for k in _NULL_EXTRA} for r in rows], columns=_NULL_EXTRA)
+    return pd.concat([_tests_frame(rows), extra], axis=1)
+
+
+def class_null_tests(
+    runs: store.Runs, cell: dict, *, settings: Iterable[str] = ("ALGO",), n: int = stats.N_SIM, seed: int = SEED
+) -> pd.DataFrame:
+    """The per-class family of ``cell`` against the independent-examples null, per setting with 3
+    or more replicas: the largest per-class accuracy SD (``class_max_<setting>``: do classes
+    move more than their own examples, flipping independently, make them?) and that over the SD
+    of top-1 accuracy (``class_ratio_<setting>``: the row :func:`spread_null_tests` computes).
+    Effect: observed - null median with its interval; p one-sided; Holm across the family
+    (family ``class``); columns as :func:`subgroup_null_tests`."""
+    rows = []
+    for setting, one in _setting_correct(runs, cell, settings):
+        correct = (one.preds == one.labels).astype(np.int8)
+        for prefix, statistic, what in CLASS_TESTS:
+            out = stats.independent_null(correct, one.labels, statistic, n_sim=n, n_boot=n, seed=seed)
+            rows.append(_null_row("class", prefix, setting, what, out, n))
+    return _null_frame(rows)
 
 
 def subgroup_null_tests(
@@ -868,7 +911,6 @@ def subgroup_null_tests(
     median, with its interval; p one-sided (observed at least as large); Holm across the family
     (family ``subgroup``). Extra columns: null_median, null_lo, null_hi, ratio, ratio_lo,
     ratio_hi. ``n_a`` replicas, ``n_b`` test examples in the subgroups tested."""
-    extra_cols = ["null_median", "null_lo", "null_hi", "ratio", "ratio_lo", "ratio_hi"]
     rows = []
     for setting, one in _setting_correct(runs, cell, settings):
         if not one.has_groups:
@@ -883,19 +925,8 @@ def subgroup_null_tests(
         ):
             kw = {"rare": flags} if statistic == "rare_common_ratio" else {}
             out = stats.independent_null(correct[:, mask], codes[mask], statistic, n_sim=n, n_boot=n, seed=seed, **kw)
-            rows.append(
-                {
-                    "family": "subgroup",
-                    "name": f"{prefix}_{_slug(setting)}",
-                    "a": setting,
-                    "b": "independent examples",
-                    "test": f"independent-examples null ({n} simulations)",
-                    "statistic": what,
-                    **{column: out[key] for column, key in _NULL_KEYS.items()},
-                }
-            )
-    base = _tests_frame(rows)
-    return pd.concat([base, pd.DataFrame([{k: r[k] for k in extra_cols} for r in rows], columns=extra_cols)], axis=1)
+            rows.append(_null_row("subgroup", prefix, setting, what, out, n))
+    return _null_frame(rows)
 
 
 # ----------------------------------------------------------------------------- hardware

@@ -901,18 +901,19 @@ def null_range_chart(groups: pd.DataFrame, *, label: str, title: str) -> alt.Fac
     tips += [alt.Tooltip(f"{field}:Q", title=text, format=".2%") for field, text in spreads] + [REPLICAS_TOOLTIP]
     y = alt.Y("name:N", sort=order, title=label)
     base = alt.Chart().encode(y=y, tooltip=tips)
-    x_title = "SD of accuracy across replicas"
+    x_title = "SD across replicas"
     band = base.mark_bar(size=8, color=NEUTRAL_LIGHT, opacity=0.6).encode(
         x=alt.X("null_lo:Q", title=x_title, axis=alt.Axis(format=".1%")), x2="null_hi:Q"
     )
     median = base.mark_tick(color=NEUTRAL_LIGHT, thickness=2, size=12).encode(x="null_median:Q")
-    kinds = ["class", "common", "rare"]
-    point = base.mark_point(filled=True, size=50, color=NEUTRAL_DARK).encode(
-        x="sd:Q",
-        shape=alt.Shape(
-            "kind:N", sort=kinds, scale=alt.Scale(domain=kinds, range=["circle", "circle", "triangle-up"]), title=None
-        ),
+    kinds = [k for k in ("common", "rare") if k in set(shown["kind"])]  # classes: no shape, no legend
+    marks = {"common": "circle", "rare": "triangle-up"}
+    shape = (
+        {"shape": alt.Shape("kind:N", scale=alt.Scale(domain=kinds, range=[marks[k] for k in kinds]), title="subgroup")}
+        if kinds
+        else {}
     )
+    point = base.mark_point(filled=True, size=50, color=NEUTRAL_DARK).encode(x="sd:Q", **shape)
     columns = min(3, max(1, len(present)))
     return (
         alt.layer(band, median, point, data=tidy_limit(shown))
@@ -969,9 +970,9 @@ def jordan_direct_chart(variance: pd.DataFrame) -> alt.LayerChart:
     ).properties(width=420, title="Variance of accuracy over the data distribution: Jordan's estimate and direct")
 
 
-def unstable_signals(chosen: pd.DataFrame, signals: np.ndarray, votes: pd.DataFrame, setting: str) -> alt.HConcatChart:
+def unstable_signals(chosen: pd.DataFrame, signals: np.ndarray, votes: pd.DataFrame, setting: str) -> alt.VConcatChart:
     """23_per_example on 1D data: the ``chosen`` test examples (analysis.unstable_examples rows)
-    drawn as the signals they are (``signals`` (N, C, L), channels averaged), beside how many
+    drawn as the signals they are (``signals`` (N, C, L), channels averaged), above how many
     replicas of ``setting`` predict each class (``votes``: analysis.examples_votes rows; the true
     class outlined). Neutral colours: the votes are counts, not settings."""
     order = [f"#{e} (label {y})" for e, y in zip(chosen["example"], chosen["label"])]
@@ -996,13 +997,13 @@ def unstable_signals(chosen: pd.DataFrame, signals: np.ndarray, votes: pd.DataFr
                 alt.Tooltip("x:Q", title="value", format=".2f"),
             ],
         )
-        .properties(width=150, height=45)
-        .facet(row=alt.Row("example:N", sort=order, title=None, header=alt.Header(labelAngle=0, labelAlign="left")))
+        .properties(width=110, height=40)
+        .facet(facet=alt.Facet("example:N", sort=order, title=None, header=alt.Header(labelFontSize=10)), columns=4)
     )
     shown = votes.assign(
         example=votes["example"].map(title), outcome=votes["correct"].map({True: "right", False: "wrong"})
     )
-    y = alt.Y("example:N", sort=order, title=None, axis=alt.Axis(labels=False, ticks=False))
+    y = alt.Y("example:N", sort=order, title=None)
     x = alt.X("prediction:O", title=f"class predicted by the {setting} replicas", axis=alt.Axis(labelAngle=0))
     cells = alt.Chart(tidy_limit(shown)).encode(
         x=x, y=y, tooltip=["example:N", alt.Tooltip("prediction:O", title="predicted class"), "votes:Q", "outcome:N"]
@@ -1016,7 +1017,7 @@ def unstable_signals(chosen: pd.DataFrame, signals: np.ndarray, votes: pd.DataFr
         text="votes:Q",
         color=alt.condition(alt.datum.votes > chosen["n_replicas"].max() / 2, alt.value("white"), alt.value("black")),
     )
-    return alt.hconcat(signal, (heat + text).properties(width=300, height=alt.Step(53))).properties(
+    return alt.vconcat(signal, (heat + text).properties(width=300)).properties(
         title=f"The {len(chosen)} test examples the {setting} replicas agree on least"
     )
 

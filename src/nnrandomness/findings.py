@@ -40,12 +40,12 @@ __all__ = [
     "glue_values",
     "hardware_table",
     "hardware_values",
+    "null_claims",
     "p_text",
     "pct",
     "prose_values",
     "rare_common_ratio",
     "study_claims",
-    "subgroup_claims",
     "word",
 ]
 
@@ -163,24 +163,38 @@ def rare_common_ratio(summary: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()[columns]
 
 
-def subgroup_claims(tests: pd.DataFrame) -> list[Claim]:
-    """One :class:`Claim` per row of :func:`analysis.subgroup_null_tests` (family ``subgroup``),
-    worded for what it tests: the rare/common ratio of FNR spreads (effect: the ratio's excess over
-    the null's median), or the mean FNR SD of the rare or of the common subgroups (effect: the
-    excess in percentage points), each against independent examples."""
+# What each null-model test (analysis.class_null_tests, subgroup_null_tests) is about, by name
+# prefix: (subject of the sentence, kind of its effect).
+_NULL_SUBJECTS = {
+    "class_max": ("the most variable class's accuracy", "points"),
+    "class_ratio": ("the most variable class's accuracy, relative to top-1 accuracy,", "2f"),
+    "subgroup_ratio": ("the rare subgroups' FNR, relative to the common subgroups',", "2f"),
+    "subgroup_rare": ("the rare subgroups' FNR", "points"),
+    "subgroup_common": ("the common subgroups' FNR", "points"),
+}
+
+
+def null_claims(tests: pd.DataFrame) -> list[Claim]:
+    """One :class:`Claim` per row of :func:`analysis.class_null_tests` or
+    :func:`analysis.subgroup_null_tests`, worded for what it tests (a spread, or a ratio of
+    spreads, against independent examples; effect: the excess over the null's median, in
+    percentage points for a spread). Not established with an interval wholly below zero reads
+    as moving less than independent examples would make it (the test is one-sided: "more")."""
     out = []
     for _, row in tests.iterrows():
         a, name = row["a"], row["name"]
-        if name.startswith("subgroup_ratio"):
-            what, kind = "the rare subgroups' FNR spread, relative to the common subgroups',", "2f"
+        what, kind = next(v for k, v in _NULL_SUBJECTS.items() if name.startswith(k + "_"))
+        if row["effect_hi"] < 0:
+            not_established = f"Under {a}, {what} moves less than independent examples would make it"
         else:
-            what, kind = f"the {'rare' if name.startswith('subgroup_rare') else 'common'} subgroups' FNR", "points"
+            not_established = (
+                f"Under {a}, the data cannot tell whether {what} moves more than independent examples would make it"
+            )
         out.append(
             Claim(
                 name=name,
                 established=f"Under {a}, {what} moves more than independent examples would make it",
-                not_established=f"Under {a}, {what} moves as much as independent examples would make it: the data "
-                "cannot tell its spread apart from the binomial noise of the subgroups' sizes",
+                not_established=not_established,
                 test=row["test"],
                 statistic=row["statistic"],
                 effect_name="excess over the null's median",
