@@ -113,15 +113,7 @@ cell = {"hardware": hardware, "dataset": dataset, "model": model}
 present = analysis.setting_order(spread["setting"])
 tests = analysis.class_null_tests(runs, cell, settings=present)
 claims = findings.null_claims(tests)
-pd.DataFrame({
-    "setting": tests["a"], "statistic": tests["statistic"], "replicas": tests["n_a"],
-    "observed": tests["observed"].round(4), "null median": tests["null_median"].round(4),
-    "null 95 % range": [f"{lo:.4f} to {hi:.4f}" for lo, hi in zip(tests["null_lo"], tests["null_hi"])],
-    "excess": tests["effect"].round(4),
-    "excess 95 % CI": [f"{lo:.4f} to {hi:.4f}" for lo, hi in zip(tests["effect_lo"], tests["effect_hi"])],
-    "p": tests["pvalue"].map(findings.p_text), "p (Holm)": tests["p_adjusted"].map(findings.p_text),
-    "verdict": [c.verdict for c in claims],
-}).set_index(["setting", "statistic"])
+findings.null_table(tests, claims)
 
 # %% tags=["hide-input", "remove-output"]
 absent = f"no ALGO runs of {hardware}/{main_cell} with 3 or more replicas"

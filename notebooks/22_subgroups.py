@@ -138,14 +138,7 @@ cell = {"hardware": hardware, "dataset": dataset, "model": model}
 present = analysis.setting_order(subs["setting"].unique())
 tests = analysis.subgroup_null_tests(runs, cell, settings=present, rare=rare, rare_share=rare_share)
 claims = findings.null_claims(tests)
-pd.DataFrame({
-    "test": tests["name"], "statistic": tests["statistic"], "replicas": tests["n_a"],
-    "observed": tests["observed"].round(4), "null median": tests["null_median"].round(4),
-    "null 95 % range": [f"{lo:.4f} to {hi:.4f}" for lo, hi in zip(tests["null_lo"], tests["null_hi"])],
-    "excess": tests["effect"].round(4),
-    "excess 95 % CI": [f"{lo:.4f} to {hi:.4f}" for lo, hi in zip(tests["effect_lo"], tests["effect_hi"])],
-    "p (Holm)": tests["p_adjusted"].map(findings.p_text), "verdict": [c.verdict for c in claims],
-}).set_index("test")
+findings.null_table(tests, claims)
 
 # %% tags=["hide-input", "remove-output"]
 absent = f"no ALGO runs of {hardware}/{main_cell} with 3 or more replicas and both kinds of subgroup"

@@ -124,8 +124,10 @@ def test_subgroup_null_tests_need_both_kinds_and_groups(runs):
 def test_null_claims_wording():
     tests = pd.DataFrame(
         {
+            "family": "subgroup",  # the schema of analysis.subgroup_null_tests
             "name": ["subgroup_ratio_algo", "subgroup_rare_algo", "subgroup_common_algo"],
             "a": "ALGO",
+            "b": "independent examples",
             "test": "null",
             "statistic": ["ratio", "rare", "common"],
             "effect": [0.5, 0.01, 0.002],
@@ -199,3 +201,14 @@ def test_unstable_signals_draws_lines_and_votes():
     line = [r["x"] for r in data if r.get("example") == "#1 (label 3)" and "t" in r]
     assert line == pytest.approx([12.5, 13.5, 14.5, 15.5, 16.5])  # mean of rows 10-14 and 15-19
     assert {r["outcome"] for r in data if "outcome" in r} == {"right", "wrong"}
+
+
+def test_null_table_by_hand(runs):
+    t = analysis.class_null_tests(runs, CELL, n=199)
+    table = findings.null_table(t, findings.null_claims(t), digits=3)
+    assert list(table.columns) == findings.NULL_TABLE_COLUMNS
+    assert list(table.index) == [("ALGO", "class_max_algo"), ("ALGO", "class_ratio_algo")]
+    row = table.loc[("ALGO", "class_max_algo")]
+    assert row["observed"] == f"{math.sqrt(11 / 192):.3f}" and row["replicas"] == 4  # 0.239
+    assert row["null 95 % range"] == f"{t['null_lo'].iloc[0]:.3f} to {t['null_hi'].iloc[0]:.3f}"
+    assert row["verdict"] in ("established", "not established")
