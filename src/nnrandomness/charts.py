@@ -917,7 +917,7 @@ def null_range_chart(groups: pd.DataFrame, *, label: str, title: str) -> alt.Fac
     columns = min(3, max(1, len(present)))
     return (
         alt.layer(band, median, point, data=tidy_limit(shown))
-        .properties(width=min(560, 600 // columns - 60), height=max(120, 14 * len(order)))
+        .properties(width=min(440, 600 // columns - 60), height=max(120, 14 * len(order)))
         .facet(facet=alt.Facet("setting:N", sort=present, title=None), columns=columns)
         .properties(title=title)
     )
