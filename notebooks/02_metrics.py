@@ -303,21 +303,36 @@ instability
 # $$
 #
 # ($R/(R-1)$ makes each per-example variance unbiased). What the observed variance $s_a^2$ has
-# beyond that is variance of the replicas' *distribution-wise* accuracy:
-# $\max(s_a^2 - \widehat{\operatorname{Var}}_{\text{test set}},\, 0)$.
+# beyond that is variance of the replicas' *distribution-wise* accuracy, estimated as
+#
+# $$
+# \widehat{\operatorname{Var}}_{\text{distribution}} = \frac{N}{N-1}
+# \Bigl(s_a^2 - \widehat{\operatorname{Var}}_{\text{test set}}\Bigr).
+# $$
+#
+# Why $N/(N-1)$: for $N$ test examples drawn independently, the expected observed variance is
+# the mean per-example variance over $N$ plus $(N-1)/N$ times the distribution variance (the $N$
+# diagonal terms of the examples' covariance are per-example variances, the $N(N-1)$ others
+# average to the distribution variance). The estimate is not clipped at zero: it can come out
+# negative when its noise exceeds the quantity, and clipping would bias it upward, so a negative
+# estimate is reported as such (the `negative` flag).
 
 # %%
 jordan = metrics.distribution_variance(preds, labels)
 glue("jordan_observed", jordan["observed_var"], display=False)
 glue("jordan_predicted", jordan["predicted_var"], display=False)
 glue("jordan_distribution", jordan["distribution_var"], display=False)
+glue("jordan_negative", "yes" if jordan["negative"] else "no", display=False)
 jordan
 
 # %% [markdown]
 # Here $p_n = 1, \tfrac23, 1, \tfrac13, \tfrac23, 0$, so the sum is $3 \cdot \tfrac29$ and the
 # test-set variance is $\tfrac32 \cdot \tfrac{2}{3} / 36 = $ {glue:text}`jordan_predicted:.4f`,
-# more than the observed {glue:text}`jordan_observed:.4f`: nothing is left for the distribution
-# ({glue:text}`jordan_distribution:.4f`; with three replicas the estimate is very noisy). A
+# more than the observed {glue:text}`jordan_observed:.4f`: the estimate of the distribution
+# variance is $\tfrac65 (\tfrac{1}{108} - \tfrac{3}{108}) = -\tfrac{1}{45} = $
+# {glue:text}`jordan_distribution:.4f`, negative (flag: {glue:text}`jordan_negative`). It is
+# reported as computed: with three replicas the estimate is very noisy, and a negative value says
+# that its noise exceeds the quantity. A
 # setting whose accuracy spread is mostly test-set noise can still differ a lot in *which*
 # examples it gets right: churn and per-class spreads measure that.
 
@@ -339,7 +354,7 @@ low, high
 # %% [markdown]
 # The interval [{glue:text}`boot_low:.3f`, {glue:text}`boot_high:.3f`] spans the whole range of
 # the three accuracies: with so few replicas a bootstrap says little, one reason the study trains
-# ten per setting.
+# many replicas per setting.
 #
 # To ask whether one setting's replicas spread more than another's, the package uses the
 # **Brown-Forsythe** test (Levene's test with medians): with $z_{gi} = |x_{gi} - \operatorname{median}_g|$

@@ -21,7 +21,8 @@
 # example: how many replicas get it right, and how many different classes they predict. Then the
 # most unstable examples themselves, as images with the replicas' votes; good and bad churn
 # (examples that go from right to wrong and back); and how much of the variance of test accuracy
-# is the noise of a finite test set, after {cite:t}`jordan2024variance`.
+# is the noise of a finite test set, after {cite:t}`jordan2024variance`, set beside a direct
+# measurement of the variance over the data distribution on further test sets.
 
 # %%
 import pandas as pd
@@ -34,8 +35,8 @@ charts.enable()
 # %% tags=["parameters"]
 runs_root = "../data/runs"  # the run store, relative to notebooks/
 hardware = "cpu-1t"  # hardware label of the cell
-dataset = "digits"  # dataset of the cell (its test images are drawn)
-model = "smallcnn"  # model of the cell
+dataset = "mnist1d"  # dataset of the cell (its test examples are drawn)
+model = "cnn1d"  # model of the cell
 setting = "ALGO"  # the setting whose most unstable examples are drawn
 top_k = 12  # how many examples to draw
 
@@ -59,7 +60,8 @@ pd.DataFrame({
 
 # %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
-n = int(summary["n_replicas"].min()) if len(summary) else 0
+# the settings that spread (3 or more replicas); CONTROL and IMPL need only 2: they are bit-identical
+n = int(summary["n_replicas"][summary["n_replicas"] >= 3].min()) if (summary["n_replicas"] >= 3).any() else 0
 columns = {"share_flip": "pct", "n_flip": "int", "n_examples": "int", "n_sometimes_wrong": "int",
            "n_always_wrong": "int"}
 charts.glue_numbers(findings.prose_values(summary, columns))
@@ -92,7 +94,7 @@ charts.glue_figure("per-example", "right-counts", chart,
 #
 # The examples on which the replicas of the setting chosen in the parameters agree least (the
 # smallest share predicting the most common class, then the most distinct classes), drawn as
-# the model sees them, with the replicas' votes below.
+# the model sees them, with the replicas' votes beside them.
 #
 # :::{glue:figure} fig-per-example-unstable
 # :name: fig-per-example-unstable
@@ -104,16 +106,23 @@ charts.glue_figure("per-example", "right-counts", chart,
 chosen = analysis.unstable_examples(examples, setting, top_k)
 votes = analysis.examples_votes(runs.select(setting=setting).predictions, chosen["example"])
 try:  # a dataset that is not on this machine: say so
-    images = load_dataset(dataset).x_test.numpy() if len(chosen) else None
+    inputs = load_dataset(dataset).x_test.numpy() if len(chosen) else None
     reason = f"no {setting} replicas disagree on any test example"
 except (FileNotFoundError, ValueError) as e:
-    images, reason = None, str(e).splitlines()[0]
-chart = charts.unstable_examples(chosen, images, votes, setting) if images is not None else charts.missing_chart(reason)
+    inputs, reason = None, str(e).splitlines()[0]
+votes_text = "how many replicas predict each class"
+if inputs is None:
+    chart, drawn = charts.missing_chart(reason), f"test examples, and {votes_text}"
+elif inputs.ndim == 3:  # 1D signals (N, C, L)
+    chart = charts.unstable_signals(chosen, inputs, votes, setting)
+    drawn = f"signals, with their true label, and (right) {votes_text}, the true class outlined"
+else:
+    chart = charts.unstable_examples(chosen, inputs, votes, setting)
+    drawn = (f"{inputs.shape[2]}x{inputs.shape[3]} images, with their true label, and (below) {votes_text}, "
+             "right in blue, wrong in orange")
 charts.glue_figure("per-example", "unstable", chart,
-                   f"Top: the test examples on which the {setting} replicas agree least, as 8x8 images, with their "
-                   f"true label. Bottom: how many replicas predict each class (the number in a bar), right in blue, "
-                   f"wrong in orange", n=int(chosen["n_replicas"].max()) if len(chosen) else 0, hardware=hardware,
-                   cell=main_cell)
+                   f"The test examples on which the {setting} replicas agree least, as {drawn}",
+                   n=int(chosen["n_replicas"].max()) if len(chosen) else 0, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## Good and bad churn
@@ -134,7 +143,8 @@ pd.DataFrame({"setting": flips["setting"], "replicas": flips["n_replicas"],
 
 # %% tags=["hide-input", "remove-output"]
 dv = analysis.distribution_variance(runs)
-columns = {"observed_std": "pct", "predicted_std": "pct", "distribution_std": "pct", "ratio": "ratio"}
+columns = {"observed_std": "pct", "predicted_std": "pct", "distribution_std": "pct", "ratio": "ratio",
+           "negative": "flag"}
 charts.glue_numbers(findings.prose_values(dv, columns))
 
 # %% [markdown]
@@ -144,13 +154,13 @@ charts.glue_numbers(findings.prose_values(dv, columns))
 # the data distribution (one is truly better), or they are equally good and the finite test set
 # happens to favour one. {cite:t}`jordan2024variance` separates the two. If every test example
 # were an independent coin flip, right with the share of replicas that get it right, test
-# accuracy would vary by the *predicted* amount; what the replicas show beyond it is
-# distribution-wise variance. Under ALGO the observed standard deviation of accuracy is
-# {glue:text}`algo_observed_std` against {glue:text}`algo_predicted_std` predicted, a ratio of
-# variances of {glue:text}`algo_ratio`; the distribution-wise part is
-# {glue:text}`algo_distribution_std` (as a standard deviation). A ratio near 1 says the replicas
-# are equally good models that differ in which examples they happen to get right; a ratio well
-# above 1 says their accuracies on the whole distribution differ too.
+# accuracy would vary by the *predicted* amount; what the replicas show beyond it, times
+# $N/(N-1)$, estimates the distribution-wise variance ({ref}`metrics-jordan`). Under ALGO the
+# observed standard deviation of accuracy is {glue:text}`algo_observed_std` against
+# {glue:text}`algo_predicted_std` predicted, a ratio of variances of {glue:text}`algo_ratio`; the
+# distribution-wise part is {glue:text}`algo_distribution_std` as a signed standard deviation
+# (negative estimate: {glue:text}`algo_negative`; a negative estimate is reported as computed,
+# not clipped to zero, since clipping would bias the estimator upward).
 #
 # :::{glue:figure} fig-per-example-variance
 # :name: fig-per-example-variance
@@ -165,3 +175,71 @@ charts.glue_figure("per-example", "variance", chart,
                    "Standard deviation of test accuracy across replicas (circles) and the standard deviation "
                    "independent per-example errors would give (diamonds, Jordan's estimator), per setting",
                    n=n, hardware=hardware, cell=main_cell)
+
+# %% [markdown]
+# ## Jordan's estimate against a direct measurement
+#
+# Jordan's estimate needs only the one test set, but rests on a model of it. MNIST-1D is
+# generated, so every replica was also evaluated on further test sets drawn from the same
+# distribution with other generator seeds. Two different sets share no example, so the
+# covariance across replicas of the accuracies on two different sets is exactly the variance of
+# accuracy over the distribution: the direct measurement is the mean of those covariances. Per
+# setting, both estimates of the same variance on the same replicas, with 95 % intervals (BCa over
+# replicas), their difference with its interval from a paired bootstrap over replicas, and the
+# p-value of "they estimate the same variance", adjusted with Holm across the settings.
+
+# %%
+variance = analysis.variance_direct(runs)
+vtests = analysis.variance_tests(runs)
+vclaims = findings.claims_from_tests(vtests)
+by_name = dict(zip(vtests["name"], vclaims))
+difference = vtests.set_index("name")
+rows, by_setting = [], {}
+for _, v in variance.iterrows():
+    name = f"jordan_vs_direct_{v['setting'].lower().replace('+', '_')}_{v['dataset']}_{v['model']}"
+    d = difference.loc[name] if name in difference.index else None
+    if name in by_name:
+        by_setting[v["setting"]] = by_name[name]
+    rows.append({
+        "setting": v["setting"], "replicas": v["n_replicas"], "extra test sets": v["n_sets"],
+        "Jordan": findings.as_text(v["jordan_var"], "e"),
+        "Jordan 95 % CI": f"{findings.as_text(v['jordan_lo'], 'e')} to {findings.as_text(v['jordan_hi'], 'e')}",
+        "negative": findings.as_text(v["jordan_negative"], "flag"),
+        "direct": findings.as_text(v["direct_var"], "e"),
+        "direct 95 % CI": f"{findings.as_text(v['direct_lo'], 'e')} to {findings.as_text(v['direct_hi'], 'e')}",
+        "difference": findings.as_text(None if d is None else d["effect"], "e"),
+        "p (Holm)": findings.p_text(float("nan") if d is None else d["p_adjusted"]),
+        "verdict": by_name[name].verdict if name in by_name else "n/a",
+    })
+pd.DataFrame(rows, columns=["setting", "replicas", "extra test sets", "Jordan", "Jordan 95 % CI", "negative", "direct",
+                            "direct 95 % CI", "difference", "p (Holm)", "verdict"]).set_index("setting")
+
+# %% tags=["hide-input", "remove-output"]
+charts.glue_numbers({"claim_jordan_algo": findings.word(by_setting["ALGO"]) if "ALGO" in by_setting else
+                     f"No ALGO runs of {hardware}/{main_cell} with 3 or more replicas and extra test sets"})
+
+# %% [markdown]
+# Under ALGO: {glue:text}`claim_jordan_algo`. Every setting, worded from its test:
+
+# %%
+Markdown("\n".join(f"- {setting}: {findings.word(c)}." for setting, c in by_setting.items())
+         or "No setting has 3 or more replicas with extra test sets.")
+
+# %% [markdown]
+# :::{glue:figure} fig-per-example-jordan-direct
+# :name: fig-per-example-jordan-direct
+#
+# {glue:text}`fig-per-example-jordan-direct-caption`
+# :::
+
+# %% tags=["hide-input", "remove-output"]
+shown = variance[variance["n_sets"] > 0]
+text = ("Variance of accuracy over the data distribution, per setting: Jordan's estimate from the main test set and "
+        "the direct measurement on the extra test sets, each with its 95 % interval (BCa over replicas), shown as "
+        "signed standard deviations (sign times the square root)")
+if len(shown):
+    charts.glue_figure("per-example", "jordan-direct", charts.jordan_direct_chart(shown), text,
+                       n=int(shown["n_replicas"].min()), hardware=hardware, cell=main_cell)
+else:
+    charts.glue_figure("per-example", "jordan-direct", charts.missing_chart(f"no {hardware}/{main_cell} replicas "
+                       "with extra test sets"), text, n=0, hardware=hardware, cell=main_cell)

@@ -39,9 +39,12 @@ from . import data, metrics, models, noise, stats, store
 
 __all__ = [
     "CELL",
+    "CLASS_TESTS",
     "MAIN_CELL",
     "MIN_REPLICAS_CI",
+    "NULL_GROUP_COLUMNS",
     "N_BOOT",
+    "SUBGROUP_TESTS",
     "TOOLING_COLUMNS",
     "TOOLING_GROUPS",
     "TOOLING_TESTS",
@@ -50,6 +53,7 @@ __all__ = [
     "check_selection",
     "churn_flips",
     "churn_tests",
+    "class_null_tests",
     "distribution_variance",
     "examples_votes",
     "hardware_compare",
@@ -63,14 +67,17 @@ __all__ = [
     "per_class",
     "per_class_spread",
     "per_example",
+    "rare_subgroups",
     "rare_vs_common",
     "runs_table",
     "setting_order",
     "sd_tests",
+    "spread_null_groups",
     "spread_null_tests",
     "spread_tests",
     "subgroup_noise",
     "subgroup_noise_summary",
+    "subgroup_null_tests",
     "subgroup_rates",
     "subgroups",
     "tooling_churn",
@@ -733,6 +740,205 @@ def distribution_variance(runs: store.Runs) -> pd.DataFrame:
             }
         )
     return _sorted(_frame(rows, columns))
+
+
+# ----------------------------------------------------------------------------- spreads against independent examples
+# What the chapters on classes and subgroups show beside spread_null_tests: the null of each
+# group, and the subgroup family (rare/common ratio, rare and common spreads). Placed before the
+# "decided by tests" section: cell and n are passed, not defaulted to names defined below it.
+NULL_GROUP_COLUMNS = CELL + [
+    "group",
+    "class",
+    "attribute",
+    "rare",
+    "n_examples",
+    "n_replicas",
+    "sd",
+    "null_median",
+    "null_lo",
+    "null_hi",
+    "excess",
+]
+# stats.independent_null's keys under the test-frame columns (and the null columns) they fill
+_NULL_KEYS = {
+    "observed": "observed",
+    "effect": "excess",
+    "effect_lo": "excess_low",
+    "effect_hi": "excess_high",
+    "n_a": "n_replicas",
+    "n_b": "n_examples",
+    "pvalue": "pvalue",
+    "null_median": "null_median",
+    "null_lo": "null_low",
+    "null_hi": "null_high",
+    "ratio": "ratio",
+    "ratio_lo": "ratio_low",
+    "ratio_hi": "ratio_high",
+}
+
+
+def _setting_correct(runs: store.Runs, cell: dict, settings: Iterable[str]) -> Iterable[tuple[str, store.Cell]]:
+    """(setting, cell) of ``cell``'s settings among ``settings`` that have 3 or more replicas."""
+    cells = _main_cells(runs, cell)
+    for setting in settings:
+        one = cells.get(setting)
+        if one is not None and one.preds.shape[0] >= 3:
+            yield setting, one
+
+
+def rare_subgroups(labels, groups, rare_share: float = 0.5) -> set[tuple[int, int]]:
+    """The (label, attribute) subgroups that hold under ``rare_share`` of their class's examples in
+    ``labels``/``groups``: pass the TRAINING split's, where a subgroup is rare by design (a test set
+    may hold every subgroup in equal shares, as mnist1d_groups' does)."""
+    frame = pd.DataFrame({"label": np.asarray(labels), "group": np.asarray(groups)})
+    counts = frame.value_counts().rename("n").reset_index()
+    share = counts["n"] / counts.groupby("label")["n"].transform("sum")
+    return {(int(y), int(g)) for y, g in zip(counts["label"][share < rare_share], counts["group"][share < rare_share])}
+
+
+def _rare_codes(one: store.Cell, rare: set[tuple[int, int]] | None, rare_share: float):
+    """(codes, rare per sorted code, width) of a cell's (label, attribute) subgroups: rare as in
+    ``rare`` where given, else by the test set's shares (:func:`_subgroup_codes`)."""
+    width = int(one.groups.max()) + 1
+    codes, by_share = _subgroup_codes(one.labels, one.groups, rare_share)
+    if rare is None:
+        return codes, by_share, width
+    return codes, np.array([(int(c) // width, int(c) % width) in rare for c in np.unique(codes)]), width
+
+
+def spread_null_groups(
+    runs: store.Runs,
+    cell: dict,
+    *,
+    settings: Iterable[str] = ("ALGO",),
+    by_subgroup: bool = False,
+    rare: set[tuple[int, int]] | None = None,
+    rare_share: float = 0.5,
+    n: int = stats.N_SIM,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """Each group's accuracy SD across replicas beside the independent-examples null of that group
+    (``stats.independent_null``'s per-group median and central 95 % range), per setting of
+    ``cell`` with 3 or more replicas. Groups are the classes, or with ``by_subgroup`` the (label,
+    attribute) subgroups (a subgroup's accuracy SD is its FNR's SD), flagged ``rare`` when in
+    ``rare`` (:func:`rare_subgroups` of the training split), else when under ``rare_share`` of its
+    class's test examples; cells without a group attribute give no subgroup rows. With the same
+    ``n`` and ``seed`` the per-class null is the one :func:`spread_null_tests` tests against.
+    ``excess`` = sd - null median."""
+    rows = []
+    for _, one in _setting_correct(runs, cell, settings):
+        correct = (one.preds == one.labels).astype(np.int8)
+        if not by_subgroup:
+            codes, flags, width = one.labels, None, None
+        elif not one.has_groups:
+            continue
+        else:
+            codes, flags, width = _rare_codes(one, rare, rare_share)
+        out = stats.independent_null(correct, codes, "mean", n_sim=n, n_boot=2, seed=seed)["groups"]
+        for k, group in enumerate(out["group"]):
+            rows.append(
+                {
+                    **one.key,
+                    "group": int(group),
+                    "class": int(group) if width is None else int(group) // width,
+                    "attribute": None if width is None else int(group) % width,
+                    "rare": None if flags is None else bool(flags[k]),
+                    "n_examples": int(out["n"][k]),
+                    "n_replicas": one.preds.shape[0],
+                    "sd": float(out["sd"][k]),
+                    "null_median": float(out["null_median"][k]),
+                    "null_lo": float(out["null_low"][k]),
+                    "null_hi": float(out["null_high"][k]),
+                    "excess": float(out["sd"][k] - out["null_median"][k]),
+                }
+            )
+    return _frame(rows, NULL_GROUP_COLUMNS)
+
+
+# (name prefix, statistic, what it summarises) of each family, per setting
+CLASS_TESTS = (
+    ("class_max", "max", "largest per-class accuracy SD"),
+    ("class_ratio", "max_ratio", "largest per-class accuracy SD / top-1 accuracy SD"),
+)
+SUBGROUP_TESTS = (
+    ("subgroup_ratio", "rare_common_ratio", "mean FNR SD of rare / of common subgroups"),
+    ("subgroup_rare", "mean", "mean FNR SD of the rare subgroups"),
+    ("subgroup_common", "mean", "mean FNR SD of the common subgroups"),
+)
+_NULL_EXTRA = ["null_median", "null_lo", "null_hi", "ratio", "ratio_lo", "ratio_hi"]
+
+
+def _null_row(family: str, prefix: str, setting: str, what: str, out: dict, n: int) -> dict:
+    return {
+        "family": family,
+        "name": f"{prefix}_{_slug(setting)}",
+        "a": setting,
+        "b": "independent examples",
+        "test": f"independent-examples null ({n} simulations)",
+        "statistic": what,
+        **{column: out[key] for column, key in _NULL_KEYS.items()},
+    }
+
+
+def _null_frame(rows: list[dict]) -> pd.DataFrame:
+    """TEST_COLUMNS with Holm across the rows, then the null's columns (_NULL_EXTRA)."""
+    extra = pd.DataFrame([{k: r[k] for k in _NULL_EXTRA} for r in rows], columns=_NULL_EXTRA)
+    return pd.concat([_tests_frame(rows), extra], axis=1)
+
+
+def class_null_tests(
+    runs: store.Runs, cell: dict, *, settings: Iterable[str] = ("ALGO",), n: int = stats.N_SIM, seed: int = SEED
+) -> pd.DataFrame:
+    """The per-class family of ``cell`` against the independent-examples null, per setting with 3
+    or more replicas: the largest per-class accuracy SD (``class_max_<setting>``: do classes
+    move more than their own examples, flipping independently, make them?) and that over the SD
+    of top-1 accuracy (``class_ratio_<setting>``: the row :func:`spread_null_tests` computes).
+    Effect: observed - null median with its interval; p one-sided; Holm across the family
+    (family ``class``); columns as :func:`subgroup_null_tests`."""
+    rows = []
+    for setting, one in _setting_correct(runs, cell, settings):
+        correct = (one.preds == one.labels).astype(np.int8)
+        for prefix, statistic, what in CLASS_TESTS:
+            out = stats.independent_null(correct, one.labels, statistic, n_sim=n, n_boot=n, seed=seed)
+            rows.append(_null_row("class", prefix, setting, what, out, n))
+    return _null_frame(rows)
+
+
+def subgroup_null_tests(
+    runs: store.Runs,
+    cell: dict,
+    *,
+    settings: Iterable[str] = ("ALGO",),
+    rare: set[tuple[int, int]] | None = None,
+    rare_share: float = 0.5,
+    n: int = stats.N_SIM,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """The subgroup family of ``cell`` (a dataset with a group attribute) against the
+    independent-examples null, per setting with 3 or more replicas (rare subgroups: ``rare``,
+    else by ``rare_share`` as in :func:`spread_null_groups`): the rare/common ratio of mean
+    FNR SDs (``subgroup_ratio_<setting>``), the mean FNR SD of the rare subgroups
+    (``subgroup_rare_<setting>``) and of the common ones (``subgroup_common_<setting>``), each
+    from ``stats.independent_null`` on its own subgroups' examples. Effect: observed - null
+    median, with its interval; p one-sided (observed at least as large); Holm across the family
+    (family ``subgroup``). Extra columns: null_median, null_lo, null_hi, ratio, ratio_lo,
+    ratio_hi. ``n_a`` replicas, ``n_b`` test examples in the subgroups tested."""
+    rows = []
+    for setting, one in _setting_correct(runs, cell, settings):
+        if not one.has_groups:
+            continue
+        codes, flags, _ = _rare_codes(one, rare, rare_share)
+        if flags.all() or not flags.any():
+            continue
+        correct = (one.preds == one.labels).astype(np.int8)
+        rare_example = np.isin(codes, np.unique(codes)[flags])
+        for (prefix, statistic, what), mask in zip(
+            SUBGROUP_TESTS, (np.ones(codes.size, dtype=bool), rare_example, ~rare_example)
+        ):
+            kw = {"rare": flags} if statistic == "rare_common_ratio" else {}
+            out = stats.independent_null(correct[:, mask], codes[mask], statistic, n_sim=n, n_boot=n, seed=seed, **kw)
+            rows.append(_null_row("subgroup", prefix, setting, what, out, n))
+    return _null_frame(rows)
 
 
 # ----------------------------------------------------------------------------- hardware

@@ -68,6 +68,8 @@ __all__ = [
     "ID_PREFIX",
     "MAX_ROWS",
     "MIME_TYPE",
+    "NEUTRAL_DARK",
+    "NEUTRAL_LIGHT",
     "RENDERER",
     "REPLICAS_TOOLTIP",
     "SETTING_COLORS",
@@ -87,8 +89,10 @@ __all__ = [
     "glue_figure",
     "glue_numbers",
     "hardware_churn",
+    "jordan_direct_chart",
     "kernel_size_chart",
     "missing_chart",
+    "null_range_chart",
     "overhead_chart",
     "per_class_chart",
     "prediction_grid",
@@ -109,6 +113,7 @@ __all__ = [
     "train_seconds_chart",
     "training_curves",
     "unstable_examples",
+    "unstable_signals",
     "variance_chart",
     "write_bundle",
 ]
@@ -872,6 +877,152 @@ def variance_chart(dv: pd.DataFrame) -> alt.Chart:
             + [alt.Tooltip("n_examples:Q", title="test examples")],
         )
         .properties(width=380, title="Observed spread of accuracy against finite-test-set noise")
+    )
+
+
+# Neutral marks for what is not a setting: an observation (dark), its null or a second method
+# (light); rare and common subgroups by shape, not colour.
+NEUTRAL_DARK = "#333333"  # an observation, or the first of two methods
+NEUTRAL_LIGHT = "#AAAAAA"  # its null, or the second method
+
+
+def null_range_chart(groups: pd.DataFrame, *, label: str, title: str) -> alt.FacetChart:
+    """21_per_class and 22_subgroups: each group's accuracy SD across replicas (dark point; a
+    triangle for a rare subgroup) against the independent-examples null of that group (light bar:
+    central 95 % range, tick: median), one panel per setting. ``groups`` holds
+    analysis.spread_null_groups rows with a ``name`` column (the group as the y axis reads it);
+    ``label`` is the y axis title."""
+    present = setting_sort(groups["setting"])
+    shown = groups.assign(kind=groups["rare"].map({True: "rare", False: "common"}).fillna("class"))
+    order = shown.sort_values(["class", "group"])["name"].unique().tolist()
+    spreads = (
+        ("sd", "observed SD"),
+        ("null_median", "null median"),
+        ("null_lo", "null 2.5 %"),
+        ("null_hi", "null 97.5 %"),
+    )
+    tips = ["setting:N", alt.Tooltip("name:N", title=label), alt.Tooltip("n_examples:Q", title="test examples")]
+    tips += [alt.Tooltip(f"{field}:Q", title=text, format=".2%") for field, text in spreads] + [REPLICAS_TOOLTIP]
+    y = alt.Y("name:N", sort=order, title=label)
+    base = alt.Chart().encode(y=y, tooltip=tips)
+    x_title = "SD across replicas"
+    band = base.mark_bar(size=8, color=NEUTRAL_LIGHT, opacity=0.6).encode(
+        x=alt.X("null_lo:Q", title=x_title, axis=alt.Axis(format=".1%")), x2="null_hi:Q"
+    )
+    median = base.mark_tick(color=NEUTRAL_LIGHT, thickness=2, size=12).encode(x="null_median:Q")
+    kinds = [k for k in ("common", "rare") if k in set(shown["kind"])]  # classes: no shape, no legend
+    marks = {"common": "circle", "rare": "triangle-up"}
+    shape = (
+        {"shape": alt.Shape("kind:N", scale=alt.Scale(domain=kinds, range=[marks[k] for k in kinds]), title="subgroup")}
+        if kinds
+        else {}
+    )
+    point = base.mark_point(filled=True, size=50, color=NEUTRAL_DARK).encode(x="sd:Q", **shape)
+    columns = min(3, max(1, len(present)))
+    return (
+        alt.layer(band, median, point, data=tidy_limit(shown))
+        .properties(width=min(440, 600 // columns - 60), height=max(120, 14 * len(order)))
+        .facet(facet=alt.Facet("setting:N", sort=present, title=None), columns=columns)
+        .properties(title=title)
+    )
+
+
+def _signed_sd(v: pd.Series) -> pd.Series:
+    """A variance as a signed SD, sign(v) sqrt(|v|): monotone, so intervals map to intervals, and a
+    negative estimate stays visibly negative."""
+    return np.sign(v) * np.sqrt(np.abs(v))
+
+
+def jordan_direct_chart(variance: pd.DataFrame) -> alt.LayerChart:
+    """23_per_example: the variance of accuracy over the data distribution per setting, estimated
+    by Jordan's method on the main test set and measured directly on the extra test sets, each
+    with its 95 % interval, shown as signed SDs (analysis.variance_direct rows)."""
+    present = setting_sort(variance["setting"])
+    parts = []
+    for method, prefix in (("Jordan (main test set)", "jordan"), ("direct (extra test sets)", "direct")):
+        part = variance[["setting", "n_replicas", "n_sets"]].assign(method=method)
+        for end in ("var", "lo", "hi"):
+            part[end] = _signed_sd(variance[f"{prefix}_{end}"].astype(float))
+        parts.append(part.dropna(subset=["var"]))
+    long = pd.concat(parts, ignore_index=True)
+    methods = ["Jordan (main test set)", "direct (extra test sets)"]
+    colour = alt.Color(
+        "method:N", sort=methods, scale=alt.Scale(domain=methods, range=[NEUTRAL_DARK, NEUTRAL_LIGHT]), title=None
+    )
+    base = alt.Chart(tidy_limit(long)).encode(
+        y=alt.Y("setting:N", sort=present, title=None),
+        yOffset=alt.YOffset("method:N", sort=methods),
+        color=colour,
+        tooltip=[
+            "setting:N",
+            "method:N",
+            alt.Tooltip("var:Q", title="signed SD", format=".3%"),
+            alt.Tooltip("lo:Q", title="95 % CI low", format=".3%"),
+            alt.Tooltip("hi:Q", title="95 % CI high", format=".3%"),
+            REPLICAS_TOOLTIP,
+            alt.Tooltip("n_sets:Q", title="extra test sets"),
+        ],
+    )
+    x = alt.X("lo:Q", title="SD of accuracy over the distribution (signed)", axis=alt.Axis(format=".2%"))
+    zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color=NEUTRAL_LIGHT, strokeDash=[4, 3]).encode(x="x:Q")
+    return (
+        zero
+        + base.mark_rule(strokeWidth=2).encode(x=x, x2="hi:Q")
+        + base.mark_point(filled=True, size=60).encode(
+            x="var:Q", shape=alt.Shape("method:N", sort=methods, legend=None)
+        )
+    ).properties(width=420, title="Variance of accuracy over the data distribution: Jordan's estimate and direct")
+
+
+def unstable_signals(chosen: pd.DataFrame, signals: np.ndarray, votes: pd.DataFrame, setting: str) -> alt.VConcatChart:
+    """23_per_example on 1D data: the ``chosen`` test examples (analysis.unstable_examples rows)
+    drawn as the signals they are (``signals`` (N, C, L), channels averaged), above how many
+    replicas of ``setting`` predict each class (``votes``: analysis.examples_votes rows; the true
+    class outlined). Neutral colours: the votes are counts, not settings."""
+    order = [f"#{e} (label {y})" for e, y in zip(chosen["example"], chosen["label"])]
+    title = dict(zip(chosen["example"], order))
+    values = signals[chosen["example"].to_numpy()].mean(axis=1)  # (k, L)
+    lines = pd.DataFrame(
+        [
+            {"example": title[e], "t": t, "x": float(v)}
+            for e, row in zip(chosen["example"], values)
+            for t, v in enumerate(row)
+        ]
+    )
+    signal = (
+        alt.Chart(tidy_limit(lines))
+        .mark_line(color=NEUTRAL_DARK, strokeWidth=1.5)
+        .encode(
+            x=alt.X("t:Q", title="position", axis=alt.Axis(tickMinStep=10)),
+            y=alt.Y("x:Q", title=None, axis=None),
+            tooltip=[
+                "example:N",
+                alt.Tooltip("t:Q", title="position"),
+                alt.Tooltip("x:Q", title="value", format=".2f"),
+            ],
+        )
+        .properties(width=110, height=40)
+        .facet(facet=alt.Facet("example:N", sort=order, title=None, header=alt.Header(labelFontSize=10)), columns=4)
+    )
+    shown = votes.assign(
+        example=votes["example"].map(title), outcome=votes["correct"].map({True: "right", False: "wrong"})
+    )
+    y = alt.Y("example:N", sort=order, title=None)
+    x = alt.X("prediction:O", title=f"class predicted by the {setting} replicas", axis=alt.Axis(labelAngle=0))
+    cells = alt.Chart(tidy_limit(shown)).encode(
+        x=x, y=y, tooltip=["example:N", alt.Tooltip("prediction:O", title="predicted class"), "votes:Q", "outcome:N"]
+    )
+    heat = cells.mark_rect().encode(
+        color=alt.Color("votes:Q", scale=alt.Scale(scheme="greys"), title="replicas"),
+        stroke=alt.condition(alt.datum.outcome == "right", alt.value("#000000"), alt.value(None)),
+        strokeWidth=alt.value(2),
+    )
+    text = cells.mark_text(fontSize=10).encode(
+        text="votes:Q",
+        color=alt.condition(alt.datum.votes > chosen["n_replicas"].max() / 2, alt.value("white"), alt.value("black")),
+    )
+    return alt.vconcat(signal, (heat + text).properties(width=300)).properties(
+        title=f"The {len(chosen)} test examples the {setting} replicas agree on least"
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Claim",
     "FINDINGS",
     "HARDWARE_METRICS",
+    "NULL_TABLE_COLUMNS",
     "PROSE_COLUMNS",
     "TOOLING_PHRASES",
     "as_text",
@@ -41,6 +42,8 @@ __all__ = [
     "glue_values",
     "hardware_table",
     "hardware_values",
+    "null_claims",
+    "null_table",
     "p_text",
     "pct",
     "prose_values",
@@ -163,6 +166,84 @@ def rare_common_ratio(summary: pd.DataFrame) -> pd.DataFrame:
     wide["ratio"] = (wide["rare"] / wide["common"]).where(wide["common"] > 0)
     wide.columns.name = None
     return wide.reset_index()[columns]
+
+
+# What each null-model test (analysis.class_null_tests, subgroup_null_tests) is about, by name
+# prefix: the subject of its sentence. A ratio's excess reads as a number, a spread's in points.
+_NULL_SUBJECTS = {
+    "class_max": "the most variable class's accuracy",
+    "class_ratio": "the most variable class's accuracy, relative to top-1 accuracy,",
+    "subgroup_ratio": "the rare subgroups' FNR, relative to the common subgroups',",
+    "subgroup_rare": "the rare subgroups' FNR",
+    "subgroup_common": "the common subgroups' FNR",
+}
+
+
+def null_claims(tests: pd.DataFrame) -> list[Claim]:
+    """One :class:`Claim` per row of :func:`analysis.class_null_tests` or
+    :func:`analysis.subgroup_null_tests`, worded for what it tests (a spread, or a ratio of
+    spreads, against independent examples; effect: the excess over the null's median, in
+    percentage points for a spread). Not established with an interval wholly below zero reads
+    as moving less than independent examples would make it (the test is one-sided: "more")."""
+    out = []
+    for claim, (_, row) in zip(claims_from_tests(tests), tests.iterrows()):
+        a = row["a"]
+        prefix = next(k for k in _NULL_SUBJECTS if row["name"].startswith(k + "_"))
+        what, kind = _NULL_SUBJECTS[prefix], "2f" if prefix.endswith("_ratio") else "points"
+        if row["effect_hi"] < 0:
+            not_established = f"Under {a}, {what} moves less than independent examples would make it"
+        else:
+            not_established = (
+                f"Under {a}, the data cannot tell whether {what} moves more than independent examples would make it"
+            )
+        established = f"Under {a}, {what} moves more than independent examples would make it"
+        n = f"{int(row['n_a'])} replicas x {int(row['n_b'])} examples"
+        effect_name = "excess over the null's median"
+        out.append(
+            dataclasses.replace(
+                claim, established=established, not_established=not_established, kind=kind, n=n, effect_name=effect_name
+            )
+        )
+    return out
+
+
+NULL_TABLE_COLUMNS = [
+    "statistic",
+    "replicas",
+    "observed",
+    "null median",
+    "null 95 % range",
+    "excess",
+    "excess 95 % CI",
+    "p",
+    "p (Holm)",
+    "verdict",
+]
+
+
+def null_table(tests: pd.DataFrame, claims: Iterable[Claim], digits: int = 4) -> pd.DataFrame:
+    """The chapters' table of null-model tests (analysis.class_null_tests, subgroup_null_tests)
+    with their :func:`null_claims`: per test (index: setting, test name) the statistic, replicas,
+    observed value, the null's median and central 95 % range, the excess with its 95 % interval,
+    p, Holm-adjusted p and verdict, as text with ``digits`` decimals."""
+
+    def span(lo: pd.Series, hi: pd.Series) -> list[str]:
+        return [f"{a:.{digits}f} to {b:.{digits}f}" for a, b in zip(lo, hi)]
+
+    values = {
+        "statistic": tests["statistic"],
+        "replicas": tests["n_a"],
+        "observed": tests["observed"].map(f"{{:.{digits}f}}".format),
+        "null median": tests["null_median"].map(f"{{:.{digits}f}}".format),
+        "null 95 % range": span(tests["null_lo"], tests["null_hi"]),
+        "excess": tests["effect"].map(f"{{:.{digits}f}}".format),
+        "excess 95 % CI": span(tests["effect_lo"], tests["effect_hi"]),
+        "p": tests["pvalue"].map(p_text),
+        "p (Holm)": tests["p_adjusted"].map(p_text),
+        "verdict": [c.verdict for c in claims],
+    }
+    index = pd.MultiIndex.from_arrays([tests["a"], tests["name"]], names=["setting", "test"])
+    return pd.DataFrame({k: list(v) for k, v in values.items()}, index=index, columns=NULL_TABLE_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- findings
