@@ -76,6 +76,7 @@ __all__ = [
     "bundle_header",
     "caption",
     "chart_id",
+    "churn_epochs_chart",
     "cost_color",
     "cost_configurations",
     "divergence_chart",
@@ -102,6 +103,7 @@ __all__ = [
     "static_svg",
     "subgroup_replicas",
     "subgroup_spread",
+    "summary_chart",
     "tidy_limit",
     "training_curves",
     "unstable_examples",
@@ -594,6 +596,91 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
     churn = (bars + ci).properties(title="Predictive churn and its two parts")
     return alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
         title="Accuracy spread and churn"
+    )
+
+
+def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.HConcatChart:
+    """20_topline: churn after each stored epoch per setting, with its interval (left), and the
+    share of ``same_setting``'s replicas whose predictions equal CONTROL's at that epoch with its
+    interval (right). ``epochs`` holds analysis.churn_by_epoch rows of one (hardware, dataset, model)."""
+    tidy_limit(epochs)
+    present = setting_sort(epochs["setting"])
+    ticks = sorted(int(e) for e in epochs["epoch"].unique())
+    x = alt.X(
+        "epoch:Q",
+        title="epochs trained",
+        scale=alt.Scale(domain=[0, max(ticks)]),
+        axis=alt.Axis(values=ticks, format="d"),
+    )
+    color = setting_color(settings=present)
+    tips = [
+        "setting:N",
+        alt.Tooltip("epoch:Q", title="epoch"),
+        alt.Tooltip("churn:Q", format=".2%"),
+        alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
+        alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%"),
+        REPLICAS_TOOLTIP,
+    ]
+    base = alt.Chart(epochs).encode(x=x, color=color, tooltip=tips)
+    churn = alt.layer(
+        base.mark_line(strokeWidth=1.5).encode(y=alt.Y("churn:Q", title="churn", axis=alt.Axis(format=".1%"))),
+        base.mark_point(filled=True, size=40).encode(y="churn:Q"),
+        base.mark_rule().encode(y="churn_lo:Q", y2="churn_hi:Q"),
+    ).properties(width=280, height=220, title="Churn after each epoch")
+    same = epochs[epochs["setting"] == same_setting].dropna(subset=["same_share"])
+    shares = alt.Chart(same).encode(
+        x=x,
+        color=setting_color(settings=[same_setting], legend=None),
+        tooltip=[
+            alt.Tooltip("epoch:Q", title="epoch"),
+            alt.Tooltip("n_same:Q", title="replicas with CONTROL's predictions"),
+            REPLICAS_TOOLTIP,
+            alt.Tooltip("same_share:Q", title="share", format=".0%"),
+            alt.Tooltip("same_lo:Q", title="95% CI low", format=".0%"),
+            alt.Tooltip("same_hi:Q", title="95% CI high", format=".0%"),
+        ],
+    )
+    back = alt.layer(
+        shares.mark_line(strokeWidth=1.5).encode(
+            y=alt.Y(
+                "same_share:Q",
+                title=f"share of {same_setting} replicas",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format=".0%"),
+            )
+        ),
+        shares.mark_point(filled=True, size=40).encode(y="same_share:Q"),
+        shares.mark_rule().encode(y="same_lo:Q", y2="same_hi:Q"),
+    ).properties(width=180, height=220, title=f"{same_setting} replicas with CONTROL's predictions")
+    return alt.hconcat(churn, back).properties(title="Churn against training length")
+
+
+def summary_chart(main: pd.DataFrame) -> alt.HConcatChart:
+    """25_claims (for the introduction): the SD of top-1 accuracy (chi-square interval) and churn
+    (BCa interval) per setting of one (hardware, dataset, model), side by side.
+    ``main`` holds analysis.topline rows."""
+    tips = [alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"), REPLICAS_TOOLTIP]
+    sd = setting_points(
+        main,
+        "acc_std",
+        lo="acc_std_lo",
+        hi="acc_std_hi",
+        axis_title="std of top-1 accuracy",
+        title="Spread of accuracy",
+        tooltip=tips,
+    )
+    churn = setting_points(
+        main,
+        "churn",
+        lo="churn_lo",
+        hi="churn_hi",
+        axis_title="churn (share of test examples)",
+        fmt=".1%",
+        title="Predictive churn",
+        tooltip=tips,
+    )
+    return alt.hconcat(sd.properties(width=220), churn.properties(width=220)).properties(
+        title="Accuracy spread and churn per setting"
     )
 
 
