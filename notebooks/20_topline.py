@@ -31,6 +31,7 @@
 # %%
 import pandas as pd
 from IPython.display import Markdown
+from myst_nb import glue
 
 from nnrandomness import PAPER_SETTINGS, analysis, charts, findings, store
 
@@ -74,7 +75,8 @@ pd.DataFrame({
 
 # %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
-n_main = int(main["n_replicas"].min()) if len(main) else 0
+n_main = int(main["n_replicas"].max()) if len(main) else 0  # the caption names the settings with fewer
+few = findings.few_replicas_note(main)
 charts.glue_numbers({**findings.prose_values(main), **findings.interval_values(main)})  # algo_churn_ci, ...
 
 
@@ -107,7 +109,8 @@ charts.glue_figure("topline", "accuracy-churn", chart,
                    "Left: standard deviation of top-1 test accuracy across replicas, per setting (dot), with its "
                    "95 % chi-square interval (bar). Right: predictive churn, the mean share of test examples on "
                    "which two replicas disagree, split into pairs where one replica is right (dark) and pairs where "
-                   "both are wrong (light), with the 95 % BCa bootstrap interval over replicas of the total (black)",
+                   "both are wrong (light), with the 95 % BCa bootstrap interval over replicas of the total "
+                   "(black)" + few,
                    n=n_main, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
@@ -134,7 +137,7 @@ else:
     chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
 charts.glue_figure("topline", "l2", chart, "Mean L2 distance between the final weights of two replicas "
                    "(BatchNorm running statistics excluded), per setting, with its 95 % BCa bootstrap interval "
-                   "over replicas", n=n_main, hardware=hardware, cell=main_cell)
+                   "over replicas" + few, n=n_main, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
 # ## Which differences are established
@@ -186,7 +189,8 @@ chart = (charts.churn_epochs_chart(epochs) if len(epochs)
 charts.glue_figure("topline", "churn-epochs", chart,
                    "Left: predictive churn after each stored epoch per setting, with its 95 % BCa bootstrap "
                    "interval over replicas. Right: the share of ULP replicas whose test predictions equal CONTROL's "
-                   "after that epoch, with its 95 % Clopper-Pearson interval", n=n_main, hardware=hardware,
+                   "after that epoch, with its 95 % Clopper-Pearson interval",
+                   n=int(epochs["n_replicas"].max()) if len(epochs) else 0, hardware=hardware,
                    cell=main_cell)
 ulp_claims = findings.claims_from_tests(analysis.ulp_tests(runs, cell, n=n_test, seed=seed))
 findings.glue_values(findings.intro_claim_values(ulp_claims, ["churn_ulp_vs_algo", "ulp_returns_to_control"]))
@@ -254,6 +258,7 @@ ident[ident.setting.isin(["CONTROL", "IMPL", "ALGO+IMPL"])].reset_index(drop=Tru
 
 # %%
 twins = analysis.twin_identity(runs)
+glue("impl_twins", findings.twin_text(twins), display=False)
 twins
 
 # %% [markdown]
@@ -263,9 +268,9 @@ twins
 # scatter and index operations) sum in whatever order the threads finish. On the CPU at a fixed
 # {term}`tooling configuration` (thread count and instruction set) the kernels these networks use
 # (convolution, matrix multiplication, pooling, element-wise ops and reductions) are
-# deterministic run to run, so `torch.use_deterministic_algorithms(False)` changes nothing:
-# where the table above says so, each IMPL replica is the CONTROL replica bit for bit and each
-# ALGO+IMPL replica the ALGO replica with the same index, so the CPU cannot measure IMPL at all.
+# deterministic run to run, so `torch.use_deterministic_algorithms(False)` changes nothing. In
+# this store: {glue:text}`impl_twins` Where all are, IMPL adds nothing on the CPU: it cannot be
+# measured there at all.
 # When the store holds GPU runs, the same code fills the IMPL rows with replicas that differ. The
 # CPU's own tooling factors are the thread count and the instruction set, each deterministic on
 # its own; {ref}`hardware` measures them.

@@ -1330,7 +1330,10 @@ def _extra_accuracy(cell: store.Cell) -> tuple[np.ndarray | None, int | None]:
     sizes = {v.size for v in lists}
     if len(sizes) != 1 or sizes.pop() < 2:
         return None, None
-    extra_n = int(reps["extra_n"].iloc[0]) if "extra_n" in reps.columns and pd.notna(reps["extra_n"].iloc[0]) else None
+    # load_runs gives one size per set (a list); a scalar is accepted too. One size for every set, or None.
+    first = reps["extra_n"].iloc[0] if "extra_n" in reps.columns else None
+    sizes = {int(v) for v in np.ravel(first) if pd.notna(v)} if first is not None else set()
+    extra_n = sizes.pop() if len(sizes) == 1 else None
     return np.vstack(lists), extra_n
 
 

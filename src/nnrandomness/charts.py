@@ -86,6 +86,7 @@ __all__ = [
     "figure_name",
     "glue_figure",
     "glue_numbers",
+    "glue_png",
     "hardware_churn",
     "kernel_size_chart",
     "missing_chart",
@@ -682,6 +683,19 @@ def summary_chart(main: pd.DataFrame) -> alt.HConcatChart:
     return alt.hconcat(sd.properties(width=220), churn.properties(width=220)).properties(
         title="Accuracy spread and churn per setting"
     )
+
+
+def glue_png(chapter: str, slug: str, chart, scale: float = 2.0) -> None:
+    """Glue a PNG of ``chart`` under ``figure_name(chapter, slug) + '-png'`` (display=False), for
+    a page that is not a notebook (the introduction): myst-nb pastes another document's glued
+    output with the ``{glue}`` directive and its ``:doc:`` option, and only as an image, text or
+    HTML (neither ``{glue:figure}`` nor the Vega-Lite bundle crosses documents)."""
+    import vl_convert as vlc
+    from IPython.display import Image
+    from myst_nb import glue  # the book's dependency, not the package's: imported on use
+
+    png = vlc.vegalite_to_png(chart.to_dict(), vl_version=_vl_version(), scale=scale)
+    glue(f"{figure_name(chapter, slug)}-png", Image(data=png), display=False)
 
 
 def batchnorm_chart(bn: pd.DataFrame, model: str, bn_model: str) -> alt.HConcatChart:

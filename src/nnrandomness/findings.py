@@ -40,6 +40,7 @@ __all__ = [
     "claims_from_tests",
     "claims_table",
     "compact_claims_table",
+    "few_replicas_note",
     "findings",
     "format_findings",
     "glue_values",
@@ -53,6 +54,7 @@ __all__ = [
     "rare_common_ratio",
     "sd_ci_text",
     "study_claims",
+    "twin_text",
     "undecided_text",
     "word",
 ]
@@ -548,17 +550,18 @@ def intro_claim_values(claims: Iterable[Claim], names: Iterable[str] = INTRO_CLA
     return {f"claim_{n}": worded.get(f"claim_{n}", MISSING_CLAIM) for n in names}
 
 
-def undecided_text(claims: Iterable[Claim]) -> str:
-    """One sentence on the tested claims that are not established: how many of how many, and
-    what each compares (its not-established sentence); says so when every tested claim is."""
+def undecided_text(claims: Iterable[Claim], listed: bool = True) -> str:
+    """One sentence on the tested claims that are not established: how many of how many and, when
+    ``listed``, what each compares (its not-established sentence); says so when every tested
+    claim is."""
     tested = [c for c in claims if c.verdict != "estimate"]
     open_ = [c for c in tested if c.verdict == "not established"]
     if not tested:
         return "No claim could be tested: the run store lacks the runs."
     if not open_:
         return f"Every one of the {len(tested)} tested claims is established at 5 % after Holm."
-    what = "; ".join(c.not_established for c in open_)
-    return f"{len(open_)} of the {len(tested)} tested claims are not established at 5 % after Holm: {what}."
+    head = f"{len(open_)} of the {len(tested)} tested claims are not established at 5 % after Holm"
+    return f"{head}: {'; '.join(c.not_established for c in open_)}." if listed else f"{head}."
 
 
 COMPACT_COLUMNS = ["claim", "effect [95 % CI]", "n", "p", "p after Holm", "verdict"]
@@ -607,6 +610,31 @@ def sd_ci_text(frame: pd.DataFrame, method: str = "chi2") -> pd.Series:
     text for tables: ``'0.31 % [0.27, 0.36]'``."""
     renamed = {"acc_sd": "sd", f"{method}_lo": "sd_lo", f"{method}_hi": "sd_hi"}
     return ci_text(frame[list(renamed)].rename(columns=renamed), "sd")
+
+
+def few_replicas_note(table: pd.DataFrame, minimum: int = analysis.MIN_REPLICAS_CI) -> str:
+    """For a caption: the settings of ``table`` (one row per setting, ``n_replicas``) with fewer
+    than ``minimum`` replicas, which show no interval; empty when there are none."""
+    few = table[table["n_replicas"] < minimum]
+    if few.empty:
+        return ""
+    parts = [f"{s} {int(n)}" for s, n in zip(few["setting"], few["n_replicas"])]
+    return f" (replicas too few for an interval: {', '.join(parts)})"
+
+
+def twin_text(twins: pd.DataFrame) -> str:
+    """:func:`analysis.twin_identity` rows as one sentence: per (setting, twin) how many of the
+    matched replicas are bit-identical to their twin ("2 of 2 IMPL replicas are bit-identical to
+    CONTROL's (same seeds)"); says so when the store holds no twins."""
+    if twins.empty:
+        return "The run store holds no replicas of IMPL or ALGO+IMPL beside their twins with the same seeds."
+    parts = [
+        f"{int(k)} of {int(n)} {s} replicas on {hw} are bit-identical to {t}'s with the same seeds"
+        for hw, s, t, n, k in zip(
+            twins["hardware"], twins["setting"], twins["twin"], twins["n_matched"], twins["n_identical"]
+        )
+    ]
+    return "; ".join(parts) + "."
 
 
 CLAIMS_COLUMNS = ["claim", "test", "statistic", "effect", "interval", "n", "p", "adjusted p", "verdict"]
