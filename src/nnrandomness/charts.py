@@ -617,7 +617,7 @@ def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.H
     tips = [
         "setting:N",
         alt.Tooltip("epoch:Q", title="epoch"),
-        alt.Tooltip("churn:Q", format=".2%"),
+        alt.Tooltip("churn:Q", title="churn", format=".2%"),
         alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
         alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%"),
         REPLICAS_TOOLTIP,
