@@ -37,15 +37,14 @@ charts.enable()
 
 # %% tags=["parameters"]
 runs_root = "../data/runs"  # the run store, relative to notebooks/
-hardware = "cpu-1t"  # hardware label of the main cell
-dataset = "mnist1d"  # dataset of the main cell
-model = "cnn1d"  # model of the main cell
-bn_model = "cnn1d_bn"  # the same network with BatchNorm
-mlp_model = "mlp1d"  # a multilayer perceptron on the same data
 groups_dataset = "mnist1d_groups"  # the dataset with a nuisance attribute (subgroup claims)
-n_boot = 2000  # bootstrap resamples per interval of the summary figure
-n_test = 2000  # permutations (and bootstrap resamples) of the architecture tests
+architectures = ["cnn1d_bn", "mlp1d"]  # other models on `dataset` whose churn is compared with `model`'s
+hardware = "cpu-1t"  # hardware label of the study's main cell
+dataset = "mnist1d"  # its dataset
+model = "cnn1d"  # its model
 seed = 0  # bootstrap and permutation seed: fixed, so re-running gives the same numbers
+n_test = 2000  # permutations (and bootstrap resamples) of the architecture tests
+n_boot = 2000  # bootstrap resamples per interval of the summary figure
 
 # %% [markdown]
 # The replicas on `hardware`: the main cell (`dataset`/`model`), the other architectures and the
@@ -72,7 +71,7 @@ Markdown(analysis.missing_note(gaps, runs_root)) if gaps else None
 # %%
 claims = findings.study_claims(runs, cell, groups_dataset=groups_dataset)
 claims["architecture"] = findings.architecture_claims(
-    analysis.architecture_tests(runs, cell, [bn_model, mlp_model], n=n_test, seed=seed))
+    analysis.architecture_tests(runs, cell, architectures, n=n_test, seed=seed))
 every = [c for family in claims.values() for c in family]
 pd.concat([findings.claims_table(family).assign(family=name) for name, family in claims.items()],
           ignore_index=True).set_index(["family", "claim"])
@@ -102,13 +101,14 @@ findings.glue_values({**findings.intro_claim_values(every), "claims_undecided": 
 main_cell = analysis.cell_name(dataset, model)
 main = analysis.topline(runs.select(**cell), weights=False, n_boot=n_boot, seed=seed)
 n_main = int(main["n_replicas"].max()) if len(main) else 0  # the caption names the settings with fewer
-chart = (charts.summary_chart(main) if len(main)
-         else charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store"))
-charts.glue_figure("claims", "summary", chart,
-                   "Left: standard deviation of top-1 test accuracy across replicas per setting, with its 95 % "
-                   "chi-square interval. Right: predictive churn, the mean share of test examples on which two "
-                   "replicas disagree, with its 95 % BCa bootstrap interval over replicas"
-                   + findings.few_replicas_note(main), n=n_main, hardware=hardware, cell=main_cell)
+if len(main):
+    chart = charts.summary_chart(main)
+else:
+    chart = charts.missing_chart(f"no runs of {hardware}/{main_cell} in the store")
+text = ("Left: standard deviation of top-1 test accuracy across replicas per setting, with its 95 % chi-square "
+        "interval. Right: predictive churn, the mean share of test examples on which two replicas disagree, with "
+        "its 95 % BCa bootstrap interval over replicas" + findings.few_replicas_note(main))
+charts.glue_figure("claims", "summary", chart, text, n=n_main, hardware=hardware, cell=main_cell)
 charts.glue_png("claims", "summary", chart)  # the introduction's copy: a page that is not a notebook
 
 # %% tags=["hide-input", "remove-output"]

@@ -568,7 +568,9 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
                 "part:N",
                 sort=["one right, one wrong", "both wrong, differently"],
                 scale=alt.Scale(range=[1.0, 0.45]),
-                title="pairs that differ",
+                # No legend: its swatches would be black and grey, not the settings' colours; the
+                # caption says which shade is which, and the tooltip names the part.
+                legend=None,
             ),
             tooltip=[
                 "setting:N",
@@ -595,7 +597,7 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
         )
     )
     churn = (bars + ci).properties(title="Predictive churn and its two parts")
-    return alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
+    return alt.hconcat(acc.properties(width=210), churn.properties(width=230)).properties(
         title="Accuracy spread and churn"
     )
 
@@ -627,7 +629,7 @@ def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.H
         base.mark_line(strokeWidth=1.5).encode(y=alt.Y("churn:Q", title="churn", axis=alt.Axis(format=".1%"))),
         base.mark_point(filled=True, size=40).encode(y="churn:Q"),
         base.mark_rule().encode(y="churn_lo:Q", y2="churn_hi:Q"),
-    ).properties(width=280, height=220, title="Churn after each epoch")
+    ).properties(width=240, height=220, title="Churn after each epoch")
     same = epochs[epochs["setting"] == same_setting].dropna(subset=["same_share"])
     shares = alt.Chart(same).encode(
         x=x,
@@ -652,8 +654,9 @@ def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.H
         ),
         shares.mark_point(filled=True, size=40).encode(y="same_share:Q"),
         shares.mark_rule().encode(y="same_lo:Q", y2="same_hi:Q"),
-    ).properties(width=180, height=220, title=f"{same_setting} replicas with CONTROL's predictions")
-    return alt.hconcat(churn, back).properties(title="Churn against training length")
+    ).properties(width=150, height=220, title=f"{same_setting} replicas with CONTROL's predictions")
+    # Independent colour scales: the left panel's legend lists every setting, the right has none.
+    return alt.hconcat(churn, back).resolve_scale(color="independent").properties(title="Churn against training length")
 
 
 def summary_chart(main: pd.DataFrame) -> alt.HConcatChart:

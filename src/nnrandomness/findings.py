@@ -570,18 +570,10 @@ COMPACT_COLUMNS = ["claim", "effect [95 % CI]", "n", "p", "p after Holm", "verdi
 def compact_claims_table(claims: Iterable[Claim]) -> pd.DataFrame:
     """A chapter's short table of its claims: the worded sentence, the effect with its 95 %
     interval, n, the p-value, the Holm-adjusted p-value and the verdict, all as text."""
-    rows = [
-        {
-            "claim": c.established if c.verdict == "established" else c.not_established,
-            "effect [95 % CI]": f"{_amount(c.effect, c.kind)} [{_interval_text(c)}]",
-            "n": c.n,
-            "p": p_text(c.pvalue),
-            "p after Holm": p_text(c.p_adjusted),
-            "verdict": c.verdict,
-        }
-        for c in claims
-    ]
-    return pd.DataFrame(rows, columns=COMPACT_COLUMNS)
+    claims = list(claims)
+    full = claims_table(claims)  # the book's table, columns merged and renamed
+    full["effect [95 % CI]"] = [f"{_amount(c.effect, c.kind)} [{_interval_text(c)}]" for c in claims]
+    return full.rename(columns={"adjusted p": "p after Holm"})[COMPACT_COLUMNS]
 
 
 def architecture_claims(tests: pd.DataFrame) -> list[Claim]:
