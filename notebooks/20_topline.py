@@ -176,12 +176,12 @@ findings.glue_values({**findings.intro_claim_values(claims, ["churn_init_vs_algo
 
 # %%
 epochs = analysis.churn_by_epoch(runs, cell, n_boot=n_boot, seed=seed)
-None if epochs.empty else epochs.assign(
-    churn=findings.ci_text(epochs, "churn"),
-    same=[f"{k} of {r}" if pd.notna(k) else "n/a" for k, r in zip(epochs["n_same"], epochs["n_replicas"])],
-).pivot(index="epoch", columns="setting", values="churn").reindex(
+shown = epochs.assign(churn=findings.ci_text(epochs, "churn"), same=[
+    f"{k:.0f} of {r} [{findings.pct(lo, 0)}, {findings.pct(hi, 0)}]" if pd.notna(k) else "n/a"
+    for k, r, lo, hi in zip(epochs["n_same"], epochs["n_replicas"], epochs["same_lo"], epochs["same_hi"])])
+None if epochs.empty else shown.pivot(index="epoch", columns="setting", values="churn").reindex(
     columns=analysis.setting_order(epochs["setting"])).join(
-    epochs[epochs.setting == "ULP"].set_index("epoch")["n_same"].rename("ULP replicas = CONTROL"))
+    shown[shown.setting == "ULP"].set_index("epoch")["same"].rename("ULP replicas = CONTROL [95 % CI]"))
 
 # %% tags=["hide-input", "remove-output"]
 chart = (charts.churn_epochs_chart(epochs) if len(epochs)

@@ -629,7 +629,7 @@ def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.H
         base.mark_line(strokeWidth=1.5).encode(y=alt.Y("churn:Q", title="churn", axis=alt.Axis(format=".1%"))),
         base.mark_point(filled=True, size=40).encode(y="churn:Q"),
         base.mark_rule().encode(y="churn_lo:Q", y2="churn_hi:Q"),
-    ).properties(width=240, height=220, title="Churn after each epoch")
+    ).properties(width=220, height=220, title="Churn after each epoch")
     same = epochs[epochs["setting"] == same_setting].dropna(subset=["same_share"])
     shares = alt.Chart(same).encode(
         x=x,
@@ -654,7 +654,7 @@ def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.H
         ),
         shares.mark_point(filled=True, size=40).encode(y="same_share:Q"),
         shares.mark_rule().encode(y="same_lo:Q", y2="same_hi:Q"),
-    ).properties(width=150, height=220, title=f"{same_setting} replicas with CONTROL's predictions")
+    ).properties(width=140, height=220, title=f"{same_setting} replicas with CONTROL's predictions")
     # Independent colour scales: the left panel's legend lists every setting, the right has none.
     return alt.hconcat(churn, back).resolve_scale(color="independent").properties(title="Churn against training length")
 
@@ -688,7 +688,7 @@ def summary_chart(main: pd.DataFrame) -> alt.HConcatChart:
     )
 
 
-def glue_png(chapter: str, slug: str, chart, scale: float = 2.0) -> None:
+def glue_png(chapter: str, slug: str, chart, scale: float = 1.5) -> None:
     """Glue a PNG of ``chart`` under ``figure_name(chapter, slug) + '-png'`` (display=False), for
     a page that is not a notebook (the introduction): myst-nb pastes another document's glued
     output with the ``{glue}`` directive and its ``:doc:`` option, and only as an image, text or
