@@ -96,6 +96,11 @@ findings.glue_values({**findings.intro_claim_values(every), "claims_undecided": 
 #
 # {glue:text}`fig-claims-summary-caption`
 # :::
+#
+# ::::{dropdown} The same figure as a static image, as the introduction shows it
+# ```{glue} fig-claims-summary-png
+# ```
+# ::::
 
 # %% tags=["hide-input", "remove-output"]
 main_cell = analysis.cell_name(dataset, model)
