@@ -2,6 +2,7 @@
 churn between architectures, the claims' short forms and the two new charts, checked on a tiny
 hand-made MNIST-1D-like store against numbers computed by hand (the fractions in the comments)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -272,3 +273,18 @@ def test_sd_ci_text_keeps_rows():
     )
     frame["bonett_hi"] = [0.013, 1]
     assert findings.sd_ci_text(frame, "bonett").tolist() == ["1.00 % [0.70, 1.30]", "n/a"]
+
+
+def test_extra_test_sizes_come_as_the_lists_load_runs_gives(tmp_path):
+    # load_runs gives extra_n as one size per extra set (a list): the direct variance reads it.
+    for k, acc in enumerate([[0.9, 0.8], [0.7, 0.75], [0.8, 0.9]]):
+        r = result("cnn1d", "ALGO", k, {1: LABELS, 5: LABELS})
+        r = dataclasses.replace(r, extra_tests={"seeds": [1, 2], "n": [100, 100], "accuracy": acc})
+        store.write_replica(tmp_path, "cpu-1t", r)
+    runs = store.load_runs(tmp_path)
+    assert runs.replicas["extra_n"].iloc[0] == [100, 100]
+    row = analysis.variance_direct(runs, n=200).iloc[0]
+    assert row["n_sets"] == 2 and row["n_per_set"] == 100
+    # Mean covariance of the two sets' accuracies across replicas (the direct estimate), by hand.
+    a, b = np.array([0.9, 0.7, 0.8]), np.array([0.8, 0.75, 0.9])
+    assert row["direct_var"] == pytest.approx(np.cov(a, b)[0, 1])
