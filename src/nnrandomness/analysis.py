@@ -48,9 +48,11 @@ __all__ = [
     "TOOLING_COLUMNS",
     "TOOLING_GROUPS",
     "TOOLING_TESTS",
+    "architecture_tests",
     "by_hardware",
     "cell_name",
     "check_selection",
+    "churn_by_epoch",
     "churn_flips",
     "churn_tests",
     "class_null_tests",
@@ -71,6 +73,7 @@ __all__ = [
     "rare_vs_common",
     "runs_table",
     "setting_order",
+    "sd_intervals",
     "sd_tests",
     "spread_null_groups",
     "spread_null_tests",
@@ -259,6 +262,124 @@ def topline(runs: store.Runs, weights: bool = True, n_boot: int = N_BOOT, seed: 
         )
         rows.append(row)
     return _sorted(_frame(rows, TOPLINE_COLUMNS))
+
+
+SD_COLUMNS = CELL + ["n_replicas", "acc_sd", "chi2_lo", "chi2_hi", "bonett_lo", "bonett_hi"]
+
+
+def sd_intervals(runs: store.Runs) -> pd.DataFrame:
+    """Per cell: the SD (ddof=1) of top-1 accuracy across replicas with its chi-square interval
+    (exact for normal accuracies) and Bonett's (robust to their kurtosis), both from
+    ``stats.sd_interval`` at 95 %; NaN intervals below MIN_REPLICAS_CI replicas."""
+    rows = []
+    for cell in runs.iter_cells():
+        acc = metrics.accuracy(cell.preds, cell.labels)
+        row = {**cell.key, "n_replicas": len(acc), "acc_sd": _acc_std(cell.preds, cell.labels)}
+        for method in ("chi2", "bonett"):
+            if len(acc) >= MIN_REPLICAS_CI:
+                iv = stats.sd_interval(acc, level=LEVEL, method=method)
+                row[f"{method}_lo"], row[f"{method}_hi"] = iv.low, iv.high
+            else:
+                row[f"{method}_lo"] = row[f"{method}_hi"] = float("nan")
+        rows.append(row)
+    return _sorted(_frame(rows, SD_COLUMNS))
+
+
+EPOCH_COLUMNS = CELL + [
+    "epoch",
+    "n_replicas",
+    "churn",
+    "churn_lo",
+    "churn_hi",
+    "n_same",
+    "same_share",
+    "same_lo",
+    "same_hi",
+]
+
+
+def _epoch_preds(cell: store.Cell) -> dict[int, np.ndarray]:
+    """The cell's (R, N) predictions after each stored epoch: the snapshots its replicas all hold
+    (loaded with ``load_runs(snapshots=True)``) and the final epoch (``epochs`` of the spec)."""
+    out = {}
+    epochs = cell.replicas["epochs"].unique()
+    if len(epochs) == 1:
+        out[int(epochs[0])] = cell.preds
+    held = set.intersection(*(set(e) for e in cell.replicas["snapshot_epochs"])) if len(cell.replicas) else set()
+    p = cell.predictions
+    r, n = cell.preds.shape
+    # The store sorts a cell's rows by replica, then example: with every example of every replica
+    # present, a column reshapes to the (R, N) matrix without a pivot per epoch.
+    whole = len(p) == r * n and (p["replica"].to_numpy()[::n] == cell.replicas["replica"].to_numpy()).all()
+    for e in sorted(held):
+        column = store.snapshot_column(int(e))
+        if column in p.columns:
+            matrix = p[column].to_numpy().reshape(r, n) if whole else store.prediction_matrix(p, column)[0]
+            out[int(e)] = matrix.astype(np.int64)
+    return dict(sorted(out.items()))
+
+
+def churn_by_epoch(
+    runs: store.Runs,
+    cell: dict,
+    *,
+    settings: Iterable[str] | None = None,
+    reference: str = "CONTROL",
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """Churn as a function of training length: for each setting of one (hardware, dataset,
+    model) ``cell`` (default ALGO, the single sources and ULP) and each epoch its replicas hold predictions
+    for (snapshots and the final epoch), the mean pair churn with its BCa interval over replicas
+    (NaN below MIN_REPLICAS_CI), and how many replicas predict exactly as ``reference``'s first
+    replica at that epoch (``n_same``; CONTROL's replicas are bit-identical), as a share with its
+    Clopper-Pearson interval (NaN without the reference at that epoch)."""
+    cells = _main_cells(runs, cell)
+    ref = _epoch_preds(cells[reference]) if reference in cells else {}
+    settings = ("ALGO", *SINGLE_SOURCES, "ULP") if settings is None else settings
+    rows = []
+    nan = float("nan")
+    for setting in [s for s in setting_order(settings) if s in cells]:
+        for epoch, preds in _epoch_preds(cells[setting]).items():
+            r = preds.shape[0]
+            row = {**cells[setting].key, "epoch": epoch, "n_replicas": r}
+            row.update(churn=nan, churn_lo=nan, churn_hi=nan, n_same=None, same_share=nan, same_lo=nan, same_hi=nan)
+            if r >= 2:
+                d = stats.churn_matrix(preds)
+                row["churn"] = float(d[np.triu_indices(r, k=1)].mean())
+                row["churn_lo"], row["churn_hi"] = _pair_ci(d, n_boot, seed)
+            if epoch in ref and ref[epoch].shape[1] == preds.shape[1]:
+                k = int((preds == ref[epoch][0]).all(axis=1).sum())
+                iv = stats.clopper_pearson(k, r, level=LEVEL)
+                row.update(n_same=k, same_share=iv.estimate, same_lo=iv.low, same_hi=iv.high)
+            rows.append(row)
+    return _sorted(_frame(rows, EPOCH_COLUMNS), ["epoch"])
+
+
+def architecture_tests(
+    runs: store.Runs,
+    cell: dict,
+    models: Iterable[str],
+    *,
+    setting: str = "ALGO",
+    n: int = stats.N_PERM,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """Churn of ``setting`` on each of ``models`` against the same setting on ``cell``'s model
+    (same hardware and dataset): the permutation test of the difference in mean pair churn, its
+    BCa interval, Holm across the family ``architecture``. ``a`` and ``b`` name the models; a
+    model missing the setting (or with fewer than 3 replicas) gives no row."""
+    base = _main_cells(runs, cell).get(setting)
+    rows = []
+    for m in models:
+        other = _main_cells(runs, {**cell, "model": m}).get(setting)
+        if base is None or other is None or m == cell["model"] or min(len(base.preds), len(other.preds)) < 3:
+            continue
+        if base.preds.shape[1] != other.preds.shape[1]:
+            continue
+        row = _churn_row("architecture", f"churn_{m}_vs_{cell['model']}_{_slug(setting)}", other, base, n, seed)
+        rows.append({**row, "a": f"{setting} on {m}", "b": f"{setting} on {cell['model']}"})
+    return _tests_frame(rows)
 
 
 def spread_tests(runs: store.Runs, pairs: Iterable[tuple[str, str]], center: str = "median") -> pd.DataFrame:
@@ -1689,7 +1810,10 @@ def _extra_accuracy(cell: store.Cell) -> tuple[np.ndarray | None, int | None]:
     sizes = {v.size for v in lists}
     if len(sizes) != 1 or sizes.pop() < 2:
         return None, None
-    extra_n = int(reps["extra_n"].iloc[0]) if "extra_n" in reps.columns and pd.notna(reps["extra_n"].iloc[0]) else None
+    # load_runs gives one size per set (a list); a scalar is accepted too. One size for every set, or None.
+    first = reps["extra_n"].iloc[0] if "extra_n" in reps.columns else None
+    sizes = {int(v) for v in np.ravel(first) if pd.notna(v)} if first is not None else set()
+    extra_n = sizes.pop() if len(sizes) == 1 else None
     return np.vstack(lists), extra_n
 
 

@@ -79,6 +79,7 @@ __all__ = [
     "bundle_header",
     "caption",
     "chart_id",
+    "churn_epochs_chart",
     "cost_color",
     "cost_configurations",
     "divergence_chart",
@@ -88,6 +89,7 @@ __all__ = [
     "figure_name",
     "glue_figure",
     "glue_numbers",
+    "glue_png",
     "hardware_churn",
     "jordan_direct_chart",
     "kernel_size_chart",
@@ -107,6 +109,7 @@ __all__ = [
     "static_svg",
     "subgroup_replicas",
     "subgroup_spread",
+    "summary_chart",
     "tidy_limit",
     "tooling_churn_chart",
     "tooling_matrix",
@@ -574,7 +577,9 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
                 "part:N",
                 sort=["one right, one wrong", "both wrong, differently"],
                 scale=alt.Scale(range=[1.0, 0.45]),
-                title="pairs that differ",
+                # No legend: its swatches would be black and grey, not the settings' colours; the
+                # caption says which shade is which, and the tooltip names the part.
+                legend=None,
             ),
             tooltip=[
                 "setting:N",
@@ -601,9 +606,108 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
         )
     )
     churn = (bars + ci).properties(title="Predictive churn and its two parts")
-    return alt.hconcat(acc.properties(width=260), churn.properties(width=300)).properties(
+    return alt.hconcat(acc.properties(width=210), churn.properties(width=230)).properties(
         title="Accuracy spread and churn"
     )
+
+
+def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.HConcatChart:
+    """20_topline: churn after each stored epoch per setting, with its interval (left), and the
+    share of ``same_setting``'s replicas whose predictions equal CONTROL's at that epoch with its
+    interval (right). ``epochs`` holds analysis.churn_by_epoch rows of one (hardware, dataset, model)."""
+    tidy_limit(epochs)
+    present = setting_sort(epochs["setting"])
+    ticks = sorted(int(e) for e in epochs["epoch"].unique())
+    x = alt.X(
+        "epoch:Q",
+        title="epochs trained",
+        scale=alt.Scale(domain=[0, max(ticks)]),
+        axis=alt.Axis(values=ticks, format="d"),
+    )
+    color = setting_color(settings=present)
+    tips = [
+        "setting:N",
+        alt.Tooltip("epoch:Q", title="epoch"),
+        alt.Tooltip("churn:Q", title="churn", format=".2%"),
+        alt.Tooltip("churn_lo:Q", title="95% CI low", format=".2%"),
+        alt.Tooltip("churn_hi:Q", title="95% CI high", format=".2%"),
+        REPLICAS_TOOLTIP,
+    ]
+    base = alt.Chart(epochs).encode(x=x, color=color, tooltip=tips)
+    churn = alt.layer(
+        base.mark_line(strokeWidth=1.5).encode(y=alt.Y("churn:Q", title="churn", axis=alt.Axis(format=".1%"))),
+        base.mark_point(filled=True, size=40).encode(y="churn:Q"),
+        base.mark_rule().encode(y="churn_lo:Q", y2="churn_hi:Q"),
+    ).properties(width=220, height=220, title="Churn after each epoch")
+    same = epochs[epochs["setting"] == same_setting].dropna(subset=["same_share"])
+    shares = alt.Chart(same).encode(
+        x=x,
+        color=setting_color(settings=[same_setting], legend=None),
+        tooltip=[
+            alt.Tooltip("epoch:Q", title="epoch"),
+            alt.Tooltip("n_same:Q", title="replicas with CONTROL's predictions"),
+            REPLICAS_TOOLTIP,
+            alt.Tooltip("same_share:Q", title="share", format=".0%"),
+            alt.Tooltip("same_lo:Q", title="95% CI low", format=".0%"),
+            alt.Tooltip("same_hi:Q", title="95% CI high", format=".0%"),
+        ],
+    )
+    back = alt.layer(
+        shares.mark_line(strokeWidth=1.5).encode(
+            y=alt.Y(
+                "same_share:Q",
+                title=f"share of {same_setting} replicas",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format=".0%"),
+            )
+        ),
+        shares.mark_point(filled=True, size=40).encode(y="same_share:Q"),
+        shares.mark_rule().encode(y="same_lo:Q", y2="same_hi:Q"),
+    ).properties(width=140, height=220, title=f"{same_setting} replicas with CONTROL's predictions")
+    # Independent colour scales: the left panel's legend lists every setting, the right has none.
+    return alt.hconcat(churn, back).resolve_scale(color="independent").properties(title="Churn against training length")
+
+
+def summary_chart(main: pd.DataFrame) -> alt.HConcatChart:
+    """25_claims (for the introduction): the SD of top-1 accuracy (chi-square interval) and churn
+    (BCa interval) per setting of one (hardware, dataset, model), side by side.
+    ``main`` holds analysis.topline rows."""
+    tips = [alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"), REPLICAS_TOOLTIP]
+    sd = setting_points(
+        main,
+        "acc_std",
+        lo="acc_std_lo",
+        hi="acc_std_hi",
+        axis_title="std of top-1 accuracy",
+        title="Spread of accuracy",
+        tooltip=tips,
+    )
+    churn = setting_points(
+        main,
+        "churn",
+        lo="churn_lo",
+        hi="churn_hi",
+        axis_title="churn (share of test examples)",
+        fmt=".1%",
+        title="Predictive churn",
+        tooltip=tips,
+    )
+    return alt.hconcat(sd.properties(width=220), churn.properties(width=220)).properties(
+        title="Accuracy spread and churn per setting"
+    )
+
+
+def glue_png(chapter: str, slug: str, chart, scale: float = 1.5) -> None:
+    """Glue a PNG of ``chart`` under ``figure_name(chapter, slug) + '-png'`` (display=False), for
+    a page that is not a notebook (the introduction): myst-nb pastes another document's glued
+    output with the ``{glue}`` directive and its ``:doc:`` option, and only as an image, text or
+    HTML (neither ``{glue:figure}`` nor the Vega-Lite bundle crosses documents)."""
+    import vl_convert as vlc
+    from IPython.display import Image
+    from myst_nb import glue  # the book's dependency, not the package's: imported on use
+
+    png = vlc.vegalite_to_png(chart.to_dict(), vl_version=_vl_version(), scale=scale)
+    glue(f"{figure_name(chapter, slug)}-png", Image(data=png), display=False)
 
 
 def batchnorm_chart(bn: pd.DataFrame, model: str, bn_model: str) -> alt.HConcatChart:

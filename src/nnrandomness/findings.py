@@ -26,31 +26,42 @@ from . import analysis, noise, store
 __all__ = [
     "ALPHA",
     "CLAIMS_COLUMNS",
+    "COMPACT_COLUMNS",
     "Claim",
     "FINDINGS",
     "HARDWARE_METRICS",
+    "INTRO_CLAIMS",
+    "MISSING_CLAIM",
     "NULL_TABLE_COLUMNS",
     "PROSE_COLUMNS",
     "TOOLING_PHRASES",
+    "architecture_claims",
     "as_text",
     "ci_text",
     "claim_values",
     "claims_from_tests",
     "claims_table",
+    "compact_claims_table",
+    "few_replicas_note",
     "findings",
     "format_findings",
     "glue_values",
     "hardware_table",
     "hardware_values",
+    "interval_values",
+    "intro_claim_values",
     "null_claims",
     "null_table",
     "p_text",
     "pct",
     "prose_values",
     "rare_common_ratio",
+    "sd_ci_text",
     "study_claims",
     "tooling_claims",
     "tooling_values",
+    "twin_text",
+    "undecided_text",
     "word",
 ]
 
@@ -672,6 +683,110 @@ def study_claims(
         "variance": analysis.variance_tests(runs.select(**cell)),
     }
     return {family: claims_from_tests(frame) for family, frame in frames.items()}
+
+
+# The claims the introduction quotes, glued by 25_claims under claim_<name> (MNIST-1D main cell:
+# cnn1d on cpu-1t; the architectures are cnn1d_bn and mlp1d). Each is glued, 'n/a' with a reason
+# when the store lacks its runs, so that every name the introduction uses exists.
+INTRO_CLAIMS = (
+    "churn_ulp_vs_algo",
+    "ulp_returns_to_control",
+    "churn_init_vs_algo",
+    "churn_order_vs_algo",
+    "sd_ulp_vs_algo",
+    "class_spread_algo",
+    "subgroup_spread_algo",
+    "jordan_vs_direct_algo_mnist1d_cnn1d",
+    "churn_cnn1d_bn_vs_cnn1d_algo",
+    "churn_mlp1d_vs_cnn1d_algo",
+)
+MISSING_CLAIM = "n/a (the run store lacks the runs this claim needs)"
+
+
+def intro_claim_values(claims: Iterable[Claim], names: Iterable[str] = INTRO_CLAIMS) -> dict[str, str]:
+    """:func:`claim_values` of ``claims`` for every name of ``names`` (``claim_<name>``), with
+    MISSING_CLAIM for a name no claim has."""
+    worded = claim_values(claims)
+    return {f"claim_{n}": worded.get(f"claim_{n}", MISSING_CLAIM) for n in names}
+
+
+def undecided_text(claims: Iterable[Claim], listed: bool = True) -> str:
+    """One sentence on the tested claims that are not established: how many of how many and, when
+    ``listed``, what each compares (its not-established sentence); says so when every tested
+    claim is."""
+    tested = [c for c in claims if c.verdict != "estimate"]
+    open_ = [c for c in tested if c.verdict == "not established"]
+    if not tested:
+        return "No claim could be tested: the run store lacks the runs."
+    if not open_:
+        return f"Every one of the {len(tested)} tested claims is established at 5 % after Holm."
+    head = f"{len(open_)} of the {len(tested)} tested claims are not established at 5 % after Holm"
+    return f"{head}: {'; '.join(c.not_established for c in open_)}." if listed else f"{head}."
+
+
+COMPACT_COLUMNS = ["claim", "effect [95 % CI]", "n", "p", "p after Holm", "verdict"]
+
+
+def compact_claims_table(claims: Iterable[Claim]) -> pd.DataFrame:
+    """A chapter's short table of its claims: the worded sentence, the effect with its 95 %
+    interval, n, the p-value, the Holm-adjusted p-value and the verdict, all as text."""
+    claims = list(claims)
+    full = claims_table(claims)  # the book's table, columns merged and renamed
+    full["effect [95 % CI]"] = [f"{_amount(c.effect, c.kind)} [{_interval_text(c)}]" for c in claims]
+    return full.rename(columns={"adjusted p": "p after Holm"})[COMPACT_COLUMNS]
+
+
+def architecture_claims(tests: pd.DataFrame) -> list[Claim]:
+    """Claims of :func:`analysis.architecture_tests` (churn between models), worded as churn
+    comparisons: ``a`` and ``b`` there name the setting on each model."""
+    return claims_from_tests(tests.assign(family="churn"))
+
+
+def interval_values(table: pd.DataFrame, columns: dict[str, bool] | None = None, prefix: str = "") -> dict[str, str]:
+    """Per-setting values with their 95 % intervals (:func:`ci_text`) for the prose, keyed
+    ``<prefix><setting slug>_<column>_ci`` for every setting of noise.SETTINGS and every column of
+    ``columns`` (name -> in percent; default acc_std and churn in %, l2 not), 'n/a' where absent."""
+    columns = {"acc_std": True, "churn": True, "l2": False} if columns is None else columns
+    rows = table.set_index("setting") if not table.empty else pd.DataFrame()
+    out = {}
+    for setting in noise.SETTINGS:
+        for column, percent in columns.items():
+            one = rows.loc[[setting]] if setting in rows.index else None
+            text = ci_text(one, column, percent=percent).iloc[0] if one is not None else "n/a"
+            out[f"{prefix}{_slug(setting)}_{column}_ci"] = text
+    return out
+
+
+def sd_ci_text(frame: pd.DataFrame, method: str = "chi2") -> pd.Series:
+    """:func:`analysis.sd_intervals`' SD with its ``method`` interval (``chi2`` or ``bonett``) as
+    text for tables: ``'0.31 % [0.27, 0.36]'``."""
+    renamed = {"acc_sd": "sd", f"{method}_lo": "sd_lo", f"{method}_hi": "sd_hi"}
+    return ci_text(frame[list(renamed)].rename(columns=renamed), "sd")
+
+
+def few_replicas_note(table: pd.DataFrame, minimum: int = analysis.MIN_REPLICAS_CI) -> str:
+    """For a caption: the settings of ``table`` (one row per setting, ``n_replicas``) with fewer
+    than ``minimum`` replicas, which show no interval; empty when there are none."""
+    few = table[table["n_replicas"] < minimum]
+    if few.empty:
+        return ""
+    parts = [f"{s} {int(n)}" for s, n in zip(few["setting"], few["n_replicas"])]
+    return f" (replicas too few for an interval: {', '.join(parts)})"
+
+
+def twin_text(twins: pd.DataFrame) -> str:
+    """:func:`analysis.twin_identity` rows as one sentence: per (setting, twin) how many of the
+    matched replicas are bit-identical to their twin ("2 of 2 IMPL replicas are bit-identical to
+    CONTROL's (same seeds)"); says so when the store holds no twins."""
+    if twins.empty:
+        return "The run store holds no replicas of IMPL or ALGO+IMPL beside their twins with the same seeds."
+    parts = [
+        f"{int(k)} of {int(n)} {s} replicas on {hw} are bit-identical to {t}'s with the same seeds"
+        for hw, s, t, n, k in zip(
+            twins["hardware"], twins["setting"], twins["twin"], twins["n_matched"], twins["n_identical"]
+        )
+    ]
+    return "; ".join(parts) + "."
 
 
 CLAIMS_COLUMNS = ["claim", "test", "statistic", "effect", "interval", "n", "p", "adjusted p", "verdict"]

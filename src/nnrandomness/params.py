@@ -244,7 +244,7 @@ PARAMETERS: dict[str, Parameter] = {
         Parameter(
             "test_every_epoch",
             (bool,),
-            "evaluate the test set after every epoch (false: after the snapshot epochs and the last one only)",
+            "evaluate the test set after every epoch (false: after the snapshots and the last epoch only)",
             True,
         ),
         Parameter(
