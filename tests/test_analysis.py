@@ -14,6 +14,7 @@ from nnrandomness import analysis, store
 from nnrandomness import stats as study_stats
 from nnrandomness.train import ReplicaResult, ReplicaSpec
 
+DIGITS = {"hardware": "cpu-1t", "dataset": "digits", "model": "smallcnn"}  # the hand-made store's main cell
 LABELS = [0, 1, 2, 1]  # the "digits" cells: 4 test examples, 3 classes, no group attribute
 GLABELS = [0, 0, 0, 1, 1, 1]  # the "digits_groups" cell: 6 examples, attribute below
 GROUPS = [0, 0, 1, 1, 1, 0]  # subgroups (0, g0): 2 examples, (0, g1): 1 (rare), (1, g1): 2, (1, g0): 1 (rare)
@@ -345,7 +346,7 @@ def test_subgroup_noise_summary(runs):
 
 # ----------------------------------------------------------------------------- decided by tests
 def test_churn_and_sd_tests_on_the_hand_made_store(runs):
-    churn = analysis.churn_tests(runs, n=199)
+    churn = analysis.churn_tests(runs, DIGITS, n=199)
     assert list(churn["name"]) == ["churn_order_vs_algo"]  # the only single source stored
     r = churn.iloc[0]
     order = runs.select(hardware="cpu-1t", dataset="digits", model="smallcnn", setting="ORDER")
@@ -354,7 +355,7 @@ def test_churn_and_sd_tests_on_the_hand_made_store(runs):
     assert r["effect_lo"] <= r["effect"] <= r["effect_hi"] and (r["n_a"], r["n_b"]) == (6, 3)
     assert 1 / 200 <= r["pvalue"] <= 1 and r["p_adjusted"] == r["pvalue"]  # a family of one
 
-    sd = analysis.sd_tests(runs, n=199)
+    sd = analysis.sd_tests(runs, DIGITS, n=199)
     # CONTROL has 2 replicas (< 3): only ALGO is a reference here; ALGO+IMPL is ALGO bit for bit.
     assert list(sd["name"]) == ["sd_algo_impl_vs_algo", "sd_order_vs_algo"]
     twin = sd.iloc[0]
@@ -367,7 +368,7 @@ def test_spread_null_tests_by_hand(runs):
     codes, rare = analysis._subgroup_codes(np.array(GLABELS), np.array(GROUPS), 0.5)
     # codes label * 2 + attribute: (0, g0) x2, (0, g1), (1, g1) x2, (1, g0); the single ones are rare.
     assert list(codes) == [0, 0, 1, 3, 3, 2] and list(rare) == [False, True, True, False]
-    t = analysis.spread_null_tests(runs, n=199)
+    t = analysis.spread_null_tests(runs, DIGITS, groups_dataset="digits_groups", n=199)
     assert list(t["name"]) == ["class_spread_algo", "subgroup_spread_algo"]
     sub = t.iloc[1]
     # rare subgroups' FNR std 1/sqrt(3), common 0.5/sqrt(3) (see test_subgroups_by_hand): ratio 2
@@ -391,7 +392,7 @@ def ulp_runs(tmp_path_factory):
 
 
 def test_ulp_tests_by_hand(ulp_runs):
-    t = analysis.ulp_tests(ulp_runs, n=199).set_index("name")
+    t = analysis.ulp_tests(ulp_runs, DIGITS, n=199).set_index("name")
     share = t.loc["ulp_returns_to_control"]
     assert share["effect"] == pytest.approx(2 / 3) and np.isnan(share["pvalue"]) and np.isnan(share["p_adjusted"])
     assert share["effect_lo"] == pytest.approx(stats.beta.ppf(0.025, 2, 2))

@@ -182,7 +182,7 @@ def test_intro_claims_are_all_glued_and_the_undecided_counted():
     values = findings.intro_claim_values(claims())
     assert list(values) == [f"claim_{n}" for n in findings.INTRO_CLAIMS]
     assert values["claim_churn_init_vs_algo"].startswith("INIT gives more churn than ALGO (difference 0.50 points")
-    assert values["claim_class_spread_algo"] == findings.MISSING_CLAIM
+    assert values["claim_class_max_algo"] == findings.MISSING_CLAIM
     assert findings.undecided_text(claims()) == (
         "1 of the 2 tested claims are not established at 5 % after Holm: "
         "ORDER and ALGO give churn the data cannot tell apart."

@@ -192,10 +192,12 @@ def test_an_estimate_has_no_verdict_of_a_test():
 
 
 def test_study_claims_on_the_hand_made_store(runs):  # noqa: F811
-    claims = findings.study_claims(runs)
-    assert set(claims) == {"churn", "sd", "spread", "ulp", "variance"}
+    claims = findings.study_claims(
+        runs, {"hardware": "cpu-1t", "dataset": "digits", "model": "smallcnn"}, "digits_groups"
+    )
+    assert set(claims) == {"churn", "sd", "class", "subgroup", "ulp", "variance"}
     assert [c.name for c in claims["churn"]] == ["churn_order_vs_algo"] and claims["ulp"] == []
-    assert [c.name for c in claims["spread"]] == ["class_spread_algo", "subgroup_spread_algo"]
+    assert [c.name for c in claims["class"]] == ["class_max_algo", "class_ratio_algo"]
     for c in [c for family in claims.values() for c in family]:
         assert c.verdict in ("established", "not established") and 0 < c.p_adjusted <= 1
         assert c.low <= c.effect <= c.high or c.name.startswith(("class", "subgroup"))

@@ -1577,7 +1577,7 @@ TEST_COLUMNS = [
 ]
 SINGLE_SOURCES = ("INIT", "ORDER", "AUG", "DROPOUT")
 # The study's main (hardware, dataset, model): where the claims' families are tested by default.
-MAIN_CELL = {"hardware": "cpu-1t", "dataset": "digits", "model": "smallcnn"}
+MAIN_CELL = {"hardware": "cpu-1t", "dataset": "mnist1d", "model": "cnn1d"}  # the default study's main cell
 TEST_N = stats.N_PERM  # permutations, bootstrap resamples and null simulations per comparison
 
 
@@ -1699,7 +1699,7 @@ def spread_null_tests(
     runs: store.Runs,
     cell: dict = MAIN_CELL,
     *,
-    groups_dataset: str = "digits_groups",
+    groups_dataset: str = "mnist1d_groups",
     settings: Iterable[str] = ("ALGO",),
     rare_share: float = 0.5,
     n: int = TEST_N,

@@ -667,22 +667,29 @@ def claims_from_tests(tests: pd.DataFrame) -> list[Claim]:
 
 
 def study_claims(
-    runs: store.Runs, cell: dict = analysis.MAIN_CELL, groups_dataset: str = "digits_groups"
+    runs: store.Runs,
+    cell: dict = analysis.MAIN_CELL,
+    groups_dataset: str = "mnist1d_groups",
+    rare: set[tuple[int, int]] | None = None,
 ) -> dict[str, list[Claim]]:
     """Every family of claims of the study's main ``cell`` (hardware, dataset, model), by family
     (Holm within each): ``churn`` (each single source vs ALGO and among sources), ``sd`` (accuracy
-    SD vs CONTROL and ALGO), ``spread`` (per-class and, on ``groups_dataset``, subgroup spreads
-    vs independent examples), ``ulp`` (ULP vs ALGO churn; the share of ULP replicas with
-    CONTROL's predictions) and ``variance`` (Jordan vs direct, where the store has extra test
-    sets)."""
+    SD vs CONTROL and ALGO), ``class`` (the largest per-class spread vs independent examples),
+    ``subgroup`` (on ``groups_dataset`` with the same hardware and model: rare and common
+    subgroups' spreads vs independent examples; ``rare``: the subgroups rare in TRAINING, as
+    :func:`analysis.rare_subgroups` finds them, else rare by test shares), ``ulp`` (ULP vs ALGO
+    churn; the share of ULP replicas with CONTROL's predictions) and ``variance`` (Jordan vs
+    direct, where the store has extra test sets)."""
     frames = {
         "churn": analysis.churn_tests(runs, cell),
         "sd": analysis.sd_tests(runs, cell),
-        "spread": analysis.spread_null_tests(runs, cell, groups_dataset=groups_dataset),
+        "class": analysis.class_null_tests(runs, cell),
+        "subgroup": analysis.subgroup_null_tests(runs, {**cell, "dataset": groups_dataset}, rare=rare),
         "ulp": analysis.ulp_tests(runs, cell),
         "variance": analysis.variance_tests(runs.select(**cell)),
     }
-    return {family: claims_from_tests(frame) for family, frame in frames.items()}
+    word_family = {"class": null_claims, "subgroup": null_claims}  # worded for a spread against its null
+    return {family: word_family.get(family, claims_from_tests)(frame) for family, frame in frames.items()}
 
 
 # The claims the introduction quotes, glued by 25_claims under claim_<name> (MNIST-1D main cell:
@@ -694,8 +701,8 @@ INTRO_CLAIMS = (
     "churn_init_vs_algo",
     "churn_order_vs_algo",
     "sd_ulp_vs_algo",
-    "class_spread_algo",
-    "subgroup_spread_algo",
+    "class_max_algo",
+    "subgroup_ratio_algo",
     "jordan_vs_direct_algo_mnist1d_cnn1d",
     "churn_cnn1d_bn_vs_cnn1d_algo",
     "churn_mlp1d_vs_cnn1d_algo",
