@@ -153,18 +153,6 @@ def test_pair_mean_leaves_out_self_pairs():
     assert np.isnan(means[2])  # no pair of distinct replicas: dropped by the interval
 
 
-def test_spread_tests_match_scipy(runs):
-    t = analysis.spread_tests(runs, [("ALGO", "ORDER"), ("ALGO", "NOPE")])
-    assert len(t) == 1  # NOPE is absent: no row
-    r = t.iloc[0]
-    acc_algo = [1.0, 0.25, 0.75]
-    acc_order = [1.0, 0.75, 0.75, 0.75, 0.75, 1.0]
-    ref = stats.levene(acc_algo, acc_order, center="median")
-    assert r["test"] == "Brown-Forsythe" and r["n_a"] == 3 and r["n_b"] == 6
-    assert r["statistic"] == pytest.approx(ref.statistic) and r["pvalue"] == pytest.approx(ref.pvalue)
-    assert r["std_a"] == pytest.approx(math.sqrt(7 / 48)) and r["std_b"] == pytest.approx(np.std(acc_order, ddof=1))
-
-
 def test_identity_and_twins(runs):
     ident = analysis.identity(runs)
     c = row(ident, hardware="cpu-1t", dataset="digits", setting="CONTROL")
@@ -253,37 +241,6 @@ def test_hardware_compare_by_hand(runs, root):
     assert c["churn_matched"] == pytest.approx(1 / 4) and c["churn_within_a"] == 0.0 and c["n_identical"] == 0
     assert c["l2_matched"] == pytest.approx(0.25 * math.sqrt(6))
     assert analysis.hardware_compare(store.load_runs(root, hardware="cpu-1t")).empty  # one label: nothing to compare
-
-
-def test_by_hardware_by_hand(runs, root):
-    bh = analysis.by_hardware(runs, weights=True)
-    assert list(bh.columns) == ["dataset", "model", "setting", "hardware", "metric", "value"]
-    # Only the cells stored under both labels; digits_groups (the only dataset with groups) and ORDER are cpu-1t only.
-    assert set(zip(bh["dataset"], bh["setting"])) == {("digits", "ALGO"), ("digits", "CONTROL")}
-    assert not bh["metric"].str.startswith("fnr").any()
-    assert bh["setting"].iloc[0] == "ALGO" and bh["metric"].iloc[0] == "acc_mean"  # book order, metric order
-    v = bh.set_index(["setting", "hardware", "metric"])["value"]
-    # cpu-2t ALGO: [0,1,2,2] and [1,2,2,0] against [0,1,2,1]: accuracies 3/4 and 1/4.
-    assert v["ALGO", "cpu-2t", "acc_mean"] == pytest.approx(1 / 2)
-    assert v["ALGO", "cpu-2t", "acc_std"] == pytest.approx(0.5 / math.sqrt(2))
-    assert v["ALGO", "cpu-2t", "churn"] == pytest.approx(3 / 4)  # examples 0, 1 and 3 differ
-    assert v["ALGO", "cpu-2t", "n_flip"] == 3
-    assert v["ALGO", "cpu-2t", "l2"] == pytest.approx(0.5 * math.sqrt(6))  # offsets 0.5 and 1.0
-    # cpu-1t ALGO: accuracies 1, 1/4, 3/4; examples 0, 1, 3 flip; offsets 0, 1, 2.
-    assert v["ALGO", "cpu-1t", "acc_mean"] == pytest.approx(2 / 3)
-    assert v["ALGO", "cpu-1t", "n_flip"] == 3
-    assert v["ALGO", "cpu-1t", "l2"] == pytest.approx(4 / 3 * math.sqrt(6))
-    # The same numbers as the analysis chapters' own tables.
-    dv = row(analysis.distribution_variance(runs), hardware="cpu-1t", dataset="digits", setting="ALGO")
-    assert v["ALGO", "cpu-1t", "observed_var"] == pytest.approx(dv["observed_var"])
-    assert v["ALGO", "cpu-1t", "predicted_var"] == pytest.approx(dv["predicted_var"])
-    pcs = row(analysis.per_class_spread(runs), hardware="cpu-1t", dataset="digits", setting="ALGO")
-    assert v["ALGO", "cpu-1t", "class_std_max"] == pytest.approx(pcs["class_std_max"])
-    # CONTROL on two threads: two equal replicas, all right: nothing moves.
-    for metric in ("churn", "n_flip", "acc_std", "class_std_max", "observed_var", "l2"):
-        assert v["CONTROL", "cpu-2t", metric] == 0.0
-    assert analysis.by_hardware(store.load_runs(root, hardware="cpu-1t")).empty  # one label: nothing
-    assert analysis.by_hardware(runs, weights=False).query("metric == 'l2'")["value"].isna().all()
 
 
 # ----------------------------------------------------------------------------- runs, missing

@@ -114,13 +114,6 @@ def test_accuracy_churn(top):  # noqa: F811
     assert right["layer"][1]["encoding"]["x2"]["field"] == "churn_hi"
 
 
-def test_batchnorm_chart(top):  # noqa: F811
-    spec = charts.batchnorm_chart(top[top.dataset == "digits"], "smallcnn", "smallcnn_bn").to_dict()
-    assert spec["title"] == "Without and with BatchNorm" and len(spec["hconcat"]) == 2
-    assert [p["facet"]["row"]["sort"] for p in spec["hconcat"]] == [["smallcnn", "smallcnn_bn"]] * 2
-    assert [p["spec"]["layer"][1]["encoding"]["x"]["field"] for p in spec["hconcat"]] == ["acc_std", "churn"]
-
-
 def test_per_class_chart(runs):  # noqa: F811
     classes = analysis.per_class(runs.select(hardware="cpu-1t", dataset="digits"))
     spread = analysis.per_class_spread(runs.select(hardware="cpu-1t", dataset="digits"), classes)
@@ -179,16 +172,6 @@ def test_per_example_charts(runs):  # noqa: F811
     (data,) = datasets(spec)
     assert len(data) == 2 * len(dv) and {r["kind"] for r in data} == {"observed", "predicted (independent examples)"}
     assert spec["encoding"]["shape"]["field"] == "kind"
-
-
-def test_hardware_churn(runs):  # noqa: F811
-    compare = analysis.hardware_compare(runs)
-    spec = charts.hardware_churn(compare).to_dict()
-    (data,) = datasets(spec)
-    kinds = [r["kind"] for r in data if r["setting"] == "ALGO"]
-    assert kinds == ["within cpu-1t", "within cpu-2t", "cpu-1t vs cpu-2t, same seeds", "cpu-1t vs cpu-2t, all pairs"]
-    assert spec["encoding"]["row"]["field"] == "setting" and spec["encoding"]["column"]["field"] == "pair"
-    assert {"rank", "churn"} <= set(data[0])
 
 
 def test_background_chapter_charts():

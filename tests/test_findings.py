@@ -1,35 +1,11 @@
 """findings: the headline numbers and the prose's formatting, on test_analysis' hand-made store."""
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
 from test_analysis import ROOT3, root, runs, top  # noqa: F401 (module fixtures, shared with test_analysis)
 
-from nnrandomness import analysis, findings, store
-
-
-def test_findings(runs, top):  # noqa: F811
-    f = findings.findings(runs, table=top)
-    assert set(f) == set(findings.FINDINGS)
-    assert f["acc_std_algo"] == pytest.approx(math.sqrt(7 / 48)) and f["churn_control"] == 0.0
-    assert f["churn_algo_impl"] == f["churn_algo"] and f["impl_equals_control"] and f["control_identical"]
-    assert f["single_source_max"] == "ORDER" and f["churn_ulp"] is None and f["n_replicas"] == 2
-    assert f["class_std_ratio_algo"] == pytest.approx((1 / ROOT3) / math.sqrt(7 / 48))
-    # rare subgroups' FNR std 1/sqrt(3), common sqrt(1/12) (see test_analysis.test_subgroups_by_hand)
-    assert f["rare_fnr_std_algo"] == pytest.approx(1 / ROOT3) and f["common_fnr_std_algo"] == pytest.approx(0.5 / ROOT3)
-    assert f["rare_common_ratio_algo"] == pytest.approx(2.0)
-    assert f["thread_churn_control"] == pytest.approx(1 / 4)
-    s = findings.format_findings(f)
-    assert s["acc_std_algo"] == "38.19 %" and s["rare_common_ratio_algo"] == "2" and s["impl_equals_control"] == "yes"
-    assert s["class_std_ratio_algo"] == "1.5" and s["churn_ulp"] == "n/a" and s["n_replicas"] == "2"
-
-
-def test_findings_of_an_empty_store(tmp_path):
-    f = findings.findings(store.load_runs(tmp_path / "nothing-here"))
-    assert f["acc_std_algo"] is None and f["cell"] == "digits/smallcnn" and f["rare_common_ratio_algo"] is None
-    assert findings.format_findings(f)["acc_std_algo"] == "n/a"
+from nnrandomness import analysis, findings
 
 
 def test_one_formatter():
@@ -92,27 +68,6 @@ def test_rare_common_ratio():
     one_side = findings.rare_common_ratio(summary[summary.subgroups == "rare"])
     assert one_side["common"].isna().all() and one_side["ratio"].isna().all()
     assert findings.rare_common_ratio(summary.iloc[:0]).empty
-
-
-def test_hardware_table_and_values(runs, root):  # noqa: F811
-    per_hw = analysis.by_hardware(runs, weights=True)
-    note, table = findings.hardware_table(per_hw, runs.replicas["hardware"])
-    assert note == "" and list(table.columns) == ["cpu-1t", "cpu-2t"]
-    # cpu-2t ALGO: accuracies 3/4 and 1/4 (test_analysis.test_by_hardware_by_hand)
-    assert table.loc[("accuracy, mean", "ALGO"), "cpu-2t"] == "50.00 %"
-    assert table.loc[("examples that flip", "ALGO"), "cpu-1t"] == "3"
-    assert table.loc[("accuracy variance, observed", "CONTROL"), "cpu-2t"] == "0"
-    assert table.loc[("mean L2 of final weights", "ALGO"), "cpu-2t"] == f"{0.5 * math.sqrt(6):.3f}"
-    assert list(table.index.get_level_values("setting").unique()) == ["ALGO", "CONTROL"]  # the book's order
-    values = findings.hardware_values(per_hw)
-    assert list(values)[:3] == ["every_cell", "every_hardware_a", "every_acc_std_a"]  # glue order
-    assert values["every_cell"] == "digits/smallcnn, ALGO" and values["every_hardware_b"] == "cpu-2t"
-    assert values["every_n_flip_a"] == "3" and values["every_acc_std_b"] == findings.pct(0.5 / math.sqrt(2))
-    one = analysis.by_hardware(store.load_runs(root, hardware="cpu-1t"))
-    note, table = findings.hardware_table(one, ["cpu-1t", "cpu-1t"])
-    assert table is None and "(the store holds `cpu-1t`)" in note
-    empty = findings.hardware_values(one)
-    assert set(empty.values()) == {"n/a"} and list(empty) == ["every_cell", *findings.HARDWARE_PROSE]
 
 
 def test_glue_values(monkeypatch):

@@ -49,7 +49,6 @@ __all__ = [
     "TOOLING_GROUPS",
     "TOOLING_TESTS",
     "architecture_tests",
-    "by_hardware",
     "cell_name",
     "check_selection",
     "churn_by_epoch",
@@ -77,7 +76,6 @@ __all__ = [
     "sd_tests",
     "spread_null_groups",
     "spread_null_tests",
-    "spread_tests",
     "subgroup_noise",
     "subgroup_noise_summary",
     "subgroup_null_tests",
@@ -380,61 +378,6 @@ def architecture_tests(
         row = _churn_row("architecture", f"churn_{m}_vs_{cell['model']}_{_slug(setting)}", other, base, n, seed)
         rows.append({**row, "a": f"{setting} on {m}", "b": f"{setting} on {cell['model']}"})
     return _tests_frame(rows)
-
-
-def spread_tests(runs: store.Runs, pairs: Iterable[tuple[str, str]], center: str = "median") -> pd.DataFrame:
-    """Does the spread of top-1 accuracy differ between two settings? One row per
-    (hardware, dataset, model) holding both settings of a pair, for every pair (a, b).
-
-    ``metrics.spread_test`` on the per-replica accuracies: Brown-Forsythe with
-    ``center='median'`` (the default), Levene with ``'mean'``. Columns: hardware, dataset,
-    model, setting_a, setting_b, n_a, n_b, std_a, std_b, test, statistic, pvalue. With no
-    spread within either setting the statistic is NaN (0/0) or inf.
-    """
-    columns = [
-        "hardware",
-        "dataset",
-        "model",
-        "setting_a",
-        "setting_b",
-        "n_a",
-        "n_b",
-        "std_a",
-        "std_b",
-        "test",
-        "statistic",
-        "pvalue",
-    ]
-    acc: dict[tuple, np.ndarray] = {}
-    std: dict[tuple, float] = {}
-    for key, cell in _cells_by(runs, CELL).items():
-        acc[key] = metrics.accuracy(cell.preds, cell.labels)
-        std[key] = _acc_std(cell.preds, cell.labels)
-    rows = []
-    bases = sorted({k[:3] for k in acc})
-    for a, b in pairs:
-        for base in bases:
-            xa, xb = acc.get(base + (a,)), acc.get(base + (b,))
-            if xa is None or xb is None or len(xa) < 2 or len(xb) < 2:
-                continue
-            t = metrics.spread_test(xa, xb, center=center)
-            rows.append(
-                {
-                    "hardware": base[0],
-                    "dataset": base[1],
-                    "model": base[2],
-                    "setting_a": a,
-                    "setting_b": b,
-                    "n_a": t["n_a"],
-                    "n_b": t["n_b"],
-                    "std_a": std[base + (a,)],
-                    "std_b": std[base + (b,)],
-                    "test": t["test"],
-                    "statistic": t["statistic"],
-                    "pvalue": t["pvalue"],
-                }
-            )
-    return _frame(rows, columns)
 
 
 def identity(runs: store.Runs) -> pd.DataFrame:
@@ -1154,75 +1097,6 @@ def hardware_compare(runs: store.Runs, weights: bool = False) -> pd.DataFrame:
                 )
             rows.append(row)
     return _sorted(_frame(rows, columns), ["hardware_a", "hardware_b"])
-
-
-# What :func:`by_hardware` reports, in its order: (metric, source table, column).
-_BY_HARDWARE = (
-    ("acc_mean", "topline", "acc_mean"),
-    ("acc_std", "topline", "acc_std"),
-    ("churn", "topline", "churn"),
-    ("l2", "topline", "l2"),
-    ("class_std_max", "per_class", "class_std_max"),
-    ("class_std_mean", "per_class", "class_std_mean"),
-    ("n_flip", "per_example", "n_flip"),
-    ("observed_var", "variance", "observed_var"),
-    ("predicted_var", "variance", "predicted_var"),
-    ("fnr_std_rare", "subgroups", "rare"),
-    ("fnr_std_common", "subgroups", "common"),
-)
-
-
-def by_hardware(runs: store.Runs, weights: bool = True) -> pd.DataFrame:
-    """Every analysis chapter's headline numbers, per hardware label, for every (dataset, model,
-    setting) stored under two or more hardware labels (cells under one label give no rows).
-
-    Tidy: one row per (dataset, model, setting, hardware, metric) with its ``value``. Metrics, in
-    this order (``_BY_HARDWARE``): from :func:`topline` ``acc_mean``, ``acc_std``, ``churn``,
-    ``l2`` (NaN without ``weights``); from :func:`per_class_spread` ``class_std_max`` and
-    ``class_std_mean``; from :func:`instability_summary` ``n_flip`` (examples on which the
-    replicas do not all agree); from :func:`distribution_variance` ``observed_var`` and
-    ``predicted_var`` (Jordan's split); from :func:`rare_vs_common` ``fnr_std_rare`` and
-    ``fnr_std_common`` (the mean across-replica FNR std of rare and of common subgroups), only
-    for datasets with a group attribute. A metric a cell cannot give (e.g. churn with one
-    replica) is NaN; a metric no source table has a row for is left out.
-    """
-    columns = ["dataset", "model", "setting", "hardware", "metric", "value"]
-    triple = ["dataset", "model", "setting"]
-    r = runs.replicas
-    if r.empty or runs.predictions.empty or "example" not in runs.predictions.columns:
-        return _frame([], columns)
-    n_labels = r.groupby(triple)["hardware"].nunique()
-    shared = set(n_labels[n_labels >= 2].index)
-    if not shared:
-        return _frame([], columns)
-
-    part = runs.subset(lambda df: [t in shared for t in zip(*(df[k] for k in triple))])
-    sources = {
-        "topline": topline(part, weights=weights),
-        "per_class": per_class_spread(part),
-        "per_example": instability_summary(per_example(part)),
-        "variance": distribution_variance(part),
-    }
-    subs = rare_vs_common(subgroups(part))
-    rows = []
-    for rank, (metric, source, column) in enumerate(_BY_HARDWARE):
-        if source == "subgroups":
-            frame = subs[subs["subgroups"] == column]
-            column = "fnr_std"
-        else:
-            frame = sources[source]
-        for rec in frame[CELL + [column]].to_dict("records"):
-            rows.append({**{k: rec[k] for k in CELL}, "metric": metric, "value": float(rec[column]), "_rank": rank})
-    if not rows:
-        return _frame([], columns)
-    out = pd.DataFrame(rows)
-    out = _sorted(
-        out[["dataset", "model", "setting", "hardware", "metric", "value", "_rank"]].rename(
-            columns={"hardware": "_hw"}
-        ),
-        ["_rank", "_hw"],
-    )
-    return out.rename(columns={"_hw": "hardware"}).drop(columns="_rank")[columns]
 
 
 # ----------------------------------------------------------------------------- chapter parameters

@@ -75,7 +75,6 @@ __all__ = [
     "SETTING_COLORS",
     "TOOLING_GREY",
     "accuracy_churn",
-    "batchnorm_chart",
     "bundle_header",
     "caption",
     "chart_id",
@@ -90,7 +89,6 @@ __all__ = [
     "glue_figure",
     "glue_numbers",
     "glue_png",
-    "hardware_churn",
     "jordan_direct_chart",
     "kernel_size_chart",
     "missing_chart",
@@ -710,23 +708,6 @@ def glue_png(chapter: str, slug: str, chart, scale: float = 1.5) -> None:
     glue(f"{figure_name(chapter, slug)}-png", Image(data=png), display=False)
 
 
-def batchnorm_chart(bn: pd.DataFrame, model: str, bn_model: str) -> alt.HConcatChart:
-    """20_topline: the spread of top-1 accuracy and churn with their intervals, one row of panels
-    per model (without, then with BatchNorm). ``bn`` holds analysis.topline rows of both models."""
-    tips = [
-        "model:N",
-        alt.Tooltip("acc_mean:Q", title="mean accuracy", format=".2%"),
-        REPLICAS_TOOLTIP,
-    ]
-    panels = [
-        setting_points(bn, m, lo=f"{m}_lo", hi=f"{m}_hi", axis_title=label, fmt=".1%", tooltip=tips)
-        .properties(width=230, height=100)
-        .facet(row=alt.Row("model:N", title=None, sort=[model, bn_model]))
-        for m, label in [("acc_std", "std of top-1 accuracy"), ("churn", "churn")]
-    ]
-    return alt.hconcat(*panels).properties(title="Without and with BatchNorm")
-
-
 def per_class_chart(classes: pd.DataFrame, spread: pd.DataFrame) -> alt.HConcatChart:
     """21_per_class: the std across replicas of each class's accuracy (ticks) and of top-1
     accuracy (diamond) per setting, beside the per-class stds of the settings picked in the
@@ -1127,50 +1108,6 @@ def unstable_signals(chosen: pd.DataFrame, signals: np.ndarray, votes: pd.DataFr
     )
     return alt.vconcat(signal, (heat + text).properties(width=300)).properties(
         title=f"The {len(chosen)} test examples the {setting} replicas agree on least"
-    )
-
-
-def hardware_churn(compare: pd.DataFrame) -> alt.FacetChart:
-    """24_hardware: churn within each hardware label, between replica k on two labels (same
-    seeds: the tooling alone, in full colour) and between any two replicas on different labels,
-    one row per setting and one column per pair of labels (analysis.hardware_compare rows)."""
-    long = compare.assign(pair=compare["hardware_a"] + " vs " + compare["hardware_b"]).melt(
-        id_vars=["setting", "pair", "hardware_a", "hardware_b", "n_matched", "n_a", "n_b"],
-        value_vars=["churn_within_a", "churn_within_b", "churn_matched", "churn_cross"],
-        var_name="kind",
-        value_name="churn",
-    )
-    rank = {"churn_within_a": 0, "churn_within_b": 1, "churn_matched": 2, "churn_cross": 3}
-    long["rank"] = long["kind"].map(rank)
-    long["kind"] = [
-        {0: f"within {a}", 1: f"within {b}", 2: f"{a} vs {b}, same seeds", 3: f"{a} vs {b}, all pairs"}[r]
-        for r, a, b in zip(long["rank"], long["hardware_a"], long["hardware_b"])
-    ]
-    long = long.dropna(subset=["churn"]).sort_values(["rank", "kind"])
-    present = setting_sort(long["setting"])
-    return (
-        alt.Chart(tidy_limit(long))
-        .mark_bar()
-        .encode(
-            x=alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
-            y=alt.Y("kind:N", sort=long["kind"].unique().tolist(), title=None),
-            color=setting_color(settings=present, legend=None),
-            # the tooling alone (same seeds) in full colour, the rest lighter
-            opacity=alt.when(alt.datum.rank == 2).then(alt.value(1.0)).otherwise(alt.value(0.4)),
-            row=alt.Row("setting:N", sort=present, title=None),
-            column=alt.Column("pair:N", title=None),
-            tooltip=[
-                "setting:N",
-                "pair:N",
-                "kind:N",
-                alt.Tooltip("churn:Q", format=".2%"),
-                alt.Tooltip("n_matched:Q", title="matched replicas"),
-                alt.Tooltip("n_a:Q", title="replicas on a"),
-                alt.Tooltip("n_b:Q", title="replicas on b"),
-            ],
-        )
-        .properties(width=320, height=90, title="Churn within one hardware label and across two")
-        .resolve_scale(y="independent")
     )
 
 

@@ -1,15 +1,13 @@
-"""The study's findings and every number the prose quotes, as text.
+"""The study's findings as claims decided by tests, and every number the prose quotes, as text.
 
-:mod:`analysis` computes per-cell tables; this module picks the headline numbers out of them
-(:func:`findings`, glued as ``finding_<name>`` by the topline chapter and quoted by the
-introduction), and formats numbers for the prose and the tables with one formatter,
-:func:`as_text` (:func:`pct` and :func:`ci_text` are its percentage and interval forms).
-A value that is absent (None, NaN) always reads ``n/a``, so every name the prose uses exists.
-
-Claims decided by tests (issue 9, item 7): a :class:`Claim` is a test result (effect with its
-95 % interval, n, test, p-value adjusted with Holm across its chapter's family), and
-:func:`word` states it as established only when the adjusted p-value is below 5 %, otherwise
-as what the data cannot tell apart; :func:`claims_table` is the book's table of every claim.
+A :class:`Claim` is a test result of :mod:`analysis` (effect with its 95 % interval, n, test,
+p-value adjusted with Holm across its chapter's family); :func:`word` states it as established
+only when the adjusted p-value is below 5 %, otherwise as what the data cannot tell apart;
+:func:`study_claims` gathers the study's families, :func:`claims_table` is the book's table of
+every claim, and the introduction quotes the sentences 25_claims glues (:data:`INTRO_CLAIMS`).
+Numbers are formatted for the prose and the tables with one formatter, :func:`as_text`
+(:func:`pct` and :func:`ci_text` are its percentage and interval forms); a value that is absent
+(None, NaN) always reads ``n/a``, so every name the prose uses exists.
 """
 
 from __future__ import annotations
@@ -28,8 +26,6 @@ __all__ = [
     "CLAIMS_COLUMNS",
     "COMPACT_COLUMNS",
     "Claim",
-    "FINDINGS",
-    "HARDWARE_METRICS",
     "INTRO_CLAIMS",
     "MISSING_CLAIM",
     "NULL_TABLE_COLUMNS",
@@ -43,11 +39,7 @@ __all__ = [
     "claims_table",
     "compact_claims_table",
     "few_replicas_note",
-    "findings",
-    "format_findings",
     "glue_values",
-    "hardware_table",
-    "hardware_values",
     "interval_values",
     "intro_claim_values",
     "null_claims",
@@ -257,130 +249,10 @@ def null_table(tests: pd.DataFrame, claims: Iterable[Claim], digits: int = 4) ->
     return pd.DataFrame({k: list(v) for k, v in values.items()}, index=index, columns=NULL_TABLE_COLUMNS)
 
 
-# ----------------------------------------------------------------------------- findings
-# Headline numbers the introduction quotes (glued as finding_<name> in the topline chapter).
-# name -> (kind, description); kind picks the format (see as_text): pct (a fraction shown in %),
-# ratio, flag, int, text.
-FINDINGS: dict[str, tuple[str, str]] = {
-    "n_replicas": ("int", "replicas per setting in the main cell (the smallest count over its settings)"),
-    "hardware": ("text", "hardware label of the main cell"),
-    "cell": ("text", "dataset/model of the main cell"),
-    "acc_mean_algo": ("pct", "mean top-1 accuracy, ALGO"),
-    "acc_std_algo_impl": ("pct", "std of top-1 accuracy, ALGO+IMPL"),
-    "acc_std_algo": ("pct", "std of top-1 accuracy, ALGO"),
-    "acc_std_impl": ("pct", "std of top-1 accuracy, IMPL"),
-    "acc_std_control": ("pct", "std of top-1 accuracy, CONTROL"),
-    "churn_algo_impl": ("pct", "predictive churn, ALGO+IMPL"),
-    "churn_algo": ("pct", "predictive churn, ALGO"),
-    "churn_impl": ("pct", "predictive churn, IMPL"),
-    "churn_control": ("pct", "predictive churn, CONTROL"),
-    "churn_ulp": ("pct", "predictive churn when one weight of the initial model moves by one ULP"),
-    "ulp_churn_share": ("ratio", "churn of ULP / churn of ALGO"),
-    "single_source_max": ("text", "the single algorithmic source (INIT, ORDER, AUG, DROPOUT) with the largest churn"),
-    "churn_single_source_max": ("pct", "churn of that single source"),
-    "control_identical": ("flag", "CONTROL replicas bit-identical in every cell that has them"),
-    "impl_equals_control": ("flag", "IMPL replicas bit-identical to CONTROL's (deterministic kernels anyway)"),
-    "class_std_max_algo": ("pct", "largest std of a per-class accuracy, ALGO"),
-    "class_std_ratio_algo": ("ratio", "that std / std of top-1 accuracy, ALGO"),
-    "rare_fnr_std_algo": ("pct", "std of FNR averaged over the rare (label, attribute) subgroups, ALGO"),
-    "common_fnr_std_algo": ("pct", "the same over the common subgroups, ALGO"),
-    "rare_common_ratio_algo": ("ratio", "rare / common FNR std, ALGO"),
-    "thread_churn_control": ("pct", "churn between CONTROL replicas at 1 and 2 CPU threads (same seeds)"),
-}
-
-
 def _value(v) -> float | None:
     return None if pd.isna(v) else float(v)
 
 
-def findings(
-    runs: store.Runs,
-    *,
-    hardware: str = "cpu-1t",
-    dataset: str = "digits",
-    model: str = "smallcnn",
-    groups_dataset: str = "digits_groups",
-    threads_hardware: str = "cpu-2t",
-    table: pd.DataFrame | None = None,
-) -> dict:
-    """The headline numbers of the study, as raw values (None where the runs are absent); names
-    and meanings in :data:`FINDINGS`, formatted for the prose by :func:`format_findings`.
-
-    ``table`` is :func:`analysis.topline`'s output (recomputed, without weights, when not given).
-    """
-    table = analysis.topline(runs, weights=False) if table is None else table
-    out: dict = {name: None for name in FINDINGS}
-    out["hardware"], out["cell"] = hardware, analysis.cell_name(dataset, model)
-    main = table[(table["hardware"] == hardware) & (table["dataset"] == dataset) & (table["model"] == model)]
-    main = main.set_index("setting")
-
-    def get(setting, column):
-        return _value(main.at[setting, column]) if setting in main.index else None
-
-    if not main.empty:
-        out["n_replicas"] = int(main["n_replicas"].min())
-    out["acc_mean_algo"] = get("ALGO", "acc_mean")
-    for s in ("ALGO+IMPL", "ALGO", "IMPL", "CONTROL"):
-        out[f"acc_std_{_slug(s)}"] = get(s, "acc_std")
-        out[f"churn_{_slug(s)}"] = get(s, "churn")
-    out["churn_ulp"] = get("ULP", "churn")
-    if out["churn_ulp"] is not None and out["churn_algo"]:
-        out["ulp_churn_share"] = out["churn_ulp"] / out["churn_algo"]
-    singles = {s: get(s, "churn") for s in ("INIT", "ORDER", "AUG", "DROPOUT")}
-    singles = {s: v for s, v in singles.items() if v is not None}
-    if singles:
-        best = max(singles, key=lambda s: (singles[s], s))
-        out["single_source_max"], out["churn_single_source_max"] = best, singles[best]
-
-    control = table[table["setting"] == "CONTROL"]
-    if not control.empty:
-        out["control_identical"] = bool(control["identical"].all())
-    twins = analysis.twin_identity(runs, [("IMPL", "CONTROL")])
-    twins = twins[twins["hardware"] == hardware]
-    if not twins.empty:
-        out["impl_equals_control"] = bool(twins["all_identical"].all())
-
-    algo = runs.select(hardware=hardware, dataset=dataset, model=model, setting="ALGO")
-    spread = analysis.per_class_spread(algo)
-    if not spread.empty:
-        out["class_std_max_algo"] = float(spread["class_std_max"].iloc[0])
-        out["class_std_ratio_algo"] = _value(spread["ratio_max"].iloc[0])
-
-    groups = runs.select(hardware=hardware, dataset=groups_dataset, model=model, setting="ALGO")
-    ratio = rare_common_ratio(analysis.rare_vs_common(analysis.subgroups(groups)))
-    if len(ratio) and not (pd.isna(ratio["rare"].iloc[0]) or pd.isna(ratio["common"].iloc[0])):
-        out["rare_fnr_std_algo"] = float(ratio["rare"].iloc[0])
-        out["common_fnr_std_algo"] = float(ratio["common"].iloc[0])
-        out["rare_common_ratio_algo"] = _value(ratio["ratio"].iloc[0])
-
-    hw = analysis.hardware_compare(runs.select(dataset=dataset, model=model, setting="CONTROL"))
-    pair = [hardware, threads_hardware]
-    hw = hw[hw["hardware_a"].isin(pair) & hw["hardware_b"].isin(pair)]
-    if not hw.empty and not pd.isna(hw["churn_matched"].iloc[0]):
-        out["thread_churn_control"] = float(hw["churn_matched"].iloc[0])
-    return out
-
-
-def format_findings(values: dict) -> dict[str, str]:
-    """Each finding as the string the prose shows (see FINDINGS for the kinds)."""
-    return {name: as_text(values.get(name), kind) for name, (kind, _) in FINDINGS.items()}
-
-
-# ----------------------------------------------------------------------------- per hardware label
-# The rows of the per-hardware table (analysis.by_hardware's metrics): metric -> (row label, kind).
-HARDWARE_METRICS = {
-    "acc_mean": ("accuracy, mean", "pct"),
-    "acc_std": ("accuracy, std", "pct"),
-    "churn": ("churn", "pct"),
-    "l2": ("mean L2 of final weights", "3f"),
-    "class_std_max": ("per-class accuracy std, largest", "pct"),
-    "class_std_mean": ("per-class accuracy std, mean", "pct"),
-    "n_flip": ("examples that flip", "int"),
-    "observed_var": ("accuracy variance, observed", "e"),
-    "predicted_var": ("accuracy variance, predicted", "e"),
-    "fnr_std_rare": ("FNR std, rare subgroups (mean)", "pct"),
-    "fnr_std_common": ("FNR std, common subgroups (mean)", "pct"),
-}
 # The numbers the hardware chapter's prose quotes for one cell, in glue order after every_cell:
 # glue name -> (label: 0 for a, 1 for b; the metric, or None for the label itself).
 # Glue names written out, so that grep finds {glue:text}`every_acc_std_a`; one line per hardware.
@@ -393,58 +265,6 @@ _PROSE_B = {"every_hardware_b": None, "every_acc_std_b": "acc_std", "every_class
             "every_predicted_var_b": "predicted_var"}
 # fmt: on
 HARDWARE_PROSE = {**{n: (0, m) for n, m in _PROSE_A.items()}, **{n: (1, m) for n, m in _PROSE_B.items()}}
-
-
-def hardware_table(per_hw: pd.DataFrame, labels: Iterable[str]) -> tuple[str, pd.DataFrame | None]:
-    """:func:`analysis.by_hardware`'s output as a table for the chapter: one row per metric and
-    setting (and cell, when there are several), one column per hardware label, values as text.
-    Returns (note, table): a Markdown note and None when no cell is stored under two labels
-    (``labels``: the hardware labels the store holds), else an empty note and the table."""
-    if per_hw.empty:
-        held = ", ".join(f"`{h}`" for h in sorted(set(labels))) or "no label"
-        return (
-            f"**No cell is stored under two hardware labels** (the store holds {held}): there is nothing to "
-            "compare per label, and the values quoted below read n/a. Run the default plan's `cpu-2t` "
-            "replicas or a GPU plan, then re-execute this chapter."
-        ), None
-    t = per_hw.assign(cell=[analysis.cell_name(d, m) for d, m in zip(per_hw["dataset"], per_hw["model"])])
-    t["text"] = [as_text(v, HARDWARE_METRICS[m][1]) for v, m in zip(t["value"], t["metric"])]
-    t["metric"] = pd.Categorical(
-        [HARDWARE_METRICS[m][0] for m in t["metric"]], [label for label, _ in HARDWARE_METRICS.values()], ordered=True
-    )
-    t["setting"] = pd.Categorical(t["setting"], analysis.setting_order(t["setting"]), ordered=True)
-    rows = (["cell"] if t["cell"].nunique() > 1 else []) + ["metric", "setting"]
-    table = t.pivot(index=rows, columns="hardware", values="text").sort_index().fillna("")
-    table.columns.name = None
-    return "", table
-
-
-def hardware_values(per_hw: pd.DataFrame) -> dict[str, str]:
-    """The per-label numbers the hardware chapter quotes, as text, in glue order: ``every_cell``
-    (the ALGO cell when there is one, else the first), then the names of HARDWARE_PROSE for its
-    first two labels a and b; 'n/a' throughout when no cell is stored under two labels."""
-    if per_hw.empty:
-        out = {"every_cell": "n/a"}
-        pair, one = [], per_hw
-    else:
-        cells = per_hw.drop_duplicates(["dataset", "model", "setting"])
-        noisy = cells[cells["setting"] == "ALGO"]  # the paper's main setting when it is there
-        pick = (noisy if len(noisy) else cells).iloc[0]
-        one = per_hw[
-            (per_hw["dataset"] == pick["dataset"])
-            & (per_hw["model"] == pick["model"])
-            & (per_hw["setting"] == pick["setting"])
-        ]
-        pair = sorted(one["hardware"].unique())[:2]
-        out = {"every_cell": f"{analysis.cell_name(pick['dataset'], pick['model'])}, {pick['setting']}"}
-    labels = pair or ["n/a", "n/a"]
-    for name, (side, metric) in HARDWARE_PROSE.items():
-        if metric is None:
-            out[name] = labels[side]
-            continue
-        value = one.loc[(one["hardware"] == labels[side]) & (one["metric"] == metric), "value"]
-        out[name] = as_text(value.iloc[0] if len(value) else None, HARDWARE_METRICS[metric][1])
-    return out
 
 
 # ----------------------------------------------------------------------------- CPU tooling (24_hardware)
