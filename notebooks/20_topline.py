@@ -54,6 +54,8 @@ seed = 0  # bootstrap and permutation seed: fixed, so re-running gives the same 
 # the main cell, `dataset`/`model`.
 
 # %%
+# A name the store lacks stops here, listing what it holds (a typo would otherwise show empty tables).
+analysis.check_selection(runs_root, hardware=hardware, dataset=dataset, model=[model, bn_model, mlp_model])
 runs = store.load_runs(runs_root, snapshots=True, hardware=hardware, dataset=dataset)
 cell = {"hardware": hardware, "dataset": dataset, "model": model}
 table = analysis.topline(runs, n_boot=n_boot, seed=seed).merge(analysis.sd_intervals(runs), how="left")

@@ -44,6 +44,8 @@ model = "cnn1d"  # model of the cell
 # per-class accuracy, and the largest per-class spread with its class.
 
 # %%
+# A name the store lacks stops here, listing what it holds (a typo would otherwise show empty tables).
+analysis.check_selection(runs_root, hardware=hardware, dataset=dataset, model=model)
 runs = store.load_runs(runs_root, hardware=hardware, dataset=dataset, model=model)
 classes = analysis.per_class(runs)
 spread = analysis.per_class_spread(runs, classes)

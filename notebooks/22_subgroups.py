@@ -47,6 +47,8 @@ attribute = "shifted"  # name of the group attribute (its values 0 and 1), for l
 rare_share = 0.5  # a subgroup is rare if it holds less than this share of its class's TRAINING examples
 
 # %%
+# A name the store lacks stops here, listing what it holds (a typo would otherwise show empty tables).
+analysis.check_selection(runs_root, hardware=hardware, dataset=dataset, model=model)
 runs = store.load_runs(runs_root, hardware=hardware, dataset=dataset, model=model)
 gaps = analysis.missing(runs, hardware=hardware, dataset=dataset, model=model, settings=["ALGO", "CONTROL"])
 try:  # rare by design: in training (the test set may hold every subgroup in equal shares)

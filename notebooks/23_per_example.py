@@ -41,6 +41,8 @@ setting = "ALGO"  # the setting whose most unstable examples are drawn
 top_k = 12  # how many examples to draw
 
 # %%
+# A name the store lacks stops here, listing what it holds (a typo would otherwise show empty tables).
+analysis.check_selection(runs_root, hardware=hardware, dataset=dataset, model=model, setting=setting)
 runs = store.load_runs(runs_root, hardware=hardware, dataset=dataset, model=model)
 examples = analysis.per_example(runs)
 summary = analysis.instability_summary(examples)

@@ -51,6 +51,8 @@ n_boot = 2000  # bootstrap resamples per interval of the summary figure
 # subgroup data.
 
 # %%
+# A name the store lacks stops here, listing what it holds (a typo would otherwise show empty tables).
+analysis.check_selection(runs_root, hardware=hardware, dataset=[dataset, groups_dataset], model=[model, *architectures])
 runs = store.load_runs(runs_root, hardware=hardware)
 cell = {"hardware": hardware, "dataset": dataset, "model": model}
 gaps = analysis.missing(runs, hardware=hardware, dataset=dataset, model=model, settings=PAPER_SETTINGS)
