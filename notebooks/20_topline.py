@@ -116,7 +116,7 @@ charts.glue_figure("topline", "accuracy-churn", chart,
                    n=n_main, hardware=hardware, cell=main_cell)
 
 # %% [markdown]
-# ## The weights end up far apart
+# ## Distance between the final weights
 #
 # The replicas' final weights are {glue:text}`algo_l2_ci` apart on average under ALGO
 # (L2 distance over all parameters, BatchNorm statistics left out, BCa interval). One ULP moves

@@ -69,7 +69,7 @@ columns = {"acc_std": "pct", "class_std_mean": "pct", "class_std_max": "pct", "c
 charts.glue_numbers(findings.prose_values(spread, columns))
 
 # %% [markdown]
-# ## Classes move more than the top line
+# ## Per-class spread beside the top line
 #
 # Under ALGO, top-1 accuracy has a standard deviation of {glue:text}`algo_acc_std` across
 # replicas. The accuracy of a single class moves {glue:text}`algo_class_std_mean` on average over
