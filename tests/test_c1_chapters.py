@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_findings import family_frame
 
 from nnrandomness import analysis, charts, findings, store
 from nnrandomness import stats as study_stats
@@ -141,25 +142,8 @@ def test_architecture_tests_compare_churn_between_models(runs):
 
 # ----------------------------------------------------------------------------- findings
 def claims(pvalues=(0.001, 0.4), effects=(0.005, -0.004)):
-    rows = [
-        {
-            "family": "churn",
-            "name": f"churn_{a.lower()}_vs_algo",
-            "a": a,
-            "b": "ALGO",
-            "test": "permutation (2000 relabellings)",
-            "statistic": "churn",
-            "observed": e,
-            "effect": e,
-            "effect_lo": e - 0.002,
-            "effect_hi": e + 0.002,
-            "n_a": 100,
-            "n_b": 100,
-            "pvalue": p,
-        }
-        for a, p, e in zip(["INIT", "ORDER"], pvalues, effects)
-    ]
-    return findings.claims_from_tests(analysis._tests_frame(rows))
+    frame = family_frame(pvalues, effects, settings=("INIT", "ORDER"), n=(100, 100))
+    return findings.claims_from_tests(frame)
 
 
 def test_compact_claims_table():

@@ -1,4 +1,4 @@
-"""findings: the headline numbers and the prose's formatting, on test_analysis' hand-made store."""
+"""findings: claims decided by tests and the prose's formatting, on test_analysis' hand-made store."""
 
 import numpy as np
 import pandas as pd
@@ -80,8 +80,9 @@ def test_glue_values(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- claims decided by tests
-def family_frame(pvalues, effects=(0.005, -0.004), family="churn"):
-    """A hand-made family in analysis' test schema, with Holm applied as analysis does."""
+def family_frame(pvalues, effects=(0.005, -0.004), family="churn", settings=("INIT", "DROPOUT"), n=(10, 12)):
+    """A hand-made family in analysis' test schema (each setting against ALGO, ``n`` replicas on
+    each side), with Holm applied as analysis does."""
     rows = [
         {
             "family": family,
@@ -94,11 +95,11 @@ def family_frame(pvalues, effects=(0.005, -0.004), family="churn"):
             "effect": e,
             "effect_lo": e - 0.002,
             "effect_hi": e + 0.002,
-            "n_a": 10,
-            "n_b": 12,
+            "n_a": n[0],
+            "n_b": n[1],
             "pvalue": p,
         }
-        for a, p, e in zip(["INIT", "DROPOUT"], pvalues, effects)
+        for a, p, e in zip(settings, pvalues, effects)
     ]
     frame = analysis._tests_frame(rows)
     return frame
