@@ -457,14 +457,16 @@ def train_replica(
             _sync(device)
             t0 = time.perf_counter()
             order = start_epoch(replica, ds, epoch)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
+            # Kept on the device and reduced once per epoch: a .item() per step would synchronise every
+            # step, and the six small ops of a running sum cost an MLP's short step ~5 % (measured).
+            losses, predicted = [], []
             for i in range(0, n, spec.batch_size):
-                idx = order[i : i + spec.batch_size]
-                step = train_step(replica, ds, idx)
-                # Accumulate on the device: a .item() per step would synchronise every step.
-                loss_sum += step.loss * len(idx)
-                correct += (step.logits.argmax(1) == step.labels).sum()
+                step = train_step(replica, ds, order[i : i + spec.batch_size])
+                losses.append(step.loss)
+                predicted.append(step.logits.argmax(1))
+            sizes = torch.tensor([min(spec.batch_size, n - i) for i in range(0, n, spec.batch_size)], device=device)
+            loss_sum = (torch.stack(losses) * sizes).sum()
+            correct = (torch.cat(predicted) == ds.y_train[order]).sum()
             _sync(device)
             epoch_seconds = time.perf_counter() - t0
             train_seconds += epoch_seconds
