@@ -470,11 +470,12 @@ def _warm_up(replica: Replica, examples: int) -> None:
     """Set the learning rate of the next step while the spec warms up (`lr_at`, per step).
 
     The steps taken so far are counted in the optimiser's first parameter group ("warmup_step"), which
-    checkpoints save and resume with the optimiser; after the warm-up `start_epoch`'s rate holds.
+    checkpoints save and resume with the optimiser. The first step after the warm-up gets the full rate
+    too (as `start_epoch` gives it at the epoch's start); after that `start_epoch`'s rate holds.
     """
     steps = math.ceil(examples / replica.spec.batch_size)
     s = replica.opt.param_groups[0].get("warmup_step", 0)
-    if s < replica.spec.warmup_epochs * steps:
+    if s <= replica.spec.warmup_epochs * steps:
         for group in replica.opt.param_groups:
             group["lr"] = lr_at(replica.spec, s // steps, s % steps, steps)
     replica.opt.param_groups[0]["warmup_step"] = s + 1
