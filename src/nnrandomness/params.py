@@ -439,9 +439,10 @@ def optimizer_errors(values: Mapping) -> list[str]:
     errors = []
     optimizer, momentum, nesterov = (_value(values, n) for n in ("optimizer", "momentum", "nesterov"))
     if optimizer != "sgd" and (momentum or nesterov):
+        given = ", ".join(f"{n}={quote(v)}" for n, v in (("momentum", momentum), ("nesterov", nesterov)) if v)
         errors.append(
-            f"momentum={quote(momentum)} and nesterov={quote(nesterov)} apply to optimizer 'sgd' only; "
-            f"the recipe's optimizer is {quote(optimizer)}: set momentum 0 and nesterov false, or optimizer sgd"
+            f"{given}: momentum and nesterov apply to optimizer 'sgd' only, the recipe's optimizer is "
+            f"{quote(optimizer)}; set momentum 0 and nesterov false, or optimizer sgd"
         )
     elif nesterov and not momentum:
         errors.append("nesterov=True needs a momentum > 0, got momentum=0")
