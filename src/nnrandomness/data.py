@@ -128,6 +128,52 @@ def to_float(x: torch.Tensor, normalization: str) -> torch.Tensor:
     raise ValueError(f"unknown normalization {normalization!r}; valid: 'unit', 'standardize', 'none'")
 
 
+def training_inputs(
+    x: torch.Tensor, normalization: str, pad: int, flip: bool, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A training batch as the model sees it: augmented (when `generator` is given) and converted.
+
+    Per-image standardisation comes *before* the pad-and-crop, as in the paper's ResNet-18 code
+    (tf.image.per_image_standardization on the whole 32x32 image, then a zero pad to 40 and a random
+    crop): its padding is each image's mean, and the crop's statistics are the whole image's. Every
+    other normalization augments the uint8 batch first (x/255 commutes with a zero pad and a crop,
+    and uint8 moves less memory): today's bits.
+    """
+    if generator is None:
+        return to_float(x, normalization)
+    if normalization == "standardize":
+        return augment(to_float(x, normalization), pad, flip, generator)
+    return to_float(augment(x, pad, flip, generator), normalization)
+
+
+# The loaders that take each input option (`input_options`): per-image standardisation where the
+# images are photos; a resolution where the loader resizes (CelebA's aligned 178x218 faces, ImageNet).
+INPUT_OPTION_DATASETS = {
+    "normalization": ("cifar10", "cifar100", "celeba", "imagenet"),
+    "image_size": ("celeba", "imagenet"),
+}
+
+
+def input_options(name: str, normalization: str = "", image_size: int = 0) -> dict:
+    """The loader options (for `load_dataset(name, root, **options)`) that give dataset `name` the inputs a
+    recipe asks for: `normalization` ("" keeps the loader's own: x/255 for images; "unit" or
+    "standardize", see `to_float`) and `image_size` (0 keeps the loader's own; else the square side in
+    pixels). {} for the defaults. Raises ValueError naming the value and the valid choices."""
+    if normalization and normalization not in NORMALIZATIONS:
+        valid = ", ".join(map(repr, NORMALIZATIONS))
+        raise ValueError(f"unknown normalization {normalization!r}; valid: '' (the dataset's own), {valid}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
+        raise ValueError(f"image_size must be an integer >= 0 (0: the dataset's own), got {image_size!r}")
+    options = {k: v for k, v in (("normalization", normalization), ("image_size", image_size)) if v}
+    for option in options:
+        if name not in INPUT_OPTION_DATASETS[option]:
+            raise ValueError(
+                f"dataset {name!r} has no {option} option; datasets with one: "
+                f"{', '.join(INPUT_OPTION_DATASETS[option])} (leave it at its default for {name!r})"
+            )
+    return options
+
+
 def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random pad-and-crop and horizontal flip of a uint8 batch, on its device, in one go.
 

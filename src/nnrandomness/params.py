@@ -60,6 +60,9 @@ MAX_REPLICAS = 10_000  # replicas per setting
 MAX_EPOCHS = 100_000  # training epochs
 MAX_JOBS = 10_000  # jobs of one plan (hardware x dataset x model x setting)
 MAX_PLAN_REPLICAS = 1_000_000  # replicas of one plan, all jobs together (what --dry-run looks up)
+MAX_IMAGE_SIZE = 4096  # input side in pixels (a typo such as 12800 would fill the host's memory)
+
+OPTIMIZERS = ("adam", "sgd")  # train.make_optimizer builds them
 
 
 # ----------------------------------------------------------------------------- quoting a value
@@ -137,6 +140,21 @@ def _milestones(value) -> str | None:
     return None
 
 
+def _non_negative(value) -> str | None:
+    return None if value >= 0 else f"must be a number >= 0, got {quote(value)}"
+
+
+def _choice(what: str, valid: tuple[str, ...]) -> Callable[[object], str | None]:
+    return lambda value: None if value in valid else f"unknown {what} {quote(value)}; valid {what}s: {', '.join(valid)}"
+
+
+def _normalization(value) -> str | None:
+    if value and value not in data.NORMALIZATIONS:
+        valid = ", ".join(map(repr, ("", *data.NORMALIZATIONS)))
+        return f"unknown normalization {quote(value)}; valid normalizations: {valid} (empty: the dataset's own)"
+    return None
+
+
 def _settings(value) -> str | None:
     if not value:
         return "must name at least one setting"
@@ -198,10 +216,59 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter("epochs", (int,), "training epochs", 20, _integer(1, MAX_EPOCHS, "MAX_EPOCHS")),
         Parameter("batch_size", (int,), "training examples per step", 128, _integer(1)),
-        Parameter("lr", (float, int), "Adam learning rate", 4e-4, _positive),  # the paper's
+        Parameter("lr", (float, int), "learning rate (after any warm-up)", 4e-4, _positive),  # the paper's
         Parameter(
             "lr_milestones", (list,), "epochs at which the learning rate is multiplied by 0.1", [50, 100], _milestones
         ),
+        # --- the paper's recipes (issue 10): every default reproduces the bits of the runs made before them
+        Parameter(
+            "optimizer",
+            (str,),
+            "adam (Keras epsilon 1e-7) or sgd (momentum as Keras applies it)",
+            "adam",
+            _choice("optimizer", OPTIMIZERS),
+        ),
+        Parameter("momentum", (float, int), "SGD momentum in [0, 1); 0 for adam", 0.0, _probability),
+        Parameter("nesterov", (bool,), "Nesterov momentum (SGD with momentum only)", False),
+        Parameter(
+            "weight_decay",
+            (float, int),
+            "L2 as Keras l2: wd times the summed squares of conv and dense kernels, added to the loss",
+            0.0,
+            _non_negative,
+        ),
+        Parameter(
+            "warmup_epochs",
+            (int,),
+            "epochs of linear learning-rate warm-up from 0, ramped per step (paper's ResNet-50: 5)",
+            0,
+            _integer(0, MAX_EPOCHS, "MAX_EPOCHS"),
+        ),
+        Parameter(
+            "label_smoothing", (float, int), "label smoothing of the training loss, in [0, 1)", 0.0, _probability
+        ),
+        Parameter(
+            "init",
+            (str,),
+            "weights from the init stream: glorot_uniform (Keras), he_normal (paper's ResNet-50), torch",
+            "glorot_uniform",
+            _choice("init", tuple(models.INITS)),
+        ),
+        Parameter(
+            "normalization",
+            (str,),
+            "inputs: unit (x/255) or standardize (per image, as TF); empty: the dataset's own",
+            "",
+            _normalization,
+        ),
+        Parameter(
+            "image_size",
+            (int,),
+            "square input side where the loader resizes (celeba, imagenet); 0: the dataset's own",
+            0,
+            _integer(0, MAX_IMAGE_SIZE, "MAX_IMAGE_SIZE"),
+        ),
+        # --- end of the paper's recipes
         Parameter("dropout", (float, int), "dropout probability before the last layer, in [0, 1)", 0.0, _probability),
         Parameter("augment", (bool,), "pad-and-crop augmentation on the device (+ flips for photos)", False),
         Parameter("base_seed", (int,), "root of every per-source seed", 0, _integer(0)),
@@ -351,13 +418,47 @@ def snapshot_error(snapshot_epochs, epochs: int) -> str | None:
 
 def recipe_errors(values: Mapping) -> list[str]:
     """What makes a recipe impossible as a whole, known before any data is loaded: snapshots past the
-    last epoch, a model that cannot take the dataset's inputs (a 2D model on 1D signals)."""
+    last epoch, a model that cannot take the dataset's inputs (a 2D model on 1D signals), optimiser
+    settings that contradict each other, input options the dataset's loader lacks."""
     errors = [e] if (e := snapshot_error(values["snapshot_epochs"], values["epochs"])) else []
     try:
         models.check_input_dims(values["model"], data.input_dims(values["dataset"]))
     except ValueError as e:
         errors.append(f"dataset {values['dataset']!r}: {e}")
+    return errors + optimizer_errors(values) + input_errors(values)
+
+
+def _value(values: Mapping, name: str):
+    """A recipe value; its default where a mapping from before the parameter existed lacks it."""
+    return values.get(name, PARAMETERS[name].default)
+
+
+def optimizer_errors(values: Mapping) -> list[str]:
+    """The optimiser's settings against each other: momentum and Nesterov are SGD's (Adam would ignore
+    them without a word), Nesterov needs momentum, and a warm-up must end within the training."""
+    errors = []
+    optimizer, momentum, nesterov = (_value(values, n) for n in ("optimizer", "momentum", "nesterov"))
+    if optimizer != "sgd" and (momentum or nesterov):
+        given = ", ".join(f"{n}={quote(v)}" for n, v in (("momentum", momentum), ("nesterov", nesterov)) if v)
+        errors.append(
+            f"{given}: momentum and nesterov apply to optimizer 'sgd' only, the recipe's optimizer is "
+            f"{quote(optimizer)}; set momentum 0 and nesterov false, or optimizer sgd"
+        )
+    elif nesterov and not momentum:
+        errors.append("nesterov=True needs a momentum > 0, got momentum=0")
+    if (warmup := _value(values, "warmup_epochs")) > values["epochs"]:
+        errors.append(f"warmup_epochs ({warmup}) must be at most epochs ({values['epochs']})")
     return errors
+
+
+def input_errors(values: Mapping) -> list[str]:
+    """What the dataset's loader cannot give (`data.input_options`): a normalization or resolution option
+    on a dataset whose loader has none."""
+    try:
+        data.input_options(values["dataset"], _value(values, "normalization"), _value(values, "image_size"))
+    except ValueError as e:
+        return [str(e)]
+    return []
 
 
 # ----------------------------------------------------------------------------- a whole set of values

@@ -54,7 +54,17 @@ class ReplicaSpec:
     lr_milestones: tuple[int, ...] = tuple(_RECIPE["lr_milestones"])  # epochs: lr *= lr_decay
     lr_decay: float = 0.1  # paper: 4e-4 for epochs 0-49, 4e-5 for 50-99, 4e-6 after
     adam_eps: float = 1e-7  # Keras' Adam epsilon, as in the paper's code
-    weight_decay: float = 0.0  # L2 coefficient added to the loss as wd * ||w||^2 (Keras l2)
+    weight_decay: float = _RECIPE["weight_decay"]  # L2 coefficient added to the loss as wd * ||w||^2 (Keras l2)
+    # The paper's recipes (issue 10). Their defaults give the bits of the runs stored before they existed;
+    # `to_dict` leaves a field out while it holds its default (`LATER_FIELDS`).
+    optimizer: str = _RECIPE["optimizer"]  # adam, or sgd with Keras' momentum (`KerasSGD`)
+    momentum: float = _RECIPE["momentum"]  # SGD only
+    nesterov: bool = _RECIPE["nesterov"]  # SGD with momentum only
+    warmup_epochs: int = _RECIPE["warmup_epochs"]  # linear warm-up from 0, per step (`lr_at`)
+    label_smoothing: float = _RECIPE["label_smoothing"]  # of the training loss (`cross_entropy`)
+    init: str = _RECIPE["init"]  # a name in models.INITS, drawn from the init stream
+    normalization: str = _RECIPE["normalization"]  # "": the dataset's own; unit or standardize
+    image_size: int = _RECIPE["image_size"]  # 0: the dataset's own; else the loader's square side
     dropout: float = _RECIPE["dropout"]  # the paper uses none
     augment: bool = _RECIPE["augment"]
     base_seed: int = _RECIPE["base_seed"]
@@ -71,10 +81,21 @@ class ReplicaSpec:
     cublas_workspace_config: str | None = None  # recorded factor; None leaves it unset
 
     def to_dict(self) -> dict:
+        """The spec as manifests and checkpoints store it. A field of `LATER_FIELDS` is left out while it
+        holds its default: a default recipe's dict is the one written before the field existed (stored
+        runs and checkpoints still match it), and a stored dict without it means its default."""
         d = dataclasses.asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
         d["snapshot_epochs"] = list(self.snapshot_epochs)
+        for name in LATER_FIELDS:
+            if d[name] == _FIELD_DEFAULTS[name]:
+                del d[name]
         return d
+
+    def dataset_options(self) -> dict:
+        """The loader options of the recipe's input options (`data.input_options`): {} for the defaults.
+        Load the spec's data with ``data.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())``."""
+        return data_mod.input_options(self.dataset, self.normalization, self.image_size)
 
     @classmethod
     def from_parameters(cls, values: Mapping, setting: str, replica: int = 0) -> ReplicaSpec:
@@ -120,6 +141,18 @@ class ReplicaSpec:
 
 # The notebook parameters that are fields of the spec under the same name.
 _PARAMETER_FIELDS = [n for n in params.PARAMETERS if n in {f.name for f in dataclasses.fields(ReplicaSpec)}]
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ReplicaSpec)}
+# The fields added with the paper's recipes, after runs had been stored without them (`ReplicaSpec.to_dict`).
+LATER_FIELDS = (
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "warmup_epochs",
+    "label_smoothing",
+    "init",
+    "normalization",
+    "image_size",
+)
 
 
 def validate_spec(spec: ReplicaSpec, check_data: bool = True) -> None:
@@ -171,19 +204,35 @@ class ReplicaResult:
 
 
 # ----------------------------------------------------------------------------- pieces
-def lr_at(spec: ReplicaSpec, epoch: int) -> float:
-    """Step schedule: lr * decay ** (number of milestones <= epoch)."""
-    return spec.lr * spec.lr_decay ** sum(epoch >= m for m in spec.lr_milestones)
+def lr_at(spec: ReplicaSpec, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """The learning rate of step `step` (0-based) of the `steps` steps of epoch `epoch` (0-based).
+
+    Step schedule: lr * decay ** (number of milestones <= epoch). A warm-up of W = warmup_epochs
+    multiplies the first W * steps steps by s / (W * steps), s the step's index from 0 counted over
+    epochs: a ramp per step, as the paper's ResNet-50 (TF official models'
+    PiecewiseConstantDecayWithWarmup: lr * step / warmup_steps, so its first step has lr 0). Per step
+    and not per epoch because that is the recipe: a per-epoch ramp would start SGD at lr/5 on one
+    whole epoch and climb in four stairs. With the defaults (step 0 of 1) the value is the epoch's first
+    step's, which the history records.
+    """
+    lr = spec.lr * spec.lr_decay ** sum(epoch >= m for m in spec.lr_milestones)
+    warmup, s = spec.warmup_epochs * steps, epoch * steps + step
+    return lr * (s / warmup) if s < warmup else lr
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy via one-hot and log-softmax.
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy via one-hot and log-softmax, against labels smoothed by `smoothing`.
 
     Written out instead of F.cross_entropy because torch documents NLLLoss as lacking a
-    deterministic CUDA implementation; elementwise ops and reductions have one.
+    deterministic CUDA implementation; elementwise ops and reductions have one. Smoothing as Keras'
+    `label_smoothing`: the target is one_hot * (1 - smoothing) + smoothing / classes. At 0 the ops are
+    those of the runs stored before it existed (no smoothing arithmetic at all).
     """
     logp = F.log_softmax(logits.float(), dim=1)
-    return -(F.one_hot(labels, logits.shape[1]).to(logp.dtype) * logp).sum(1).mean()
+    target = F.one_hot(labels, logits.shape[1]).to(logp.dtype)
+    if smoothing:
+        target = target * (1.0 - smoothing) + smoothing / logits.shape[1]
+    return -(target * logp).sum(1).mean()
 
 
 @torch.no_grad()
@@ -199,13 +248,56 @@ def evaluate(model, x_uint8, y, normalization, batch_size, precision, device):
     return logits, loss
 
 
+class KerasSGD(torch.optim.Optimizer):
+    """SGD with momentum as Keras applies it (TF 2's `tf.keras.optimizers.SGD`, the paper's ResNet-50):
+    v <- m * v - lr * g, then w <- w + v, or with Nesterov w <- w + m * v - lr * g; without momentum
+    w <- w - lr * g.
+
+    Not torch.optim.SGD: torch keeps b <- m * b + g and steps w <- w - lr * b, which is the same only
+    while lr is constant. Whenever lr changes (every warm-up step, each milestone) torch applies the new
+    lr to the whole history, Keras' velocity keeps the steps already taken at their old lr.
+    Elementwise ops only: deterministic on every device. The velocity is the optimiser state
+    ("velocity"), saved and resumed with it.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": nesterov})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, m = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not m:
+                    p.add_(p.grad, alpha=-lr)
+                    continue
+                v = self.state[p].setdefault("velocity", torch.zeros_like(p))
+                v.mul_(m).add_(p.grad, alpha=-lr)
+                if group["nesterov"]:
+                    p.add_(v, alpha=m).add_(p.grad, alpha=-lr)
+                else:
+                    p.add_(v)
+
+
 def make_optimizer(spec: ReplicaSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Adam with the spec's lr and eps, fused where torch has a fused kernel (CPU, CUDA).
+    """The spec's optimiser: Adam with the spec's lr and eps (Keras' 1e-7), fused where torch has a
+    fused kernel (CPU, CUDA), or SGD with Keras' momentum (`KerasSGD`).
 
     Fused: one elementwise kernel per parameter instead of ~10 small ops each, 15 % faster per
     SmallCNN step on the CPU, and as deterministic (no reductions across threads).
-    `build_replica` builds every replica's optimizer here (train_replica's and locate's alike).
+    `build_replica` builds every replica's optimizer here (train_replica's and locate's alike), after
+    the model: a model built by `models.build_model` with another init scheme than the spec's is refused.
     """
+    scheme = getattr(model, "init_scheme", spec.init)  # locate's toy models carry none
+    if scheme != spec.init:
+        raise ValueError(
+            f"the model was initialised with {scheme!r} but the spec asks for init={spec.init!r}: "
+            "build it with models.build_model(..., init=spec.init)"
+        )
+    if spec.optimizer == "sgd":
+        return KerasSGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
     fused = torch.device(spec.device).type in ("cpu", "cuda")
     return torch.optim.Adam(model.parameters(), lr=spec.lr, eps=spec.adam_eps, fused=fused or None)
 
@@ -374,6 +466,21 @@ def start_epoch(replica: Replica, dataset: data_mod.Dataset, epoch: int) -> torc
     return torch.randperm(len(dataset.y_train), generator=g, device=g.device).to(replica.device)
 
 
+def _warm_up(replica: Replica, examples: int) -> None:
+    """Set the learning rate of the next step while the spec warms up (`lr_at`, per step).
+
+    The steps taken so far are counted in the optimiser's first parameter group ("warmup_step"), which
+    checkpoints save and resume with the optimiser. The first step after the warm-up gets the full rate
+    too (as `start_epoch` gives it at the epoch's start); after that `start_epoch`'s rate holds.
+    """
+    steps = math.ceil(examples / replica.spec.batch_size)
+    s = replica.opt.param_groups[0].get("warmup_step", 0)
+    if s <= replica.spec.warmup_epochs * steps:
+        for group in replica.opt.param_groups:
+            group["lr"] = lr_at(replica.spec, s // steps, s % steps, steps)
+    replica.opt.param_groups[0]["warmup_step"] = s + 1
+
+
 def _unwatched(phase: str) -> None:
     """train_step's default `phase` callback: nobody watches the step."""
 
@@ -383,25 +490,37 @@ def train_step(
 ) -> Step:
     """One optimiser step on the training examples `idx`: the one step of the project.
 
-    Augmentation from the *aug* stream (when the spec augments), the forward pass under the
-    precision's autocast, cross-entropy plus weight decay (wd * ||w||^2 over weights with ndim > 1,
-    Keras' l2), backward, Adam. `phase` is told, in order, "data", "forward", "loss", "backward",
-    "optimizer" just before each part runs (locate attributes the ops it traces to them).
+    The learning rate of a warm-up step (`lr_at`), augmentation from the *aug* stream (when the
+    spec augments; after per-image standardisation, before x/255: `data.training_inputs`), the
+    forward pass under the precision's autocast, cross-entropy (label-smoothed by the spec) plus
+    weight decay (wd * ||w||^2 over weights with ndim > 1: Keras' l2 on conv and dense kernels, whose
+    gradient is 2 * wd * w; biases and BatchNorm are not decayed), backward, the optimiser. `phase` is
+    told, in order, "data", "forward", "loss", "backward", "optimizer" just before each part runs
+    (locate attributes the ops it traces to them).
     Call inside `noise.configure_determinism(replica.spec.backend())`.
     """
     spec, model = replica.spec, replica.model
+    if spec.warmup_epochs:
+        _warm_up(replica, len(dataset.y_train))
     phase("data")
+    if (spec.normalization and spec.normalization != dataset.normalization) or (
+        spec.image_size and spec.image_size != dataset.image_size
+    ):
+        raise ValueError(
+            f"the dataset holds {dataset.normalization!r} inputs of side {dataset.image_size} but the spec asks "
+            f"for normalization={spec.normalization!r}, image_size={spec.image_size} (0, '': the dataset's own): "
+            "load it with data.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())"
+        )
     xb, yb = dataset.x_train[idx], dataset.y_train[idx]
-    if spec.augment:
-        xb = data_mod.augment(xb, dataset.augment_pad, dataset.augment_flip, replica.gens["aug"])
     # Converted before autocast, in the "data" phase: autocast's bf16 op lists hold no elementwise
     # op, so the bits equal those of a conversion inside it (as train_replica's loop once did).
-    xf = data_mod.to_float(xb, dataset.normalization)
+    aug = replica.gens["aug"] if spec.augment else None
+    xf = data_mod.training_inputs(xb, dataset.normalization, dataset.augment_pad, dataset.augment_flip, aug)
     phase("forward")
     with noise.autocast(replica.device, spec.precision):
         logits = model(xf)
     phase("loss")
-    loss = cross_entropy(logits, yb)
+    loss = cross_entropy(logits, yb, spec.label_smoothing)
     if spec.weight_decay:
         loss = loss + spec.weight_decay * sum((p.float() ** 2).sum() for p in model.parameters() if p.ndim > 1)
     replica.opt.zero_grad(set_to_none=True)
