@@ -1851,12 +1851,13 @@ def commit_dates(commits: Iterable[str], repository) -> dict[str, str]:
     return {c: found.get(bare[c], "") for c in shas}
 
 
-def replica_export(runs_root, verify: bool = True) -> pd.DataFrame:
+def replica_export(runs_root, verify: bool = True, repository=None) -> pd.DataFrame:
     """The run store summary for download: one row per complete replica under ``runs_root``
     (:data:`REPLICA_EXPORT_COLUMNS`), from the manifests (``store.read_manifest``; a damaged or
     incomplete replica is left out, as load_runs leaves it), sorted by hardware, dataset, model,
     setting and replica. ``path`` is the replica folder relative to ``runs_root``; ``varied`` the
-    recorded varied sources joined by '+' ('' for none)."""
+    recorded varied sources joined by '+' ('' for none). Commit dates are looked up in the git
+    repository holding ``repository`` (default: ``runs_root``; :func:`commit_dates`)."""
     root, rows = Path(runs_root), []
     for path in store.iter_replica_dirs(root):
         try:
@@ -1884,7 +1885,7 @@ def replica_export(runs_root, verify: bool = True) -> pd.DataFrame:
             }
         )
     out = pd.DataFrame(rows, columns=REPLICA_EXPORT_COLUMNS)
-    dates = commit_dates(out["git_commit"].dropna(), root if root.is_dir() else ".")
+    dates = commit_dates(out["git_commit"].dropna(), repository or (root if root.is_dir() else "."))
     out["git_commit_date"] = out["git_commit"].map(lambda c: dates.get(c, "") if isinstance(c, str) else "")
     for s in _SEEDS:  # 64-bit unsigned seeds: kept exact (a float would round them)
         out[f"seed_{s}"] = pd.array(out[f"seed_{s}"].tolist(), dtype="UInt64")
