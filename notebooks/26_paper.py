@@ -67,7 +67,7 @@ top = analysis.topline(runs, n_boot=n_boot, seed=seed)
 spread = analysis.per_class_spread(runs)
 sweeps = overhead.read_all(overhead.store_root(repository=overhead_root))
 ours = findings.paper_ours(top, spread, sweeps)
-ours
+findings.ours_table(ours)
 
 # %% [markdown]
 # ## The table

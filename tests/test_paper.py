@@ -135,10 +135,10 @@ def test_side_by_side_labels_every_row(tmp_path):
 
 def test_a_gpu_row_takes_our_runs_on_that_gpu(tmp_path):
     p100 = {"hardware": "cuda-tesla-p100", "dataset": "synthetic 224 px", "model": "vgg16", "unit": "%", "text": ""}
-    mine = {**p100, "quantity": "determinism_overhead_max", "setting": "", "value": 512.25, "lo": 500.0, "hi": 530.0}
+    mine = {**p100, "quantity": "determinism_overhead_max", "setting": "", "value": 512.3, "lo": 500.0, "hi": 530.0}
     side = findings.paper_comparison(paper_frame(tmp_path), ours_frame([mine | {"n": 4}]))
     cost = side.iloc[2]
-    assert cost["ours"] == "512.25 % [500.0, 530.0] (n=4)"
+    assert cost["ours"] == "+512.3 % [500.0, 530.0] (n=4)"
     assert cost["comparison"] == "comparable in kind only: different model, dataset"  # same GPU
     assert cost["ours: cell"] == "cuda-tesla-p100/synthetic 224 px/vgg16"
 
@@ -246,3 +246,16 @@ def test_the_committed_downloads_describe_the_committed_store():
     assert len(costs) == sum(len(s) for s in sweeps.values()) and set(costs["hardware"]) == set(sweeps)
     assert {"model", "configuration", "overhead_pct", "git_commit", "git_commit_date"} <= set(costs.columns)
     assert not math.isnan(costs["overhead_pct"].max())
+
+
+def test_ours_table_shows_each_value_once_as_text():
+    shown = findings.ours_table(ours_frame())
+    assert list(shown.columns) == ["quantity", "setting", "cell", "ours"]
+    # The copy that answers the statement about every setting (text 'ALGO: ...') is not repeated.
+    assert shown["ours"].tolist() == [
+        "4.92 % [4.80, 5.04] (n=100)",
+        "0.00 % [0.00, 0.00] (n=2)",
+        "+7.0 % [2.5, 9.4] (n=9)",
+    ]
+    assert shown["setting"].tolist() == ["ALGO", "IMPL", "-"]
+    assert shown["quantity"].iloc[2] == findings.PAPER_QUANTITIES["determinism_overhead_max"]

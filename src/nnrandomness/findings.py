@@ -52,6 +52,7 @@ __all__ = [
     "intro_claim_values",
     "null_claims",
     "null_table",
+    "ours_table",
     "overhead_export",
     "p_text",
     "paper_comparison",
@@ -728,12 +729,13 @@ def _same_gpu(paper_hw: str, ours_hw: str) -> bool:
     return _is_gpu(ours_hw) and (paper_hw.upper() == "GPU" or paper_hw.lower() in ours_hw.lower())
 
 
-def _number(value: float, unit: str, lo: float = float("nan"), hi: float = float("nan")) -> str:
-    """One value with its unit and interval as the table prints it."""
+def _number(value: float, unit: str, lo: float = float("nan"), hi: float = float("nan"), quoted: bool = False) -> str:
+    """One value with its unit and interval as the table prints it: the paper's (``quoted``) as it
+    prints them, ours with fixed decimals (an overhead with its sign)."""
     if unit == "fraction":
         text, scale, digits = pct(value), 100, 2
     elif unit == "%":
-        text, scale, digits = f"{value:+.1f} %" if value < 0 else f"{value:g} %", 1, 1
+        text, scale, digits = f"{value:g} %" if quoted else f"{value:+.1f} %", 1, 1
     else:
         text, scale, digits = f"{value:.3g}", 1, 2
     if not (pd.isna(lo) or pd.isna(hi)):
@@ -747,6 +749,31 @@ def _differences(paper: pd.Series, ours: pd.Series) -> list[str]:
     if paper["hardware"].lower() not in str(ours["hardware"]).lower():
         out.append("hardware")
     return out
+
+
+def _ours_text(o: pd.Series) -> str:
+    """One row of ours as text: its ``text`` when it has one, else the value with its interval
+    and n."""
+    if isinstance(o["text"], str) and o["text"]:
+        return o["text"]
+    text = _number(o["value"], o["unit"], o["lo"], o["hi"])
+    return text if pd.isna(o["n"]) else text + f" (n={int(o['n'])})"
+
+
+def ours_table(ours: pd.DataFrame) -> pd.DataFrame:
+    """Our side (:data:`OURS_COLUMNS`) as the chapter shows it, all text: quantity (its wording),
+    setting ('-' for the overhead sweeps), cell and the value with its interval and n. The rows
+    that only answer a paper statement about every setting (a copy of one setting's row) are
+    left out."""
+    shown = ours[(ours["setting"] != "") | ours["quantity"].str.startswith("determinism_")]
+    return pd.DataFrame(
+        {
+            "quantity": shown["quantity"].map(PAPER_QUANTITIES),
+            "setting": shown["setting"].replace("", "-"),
+            "cell": shown["hardware"] + "/" + shown["dataset"] + "/" + shown["model"],
+            "ours": [_ours_text(o) for _, o in shown.iterrows()],
+        }
+    ).reset_index(drop=True)
 
 
 def paper_comparison(paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
@@ -768,7 +795,7 @@ def paper_comparison(paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
         if p["claim"] and pd.isna(p["value"]):
             theirs = f"\u201c{p['claim']}\u201d"
         else:
-            theirs = _number(p["value"], p["unit"])
+            theirs = _number(p["value"], p["unit"], quoted=True)
         every = "-" if p["quantity"].startswith("determinism_") else "every setting"
         row = {
             "quantity": PAPER_QUANTITIES[p["quantity"]],
@@ -783,11 +810,7 @@ def paper_comparison(paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
             rows.append(row)
             continue
         o = mine.iloc[0]
-        text = (
-            o["text"] if isinstance(o["text"], str) and o["text"] else _number(o["value"], o["unit"], o["lo"], o["hi"])
-        )
-        if not (isinstance(o["text"], str) and o["text"]) and not pd.isna(o["n"]):
-            text += f" (n={int(o['n'])})"
+        text = _ours_text(o)
         differ = _differences(p, o)
         row.update(
             {
