@@ -737,7 +737,7 @@ def _number(value: float, unit: str, lo: float = float("nan"), hi: float = float
     elif unit == "%":
         text, scale, digits = f"{value:g} %" if quoted else f"{value:+.1f} %", 1, 1
     else:
-        text, scale, digits = f"{value:.3g}", 1, 2
+        text, scale, digits = f"{value:.2f}", 1, 2
     if not (pd.isna(lo) or pd.isna(hi)):
         text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
     return text
