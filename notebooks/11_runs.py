@@ -29,13 +29,15 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from nnrandomness import analysis, charts, findings, store
+from nnrandomness import analysis, charts, findings, overhead, store
 
 charts.enable()
 
 # %% tags=["parameters"]
 runs_root = "../data/runs"  # the run store, relative to notebooks/
 executed_root = "../data/executed"  # executed training notebooks of the batch jobs, relative to notebooks/
+overhead_root = ".."  # root of the overhead store (<root>/data/overhead/<hardware>/), relative to notebooks/
+downloads_root = "../data/downloads"  # where the downloadable tables are written, relative to notebooks/
 
 # %% [markdown]
 # ## The cells
@@ -175,3 +177,44 @@ jobs if len(jobs) else Markdown(f"No executed job notebooks under `{executed_roo
 glue("runs_executed", Markdown("\n".join(
     f"- {{download}}`{name} <{Path(executed_root).as_posix()}/{name}>`" for name in jobs.index
 ) or "*No executed job notebooks.*"), display=False)
+
+# %% [markdown]
+# ## Downloads
+#
+# The run store summary, one row per replica: its cell and replica id, final test accuracy and
+# loss, the setting as recorded (varied sources, deterministic kernels), the seed of every source,
+# the weights and predictions hashes, training and evaluation seconds, torch and the machine, and
+# the provenance of the row: the git commit the replica ran from and that commit's date. And the
+# overhead sweeps of {ref}`determinism-cost`, one row per model and configuration, with the commit
+# and machine of each sweep. Each as CSV and as Parquet:
+#
+# :::{glue:md} runs_downloads
+# :format: myst
+# :::
+
+# %%
+# Written beside the store, byte-stable (the same store gives the same bytes): the committed
+# copies stay unchanged when the chapter is re-executed on the same runs.
+summary = analysis.replica_export(runs_root)
+sweeps = overhead.read_all(overhead.store_root(repository=overhead_root))
+manifests = {label: overhead.read_results(overhead.store_root(repository=overhead_root), label)[1] for label in sweeps}
+sweep_rows = findings.overhead_export(sweeps, manifests, repository=overhead_root)
+written = {
+    "runs": analysis.write_export(summary, Path(downloads_root) / "runs"),
+    "overhead": analysis.write_export(sweep_rows, Path(downloads_root) / "overhead"),
+}
+pd.DataFrame({
+    "file": [p.name for paths in written.values() for p in paths],
+    "rows": [len(frame) for frame in (summary, sweep_rows) for _ in range(2)],
+    "commits": [", ".join(sorted(set(frame["git_commit"].dropna()))) or "-" for frame in (summary, sweep_rows)
+                for _ in range(2)],
+}).set_index("file")
+
+# %% tags=["remove-cell"]
+# The book's download links, relative to this chapter as {download} wants them.
+glue("runs_downloads", Markdown("\n".join(
+    f"- {{download}}`{p.name} <{p.as_posix()}>`: {what}" for name, what in (
+        ("runs", "the run store summary, one row per replica"),
+        ("overhead", "the overhead sweeps, one row per model and configuration"),
+    ) for p in written[name]
+)), display=False)

@@ -44,6 +44,7 @@ __all__ = [
     "MIN_REPLICAS_CI",
     "NULL_GROUP_COLUMNS",
     "N_BOOT",
+    "REPLICA_EXPORT_COLUMNS",
     "SUBGROUP_TESTS",
     "TOOLING_COLUMNS",
     "TOOLING_GROUPS",
@@ -55,6 +56,7 @@ __all__ = [
     "churn_flips",
     "churn_tests",
     "class_null_tests",
+    "commit_dates",
     "distribution_variance",
     "examples_votes",
     "hardware_compare",
@@ -70,6 +72,7 @@ __all__ = [
     "per_example",
     "rare_subgroups",
     "rare_vs_common",
+    "replica_export",
     "runs_table",
     "setting_order",
     "sd_intervals",
@@ -91,6 +94,7 @@ __all__ = [
     "unstable_examples",
     "variance_direct",
     "variance_tests",
+    "write_export",
 ]
 
 # ----------------------------------------------------------------------------- conventions
@@ -1784,3 +1788,131 @@ def variance_tests(
             }
         )
     return _tests_frame(rows)
+
+
+# ----------------------------------------------------------------------------- downloads
+# The run store summary the book offers for download: one row per complete replica, read from its
+# manifest alone (no predictions), in this column order. Seeds are the per-source seeds the
+# replica trained with; git_commit is the commit it ran from and git_commit_date that commit's
+# committer date (the provenance of the row: the manifest records no time of its own).
+REPLICA_EXPORT_COLUMNS = store.KEYS + [
+    "test_accuracy",
+    "test_loss",
+    "epochs",
+    "threads",
+    "device",
+    "precision",
+    "varied",
+    "deterministic",
+    "perturb_ulp",
+    "base_seed",
+    "seed_init",
+    "seed_order",
+    "seed_aug",
+    "seed_dropout",
+    "seed_perturb",
+    "weights_hash",
+    "predictions_hash",
+    "train_seconds",
+    "eval_seconds",
+    "torch",
+    "cpu_model",
+    "gpu_name",
+    "git_commit",
+    "git_commit_date",
+    "path",
+]
+_SEEDS = ("init", "order", "aug", "dropout", "perturb")
+
+
+def commit_dates(commits: Iterable[str], repository) -> dict[str, str]:
+    """The committer date (ISO 8601, as git prints it) of each commit, looked up in the git
+    repository that holds ``repository`` (a folder inside it); a ``+dirty`` suffix is ignored and
+    a commit git does not know (or no git at all) maps to ''. One ``git show`` for all commits."""
+    import subprocess  # only this lookup runs a program
+
+    shas = sorted({c for c in commits if isinstance(c, str) and c})
+    bare = {c: c.removesuffix("+dirty") for c in shas}
+    wanted = sorted({b for b in bare.values() if re.fullmatch(r"[0-9a-f]{7,40}", b)})
+    found: dict[str, str] = {}
+    for sha in wanted:  # one call per commit: git show stops at the first unknown one
+        try:
+            out = subprocess.run(
+                ["git", "show", "-s", "--format=%cI", sha, "--"],
+                cwd=repository,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.SubprocessError):
+            break
+        if out.returncode == 0 and out.stdout.strip():
+            found[sha] = out.stdout.strip().splitlines()[0]
+    return {c: found.get(bare[c], "") for c in shas}
+
+
+def replica_export(runs_root, verify: bool = True, repository=None) -> pd.DataFrame:
+    """The run store summary for download: one row per complete replica under ``runs_root``
+    (:data:`REPLICA_EXPORT_COLUMNS`), from the manifests (``store.read_manifest``; a damaged or
+    incomplete replica is left out, as load_runs leaves it), sorted by hardware, dataset, model,
+    setting and replica. ``path`` is the replica folder relative to ``runs_root``; ``varied`` the
+    recorded varied sources joined by '+' ('' for none). Commit dates are looked up in the git
+    repository holding ``repository`` (default: ``runs_root``; :func:`commit_dates`)."""
+    root, rows = Path(runs_root), []
+    for path in store.iter_replica_dirs(root):
+        try:
+            m = store.read_manifest(path, verify)
+        except ValueError:
+            continue
+        spec, env, seeds = m["spec"], m.get("environment") or {}, m.get("seeds") or {}
+        rows.append(
+            {
+                "hardware": m["hardware"],
+                **{k: spec.get(k) for k in ("dataset", "model", "setting", "replica")},
+                "test_accuracy": m["final"].get("test_accuracy"),
+                "test_loss": m["final"].get("test_loss"),
+                **{k: spec.get(k) for k in ("epochs", "threads", "device", "precision", "base_seed")},
+                "varied": "+".join(sorted(m["setting"].get("varied") or [])),
+                "deterministic": bool(m["setting"].get("deterministic")),
+                "perturb_ulp": bool(m["setting"].get("perturb_ulp")),
+                **{f"seed_{s}": seeds.get(s) for s in _SEEDS},
+                "weights_hash": m.get("weights_hash"),
+                "predictions_hash": m.get("predictions_hash"),
+                "train_seconds": m["timings"].get("train_seconds"),
+                "eval_seconds": m["timings"].get("eval_seconds"),
+                **{k: env.get(k) for k in ("torch", "cpu_model", "gpu_name", "git_commit")},
+                "path": path.relative_to(root).as_posix(),
+            }
+        )
+    out = pd.DataFrame(rows, columns=REPLICA_EXPORT_COLUMNS)
+    dates = commit_dates(out["git_commit"].dropna(), repository or (root if root.is_dir() else "."))
+    out["git_commit_date"] = out["git_commit"].map(lambda c: dates.get(c, "") if isinstance(c, str) else "")
+    for s in _SEEDS:  # 64-bit unsigned seeds: kept exact (a float would round them)
+        out[f"seed_{s}"] = pd.array(out[f"seed_{s}"].tolist(), dtype="UInt64")
+    for k in ("replica", "epochs", "threads", "base_seed"):
+        out[k] = pd.array(out[k].tolist(), dtype="Int64")
+    return out.sort_values(store.KEYS, ignore_index=True, kind="mergesort")
+
+
+def write_export(frame: pd.DataFrame, stem) -> list[Path]:
+    """Write ``frame`` as ``<stem>.csv`` and ``<stem>.parquet`` (no index), each whole or absent
+    (``files.write_atomic``). Both are byte-stable: the same frame gives the same bytes (CSV with
+    '\\n' line ends and Python's shortest float repr; Parquet from pyarrow without timestamps), so
+    a committed download is unchanged by re-executing the chapter on the same store. A file whose
+    bytes would not change is not rewritten. Returns the two paths."""
+    import io  # the files are serialised in memory first, so that a full disk is files' error
+
+    from .files import write_atomic
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet, index=False, engine="pyarrow")
+    payloads = {
+        stem.with_name(stem.name + ".csv"): frame.to_csv(index=False, lineterminator="\n").encode(),
+        stem.with_name(stem.name + ".parquet"): parquet.getvalue(),
+    }
+    for path, payload in payloads.items():
+        if not (path.is_file() and path.read_bytes() == payload):
+            write_atomic(path, payload, kept=f"the previous {path.name}, if any")
+    return list(payloads)

@@ -25,10 +25,18 @@ __all__ = [
     "ALPHA",
     "CLAIMS_COLUMNS",
     "COMPACT_COLUMNS",
+    "COMPARISON_COLUMNS",
     "Claim",
+    "GPU_BOUND",
+    "GPU_ONLY",
     "INTRO_CLAIMS",
     "MISSING_CLAIM",
+    "NOT_MEASURED",
     "NULL_TABLE_COLUMNS",
+    "OURS_COLUMNS",
+    "PAPER_COLUMNS",
+    "PAPER_QUANTITIES",
+    "PAPER_UNITS",
     "PROSE_COLUMNS",
     "TOOLING_PHRASES",
     "architecture_claims",
@@ -44,10 +52,15 @@ __all__ = [
     "intro_claim_values",
     "null_claims",
     "null_table",
+    "ours_table",
+    "overhead_export",
     "p_text",
+    "paper_comparison",
+    "paper_ours",
     "pct",
     "prose_values",
     "rare_common_ratio",
+    "read_paper_results",
     "sd_ci_text",
     "study_claims",
     "tooling_claims",
@@ -642,3 +655,264 @@ def claims_table(claims: Iterable[Claim]) -> pd.DataFrame:
 def claim_values(claims: Iterable[Claim]) -> dict[str, str]:
     """Each claim worded (:func:`word`) under ``claim_<name>``, for glue into the prose."""
     return {f"claim_{c.name}": word(c) for c in claims}
+
+
+# ----------------------------------------------------------------------------- the paper, side by side
+# data/paper_results.csv: what Zhuang et al. report, one row per quoted value or statement, each
+# with its citation. A row gives a number (value, unit) or, where the paper gives words, the claim
+# it quotes (value empty).
+PAPER_COLUMNS = ["quantity", "model", "dataset", "setting", "hardware", "value", "unit", "claim", "source"]
+# The quantities a row may name, with the wording the table uses. Ours are computed with the same
+# definitions (metrics: sample SD, mean pairwise churn, mean pairwise L2; overhead: deterministic
+# step time / non-deterministic - 1).
+PAPER_QUANTITIES = {
+    "acc_sd": "SD of top-1 accuracy across replicas",
+    "churn": "predictive churn, mean over pairs of replicas",
+    "l2": "mean pairwise L2 distance of the final weights",
+    "class_acc_sd_max": "largest SD of per-class accuracy across replicas",
+    "determinism_overhead_max": "largest overhead of deterministic training over the models",
+    "determinism_overhead_range": "overhead of deterministic training across models",
+}
+PAPER_UNITS = ("%", "fraction", "")  # '%': a percentage as printed; 'fraction': 0-1; '': no unit
+# Quantities that exist only where kernels are non-deterministic: on a GPU row the CPU has no
+# number to set beside it (the CPU kernels this study uses are deterministic at a fixed thread count).
+GPU_BOUND = ("determinism_overhead_max",)
+COMPARISON_COLUMNS = ["quantity", "setting", "paper: model, data", "paper: hardware", "paper", "source"]
+COMPARISON_COLUMNS += ["ours: cell", "ours", "comparison"]
+OURS_COLUMNS = ["quantity", "setting", "hardware", "dataset", "model", "value", "lo", "hi", "n", "unit", "text"]
+GPU_ONLY = "GPU only: the CPU default cannot reproduce it"
+NOT_MEASURED = "not measured in this run store"
+
+
+def read_paper_results(path) -> pd.DataFrame:
+    """The paper's values (:data:`PAPER_COLUMNS`) from the CSV at ``path``, checked before use:
+    exactly those columns; a known quantity (:data:`PAPER_QUANTITIES`), setting ('' for a
+    statement about every setting, else one of noise.SETTINGS) and unit (:data:`PAPER_UNITS`);
+    a number or an empty value (then a quoted claim); a source on every row. ``value`` comes back
+    as a float (NaN for a statement). ValueError naming the row, the bad value and the choices."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(frame.columns) != PAPER_COLUMNS:
+        raise ValueError(f"{path}: columns {list(frame.columns)}; expected {PAPER_COLUMNS}")
+    choices = {
+        "quantity": list(PAPER_QUANTITIES),
+        "setting": ["", *noise.SETTINGS],
+        "unit": list(PAPER_UNITS),
+    }
+    values = []
+    for i, row in frame.iterrows():
+        where = f"{path}: row {i + 2}"  # the header is line 1
+        for column, valid in choices.items():
+            if row[column] not in valid:
+                raise ValueError(f"{where}: {column} {row[column]!r} is not one of {valid}")
+        if not row["source"].strip():
+            raise ValueError(f"{where}: no source (every value of the paper needs its citation)")
+        if row["value"] == "":
+            if not row["claim"].strip():
+                raise ValueError(f"{where}: neither a value nor a quoted claim")
+            values.append(float("nan"))
+            continue
+        try:
+            values.append(float(row["value"]))
+        except ValueError:
+            raise ValueError(f"{where}: value {row['value']!r} is not a number (leave it empty for a claim)") from None
+    return frame.assign(value=pd.Series(values, index=frame.index, dtype=np.float64))
+
+
+def _is_gpu(hardware: str) -> bool:
+    """A hardware name of the paper (P100, 'GPU') or a label of ours (cuda-...) that is not the CPU."""
+    return bool(hardware) and not hardware.lower().startswith("cpu")
+
+
+def _same_gpu(paper_hw: str, ours_hw: str) -> bool:
+    """Whether our hardware label names the paper's GPU (``cuda-tesla-v100`` for 'V100'); 'GPU'
+    (any) matches every GPU label."""
+    return _is_gpu(ours_hw) and (paper_hw.upper() == "GPU" or paper_hw.lower() in ours_hw.lower())
+
+
+def _number(value: float, unit: str, lo: float = float("nan"), hi: float = float("nan"), quoted: bool = False) -> str:
+    """One value with its unit and interval as the table prints it: the paper's (``quoted``) as it
+    prints them, ours with fixed decimals (an overhead with its sign)."""
+    if unit == "fraction":
+        text, scale, digits = pct(value), 100, 2
+    elif unit == "%":
+        text, scale, digits = f"{value:g} %" if quoted else f"{value:+.1f} %", 1, 1
+    else:
+        text, scale, digits = f"{value:.2f}", 1, 2
+    if not (pd.isna(lo) or pd.isna(hi)):
+        text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    return text
+
+
+def _differences(paper: pd.Series, ours: pd.Series) -> list[str]:
+    """What differs between a paper row and our row: model, dataset, hardware."""
+    out = [k for k in ("model", "dataset") if str(paper[k]).lower() != str(ours[k]).lower()]
+    if paper["hardware"].lower() not in str(ours["hardware"]).lower():
+        out.append("hardware")
+    return out
+
+
+def _ours_text(o: pd.Series) -> str:
+    """One row of ours as text: its ``text`` when it has one, else the value with its interval
+    and n."""
+    if isinstance(o["text"], str) and o["text"]:
+        return o["text"]
+    text = _number(o["value"], o["unit"], o["lo"], o["hi"])
+    return text if pd.isna(o["n"]) else text + f" (n={int(o['n'])})"
+
+
+def ours_table(ours: pd.DataFrame) -> pd.DataFrame:
+    """Our side (:data:`OURS_COLUMNS`) as the chapter shows it, all text: quantity (its wording),
+    setting ('-' for the overhead sweeps), cell and the value with its interval and n. The rows
+    that only answer a paper statement about every setting (a copy of one setting's row) are
+    left out."""
+    shown = ours[(ours["setting"] != "") | ours["quantity"].str.startswith("determinism_")]
+    return pd.DataFrame(
+        {
+            "quantity": shown["quantity"].map(PAPER_QUANTITIES),
+            "setting": shown["setting"].replace("", "-"),
+            "cell": shown["hardware"] + "/" + shown["dataset"] + "/" + shown["model"],
+            "ours": [_ours_text(o) for _, o in shown.iterrows()],
+        }
+    ).reset_index(drop=True)
+
+
+def paper_comparison(paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """The paper's rows (:func:`read_paper_results`) side by side with ours (:data:`OURS_COLUMNS`,
+    e.g. :func:`paper_ours`), one row per paper row (:data:`COMPARISON_COLUMNS`, all text).
+
+    Ours is the row of the same quantity and setting. On a paper row whose hardware is a GPU and
+    whose quantity exists only with non-deterministic kernels (:data:`GPU_BOUND`, or a setting
+    with IMPL in it), only our runs on that GPU count; without them the row reads
+    :data:`GPU_ONLY` rather than a CPU number. Otherwise the comparison names what differs
+    ("comparable in kind only: different model, dataset, hardware"), or reads "same quantity,
+    model, data and hardware"; no row of ours reads :data:`NOT_MEASURED`."""
+    rows = []
+    for _, p in paper.iterrows():
+        mine = ours[(ours["quantity"] == p["quantity"]) & (ours["setting"] == p["setting"])]
+        gpu_bound = p["quantity"] in GPU_BOUND or "IMPL" in p["setting"]
+        if _is_gpu(p["hardware"]) and gpu_bound:
+            mine = mine[[_same_gpu(p["hardware"], h) for h in mine["hardware"]]]
+        if p["claim"] and pd.isna(p["value"]):
+            theirs = f"\u201c{p['claim']}\u201d"
+        else:
+            theirs = _number(p["value"], p["unit"], quoted=True)
+        every = "-" if p["quantity"].startswith("determinism_") else "every setting"
+        row = {
+            "quantity": PAPER_QUANTITIES[p["quantity"]],
+            "setting": p["setting"] or every,
+            "paper: model, data": f"{p['model']}; {p['dataset']}",
+            "paper: hardware": p["hardware"],
+            "paper": theirs,
+            "source": p["source"],
+        }
+        if mine.empty:
+            row.update({"ours: cell": "-", "ours": "-", "comparison": GPU_ONLY if gpu_bound else NOT_MEASURED})
+            rows.append(row)
+            continue
+        o = mine.iloc[0]
+        text = _ours_text(o)
+        differ = _differences(p, o)
+        row.update(
+            {
+                "ours: cell": f"{o['hardware']}/{o['dataset']}/{o['model']}",
+                "ours": text,
+                "comparison": "comparable in kind only: different " + ", ".join(differ)
+                if differ
+                else "same quantity, model, data and hardware",
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def paper_ours(
+    top: pd.DataFrame, spread: pd.DataFrame, sweeps: dict[str, pd.DataFrame], statement_setting: str = "ALGO"
+) -> pd.DataFrame:
+    """Our side of the comparison (:data:`OURS_COLUMNS`), from :func:`analysis.topline` rows
+    (``acc_sd``, ``churn``, ``l2`` per setting, with their intervals and n), from
+    :func:`analysis.per_class_spread` rows (``class_acc_sd_max``: the largest per-class SD beside
+    the top-1 SD, n; no interval) and from overhead sweeps (hardware label -> rows of
+    ``overhead.read_all``; ``determinism_overhead_max``: the largest ``det_full`` overhead over the
+    models with that model's IQR as its range, ``determinism_overhead_range``: the smallest to the
+    largest). A paper statement about every setting (setting '') is answered by
+    ``statement_setting``'s row: the setting whose spread the CPU shows (ALGO: every algorithmic
+    source varies; the CPU kernels add none)."""
+    rows = []
+    for _, t in top.iterrows():
+        base = {"setting": t["setting"], "hardware": t["hardware"], "dataset": t["dataset"], "model": t["model"]}
+        for quantity, column, unit in (
+            ("acc_sd", "acc_std", "fraction"),
+            ("churn", "churn", "fraction"),
+            ("l2", "l2", ""),
+        ):
+            lo, hi = t.get(f"{column}_lo", np.nan), t.get(f"{column}_hi", np.nan)
+            rows.append({**base, "quantity": quantity, "value": t[column], "lo": lo, "hi": hi})
+            rows[-1].update(n=t["n_replicas"], unit=unit, text="")
+    for _, s in spread.iterrows():
+        which = "no class moves" if pd.isna(s["class_max"]) else f"class {int(s['class_max'])}"
+        text = f"{pct(s['class_std_max'])} ({which}; top-1 SD {pct(s['acc_std'])}, n={int(s['n_replicas'])})"
+        rows.append(
+            {
+                "quantity": "class_acc_sd_max",
+                **{k: s[k] for k in ("setting", "hardware", "dataset", "model")},
+                **{"value": s["class_std_max"], "lo": np.nan, "hi": np.nan, "n": s["n_replicas"]},
+                **{"unit": "fraction", "text": text},
+            }
+        )
+    from .overhead import report  # layer 3, below findings
+
+    for label, results in sweeps.items():
+        det = report.timed_rows(results)
+        det = det[det["configuration"] == "det_full"].dropna(subset=["overhead_pct"])
+        if det.empty:
+            continue
+        top_row = det.loc[det["overhead_pct"].idxmax()]
+        low_row = det.loc[det["overhead_pct"].idxmin()]
+        base = {"setting": "", "hardware": label, "dataset": f"synthetic {int(top_row['image_size'])} px"}
+        lo, hi, n = top_row["overhead_lo"], top_row["overhead_hi"], len(det)
+        rows.append(
+            {
+                **base,
+                "quantity": "determinism_overhead_max",
+                "model": top_row["model"],
+                "value": top_row["overhead_pct"],
+            }
+            | {"lo": lo, "hi": hi, "n": n, "unit": "%", "text": ""}
+        )
+        text = (
+            f"{low_row['overhead_pct']:+.1f} % ({low_row['model']}) to {top_row['overhead_pct']:+.1f} % "
+            f"({top_row['model']}) over {n} models"
+        )
+        rows.append(
+            {**base, "quantity": "determinism_overhead_range", "model": f"{n} models", "value": np.nan}
+            | {"lo": np.nan, "hi": np.nan, "n": n, "unit": "%", "text": text}
+        )
+    out = pd.DataFrame(rows, columns=OURS_COLUMNS)
+    said = out[out["setting"] == statement_setting].copy()
+    said["text"] = [
+        f"{statement_setting}: " + (t or _number(v, u, lo, hi) + f" (n={int(n)})")
+        for t, v, u, lo, hi, n in zip(said["text"], said["value"], said["unit"], said["lo"], said["hi"], said["n"])
+    ]
+    said["setting"] = ""
+    return pd.concat([out, said], ignore_index=True) if len(said) else out
+
+
+def overhead_export(sweeps: dict[str, pd.DataFrame], manifests: dict[str, dict], repository=".") -> pd.DataFrame:
+    """The overhead results for download: every sweep's rows (hardware label -> rows, as
+    ``overhead.read_all``; ``flags`` is the JSON of the backend flags requested and in effect),
+    with the provenance of each sweep from its manifest: the machine (``cpu_model``, ``gpu_name``,
+    ``torch``), ``git_commit`` (the commit it ran from) and ``git_commit_date`` (that commit's
+    date, :func:`analysis.commit_dates` in the git repository holding ``repository``; '' when git
+    does not know it). Sorted by hardware, model and configuration."""
+    frames = []
+    for label, rows in sweeps.items():
+        env = (manifests.get(label) or {}).get("environment") or {}
+        extra = {k: env.get(k) for k in ("cpu_model", "gpu_name", "torch", "git_commit")}
+        frames.append(rows.assign(hardware=label, **extra))
+    columns = ["hardware", "model", "configuration", "git_commit", "git_commit_date"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(frames, ignore_index=True)
+    dates = analysis.commit_dates(out["git_commit"].dropna(), repository)
+    out["git_commit_date"] = out["git_commit"].map(lambda c: dates.get(c, "") if isinstance(c, str) else "")
+    return out.sort_values(columns[:3], ignore_index=True, kind="mergesort")
