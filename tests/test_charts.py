@@ -70,6 +70,8 @@ def test_settings_order_and_colours():
         "AUG": "#CC79A7",
         "DROPOUT": "#F0E442",
         "ULP": "#000000",
+        "ALGO+IMPL-PAPER": "#8F3E00",
+        "ALGO-PAPER": "#004D80",
     }
     assert charts.setting_sort(["ULP", "CONTROL", "ALGO"]) == ["ALGO", "CONTROL", "ULP"]
     with pytest.raises(ValueError, match="unknown setting"):

@@ -279,7 +279,7 @@ _IGNORED_SPEC_FIELDS = ("data_root",)
 
 def store_state(job) -> tuple[list[int], list[str]]:
     """(replicas of `job` not complete in the store, conflicts with complete ones)."""
-    from . import store
+    from . import store, train
 
     missing, conflicts = [], []
     for k in range(job.replicas):
@@ -288,11 +288,14 @@ def store_state(job) -> tuple[list[int], list[str]]:
         except ValueError:
             missing.append(k)
             continue
-        stored, wanted = manifest["spec"], job.spec(k).to_dict()
+        # A field added to the spec later is left out of a manifest while it holds its default: compare
+        # both sides with those defaults filled in, over the union of their fields.
+        later = {f: getattr(train.ReplicaSpec(), f) for f in train.LATER_FIELDS}
+        stored, wanted = {**later, **manifest["spec"]}, {**later, **job.spec(k).to_dict()}
         diff = [
-            f"{f}: stored {stored.get(f)!r}, planned {v!r}"
-            for f, v in wanted.items()
-            if f not in _IGNORED_SPEC_FIELDS and stored.get(f) != v
+            f"{f}: stored {stored.get(f)!r}, planned {wanted.get(f)!r}"
+            for f in sorted(stored.keys() | wanted.keys())
+            if f not in _IGNORED_SPEC_FIELDS and stored.get(f) != wanted.get(f)
         ]
         if diff:
             conflicts.append(

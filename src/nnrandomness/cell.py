@@ -90,7 +90,7 @@ def run_cell(
                     else:
                         child.unlink()
             store.sweep_temporaries(path)  # a killed writer's leftovers (no one else writes here now)
-            dataset = dataset or data_mod.load_dataset(spec.dataset, spec.data_root)
+            dataset = dataset or data_mod.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())
             result = train_replica(spec, dataset, checkpoint_dir=path, progress=progress)
             store.write_replica(root, hardware, result)
     runs = store.load_runs(root, hardware=hardware, dataset=base.dataset, model=base.model, setting=base.setting)

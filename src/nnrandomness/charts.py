@@ -282,6 +282,8 @@ SETTING_COLORS = {
     "AUG": "#CC79A7",  # reddish purple
     "DROPOUT": "#F0E442",  # yellow
     "ULP": "#000000",  # black: one weight moved by one ULP
+    "ALGO+IMPL-PAPER": "#8F3E00",  # dark vermilion: the paper's ALGO+IMPL (augmentation seeds fixed)
+    "ALGO-PAPER": "#004D80",  # dark blue: the paper's ALGO
 }
 
 

@@ -375,7 +375,7 @@ def locate_divergence(
     for s in (spec_a, spec_b):
         train.validate_spec(s, check_data=dataset is None)
     device = torch.device(spec.device)
-    ds = (dataset or data_mod.load_dataset(spec.dataset, spec.data_root)).to(device)
+    ds = (dataset or data_mod.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())).to(device)
     pair = [_Replica(label, s, ds, model_factory) for label, s in (("A", spec_a), ("B", spec_b))]
     a, b = pair
     steps_per_epoch = math.ceil(len(ds.y_train) / spec.batch_size)

@@ -167,8 +167,6 @@ def validate_spec(spec: ReplicaSpec, check_data: bool = True) -> None:
         errors.append(f"replica {e}")
     if isinstance(spec.lr_decay, bool) or not isinstance(spec.lr_decay, (int, float)) or not spec.lr_decay > 0:
         errors.append(f"lr_decay must be a positive number, got {spec.lr_decay!r}")
-    if isinstance(spec.weight_decay, bool) or not isinstance(spec.weight_decay, (int, float)) or spec.weight_decay < 0:
-        errors.append(f"weight_decay must be >= 0, got {spec.weight_decay!r}")
     if not errors and (e := params.setting_error(spec.setting, values)):
         errors.append(e)
     if not errors:
@@ -446,7 +444,12 @@ def build_replica(
     gens = noise.make_generators(seeds, device)
     if model_factory is None:
         model = models.build_model(
-            spec.model, dataset.num_classes, dataset.in_channels, generator=gens["init"], dropout=spec.dropout
+            spec.model,
+            dataset.num_classes,
+            dataset.in_channels,
+            generator=gens["init"],
+            dropout=spec.dropout,
+            init=spec.init,
         )
     else:
         model = model_factory(dataset.num_classes, dataset.in_channels, gens["init"])
@@ -552,7 +555,7 @@ def train_replica(
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
 
     with noise.configure_determinism(spec.backend()) as backend:
-        ds = (dataset or data_mod.load_dataset(spec.dataset, spec.data_root)).to(device)
+        ds = (dataset or data_mod.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())).to(device)
         replica = build_replica(spec, ds)
         model, opt, gens = replica.model, replica.opt, replica.gens
 
