@@ -13,6 +13,8 @@ import itertools
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -787,3 +789,79 @@ def test_the_package_exports_what_it_defines():
     public = {n for n in dir(overhead) if not n.startswith("_")} - modules
     assert set(overhead.__all__) == public
     assert callable(overhead.sweep) and callable(overhead.main)  # functions, not the submodules of similar names
+
+
+# ----------------------------------------------------------------------------- the GPU smoke check
+def _gpu_smoke():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", REPO / "benchmarks" / "gpu_smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_smoke_runs_its_cpu_checks_and_writes_its_summary(tmp_path):
+    # The script as a GPU host runs it, in --cpu-dry mode: options, CIFAR files read back by the
+    # loader, both plans through the runner's dry run, the summary's schema. GPU steps are skipped.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHON": sys.executable}
+    proc = subprocess.run(
+        [str(REPO / "benchmarks" / "gpu_smoke.sh"), "--cpu-dry", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = Path(proc.stdout.strip().splitlines()[-1].removeprefix("summary: "))
+    assert path.parent.parent == tmp_path and path.name == "summary.json"
+    smoke = _gpu_smoke()
+    summary = json.loads(path.read_text())
+    assert smoke.summary_problems(summary) == [] and summary["mode"] == "cpu-dry" and summary["passed"] is True
+    assert {s: summary["steps"][s]["status"] for s in smoke.STEPS} == dict.fromkeys(smoke.STEPS, "skipped")
+    checks = summary["steps"]["cpu_checks"]
+    assert checks["status"] == "ok" and checks["detail"]["cifar10_train"] == 2000
+    assert "2 jobs" in checks["detail"]["dry_runs"]["paper"]["output"]
+    assert "4 GPU slots (1 GPUs x 4 per GPU)" in checks["detail"]["dry_runs"]["jobs"]["output"]
+    assert "--models smallcnn,resnet18,vgg16" in checks["detail"]["overhead_command"]
+
+
+def test_gpu_smoke_refuses_bad_options_and_malformed_summaries(capsys):
+    smoke = _gpu_smoke()
+    for argv, message in [
+        (["--skip", "overhead_subset,nosuch"], "--skip: unknown step(s) 'nosuch'; valid steps: requires_gpu_tests"),
+        (["--gpu", "0,1"], "--gpu must be one GPU id (0, 1, ...), got '0,1'"),
+        (["--jobs-per-gpu", "1"], "--jobs-per-gpu must be at least 2 (compared with 1), got 1"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            smoke.parse_args(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    assert smoke.parse_args(["--skip", "jobs_per_gpu"]).skip == ("jobs_per_gpu",)
+    if not torch.cuda.is_available():
+        assert smoke.main([]) == 2 and "use --cpu-dry" in capsys.readouterr().err
+    assert smoke.summary_problems([]) == ["the summary is a list, not a mapping"]
+    problems = smoke.summary_problems({"schema_version": "1", "steps": {"paper_like_plan": {"status": "done"}}})
+    assert "'schema_version' is str, not int" in problems and "missing key 'passed'" in problems
+    assert "step 'jobs_per_gpu' missing" in problems and any("'paper_like_plan' needs a status" in p for p in problems)
+
+
+def test_gpu_smoke_reads_control_and_impl_from_manifests():
+    smoke = _gpu_smoke()
+
+    def manifest(setting, replica, weights, **extra):
+        return {"spec": {"setting": setting, "replica": replica}, "weights_hash": weights, **extra}
+
+    run = [manifest("CONTROL", 0, "a"), manifest("CONTROL", 1, "a"), manifest("IMPL", 0, "b"), manifest("IMPL", 1, "b")]
+    assert smoke.control_check(run, run)["bit_identical"] is True
+    assert (
+        smoke.control_check(run, [manifest("CONTROL", 0, "a"), manifest("CONTROL", 1, "z")])["bit_identical"] is False
+    )
+    assert smoke.impl_check(run) == {
+        "replicas": 2,
+        "distinct_weights": 1,
+        "kernels": "not recorded",
+        "warning": "every IMPL replica is bit-identical",
+    }
+    recorded = [manifest("IMPL", 0, "b", kernels_hash="k1"), manifest("IMPL", 1, "c", kernels_hash="k2")]
+    assert smoke.impl_check(recorded)["kernels"] == "2 distinct kernel set(s) over 2 replicas"
+    assert smoke.impl_check(recorded)["warning"] is None
