@@ -613,6 +613,36 @@ def test_cost_numbers_as_the_prose_glues_them():
     }
 
 
+def test_measures_and_method_of_old_and_new_sweeps(tmp_path):
+    old = _sweep_rows().drop(columns=overhead.ADDED_COLUMNS)  # as sweeps were written before the new columns
+    (d,) = overhead.write_results(old, tmp_path, env={})
+    assert_no_added(pd.read_parquet(d / overhead.RESULTS))
+    read, _ = overhead.read_results(tmp_path, "cpu-1t")  # the old file reads, its new columns None
+    assert list(read.columns) == overhead.ROW_COLUMNS and read["kernel_ms"].isna().all()
+    assert overhead.method_note(read).startswith("every configuration was timed in one process")
+    table = overhead.measures_table(read)
+    assert table.columns.tolist() == ["step (ms)", "step overhead (%)"]  # nothing else was measured then
+    assert table.loc[("mediumcnn_k5", "det_full")].tolist() == [30.0, 50.0]
+    new = _sweep_rows().assign(processes=3, kernel_ms=4.0, peak_host_mb=512.25)
+    new.loc[new.configuration == "det_full", "note"] = "det_compile ..."
+    assert overhead.method_note(new) == (
+        "every configuration, the baseline too, was timed in 3 fresh processes, one per interleaved block, "
+        "each with its own untimed warm-up"
+    )
+    assert overhead.measures_table(new).loc[("smallcnn", "det_full")].to_dict() == {
+        "step (ms)": 11.0,
+        "step overhead (%)": 10.0,
+        "kernel time (ms)": 4.0,
+        "peak process memory (MiB)": 512.2,
+        "processes": 3.0,
+        "note": "det_compile ...",
+    }
+
+
+def assert_no_added(frame):
+    assert not set(overhead.ADDED_COLUMNS) & set(frame.columns)
+
+
 def test_kernel_size_numbers_and_captions():
     results = _sweep_rows()
     assert overhead.kernel_size_rows(results)["k"].tolist() == [5, 5, 3]
@@ -688,7 +718,7 @@ def test_unsupported_ops_join_the_sweep_and_torchs_list():
     ]
     assert documented["device"].tolist() == ["CUDA", "any", "any", "CUDA", "CUDA"]
     assert set(documented["source"]) == {"torch 2.14.1 docs"}
-    assert documented["in this study"].iloc[0] == "vgg16, vgg19 (7x7 pooling, GPU)"
+    assert documented["in this study"].iloc[0].startswith("vgg16, vgg19: an identity on their 7x7 map at 224 px")
     table = overhead.unsupported_ops(_sweep_rows(), "cpu-1t", documented)
     assert table.index.tolist()[:2] == ["max_unpool", "torch.nn.AdaptiveAvgPool2d"]
     assert table.loc["max_unpool"].tolist() == [
