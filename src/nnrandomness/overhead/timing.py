@@ -458,7 +458,12 @@ def _context():
 
 def run_fresh(function: Callable, *args, **kwargs):
     """`function(*args, **kwargs)` in a fresh process (one per call); its result, or its exception
-    raised here. A child that dies without an answer (killed, a crash in C) raises RuntimeError."""
+    raised here. A child that dies without an answer (killed, a crash in C) raises RuntimeError.
+
+    `function` and its arguments travel by pickle (module-level functions and classes). As with
+    any multiprocessing start method but fork, a script that calls this at its top level needs an
+    ``if __name__ == "__main__":`` guard (each child imports the script's module; ``python -m
+    nnrandomness``, the console script and notebooks are fine)."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
