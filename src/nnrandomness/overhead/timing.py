@@ -128,7 +128,7 @@ CONFIGURATIONS: dict[str, Configuration] = {
         ),
         Configuration(
             "workspace",
-            "baseline with CUBLAS_WORKSPACE_CONFIG=':4096:8' (timed in a child process)",
+            "baseline with CUBLAS_WORKSPACE_CONFIG=':4096:8' (set in each fresh process before CUDA starts)",
             cudnn_benchmark=True,
             cublas_workspace_config=":4096:8",
             device_types=("cuda",),
