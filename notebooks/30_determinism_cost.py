@@ -49,9 +49,13 @@ base_seed = 0  # root of every per-source seed (both replicas draw the same seed
 #
 # A *step* is forward pass, loss, backward pass and Adam update on a fixed synthetic batch
 # (`nnrandomness.overhead`). Each configuration switches on one part of deterministic mode and is
-# timed in the same process as the baseline (non-deterministic kernels, cuDNN autotuning on),
-# in interleaved blocks after untimed warm-up steps; its overhead is
-# (median step time / baseline's median step time - 1) x 100. `det_full` is
+# timed like the baseline (non-deterministic kernels, cuDNN autotuning on), in blocks interleaved
+# with the baseline's, each block in a fresh process with its own untimed warm-up: a process
+# keeps cuDNN's autotuned choices, so a configuration timed after the baseline in one process
+# would inherit them. In this sweep {glue:text}`cost_method`. Its overhead is
+# (median step time / baseline's median step time - 1) x 100; beside the step's wall time the
+# sweep sums the kernels' own time with `torch.profiler` (the paper's measure, which leaves out
+# launch gaps; on a CPU the operators' own time) and records peak memory, shown after the figure. `det_full` is
 # `torch.use_deterministic_algorithms(True)` with cuDNN deterministic and autotuning off, which
 # also NaN-fills every uninitialised tensor; `det_no_fill` is the same without that fill, so the
 # gap between the two is the fill's share; `bf16` (bfloat16 autocast) is there as a yardstick.
@@ -98,6 +102,7 @@ glue("cost_bf16_min", cost["bf16_min"], display=False)
 glue("cost_bf16_max", cost["bf16_max"], display=False)
 glue("cost_not_applicable", cost["not_applicable"], display=False)
 glue("cost_n_unsupported", cost["n_unsupported"], display=False)
+glue("cost_method", overhead.method_note(results), display=False)
 
 # %% [markdown]
 # On this CPU the deterministic flag costs between {glue:text}`cost_det_full_min` and
@@ -131,6 +136,15 @@ glue("fig-determinism-cost-overhead", charts.overhead_chart(timed, overhead.mode
      display=True)
 glue("fig-determinism-cost-overhead-caption", overhead.overhead_caption(results, manifest, overhead_hardware),
      display=False)
+
+# %% [markdown]
+# Step and kernel time, peak memory and the processes behind each number, per model and
+# configuration (a sweep written before a measure existed leaves it out). The note says where
+# `det_compile` ends otherwise than `det_full` (another status, or step times whose interquartile
+# ranges do not overlap), and which models were changed to run deterministically.
+
+# %%
+overhead.measures_table(results)
 
 # %% [markdown]
 # ### MediumCNN: overhead against kernel size
@@ -185,9 +199,13 @@ glue("cost_hardware_note", overhead.hardware_note(sweeps), display=False)
 # goes on. The table joins the ops the sweep hit ({glue:text}`cost_n_unsupported` on
 # {glue:text}`cost_hardware`) with the list in the docstring of the installed torch's
 # `torch.use_deterministic_algorithms`. Nearly all of them are CUDA-side: their CPU kernels
-# are deterministic, which is why no model raises on this CPU. On a GPU, VGG-16 and VGG-19 hit
-# one: their `AdaptiveAvgPool2d((7, 7))` has no deterministic CUDA backward. The other models'
-# `AdaptiveAvgPool2d((1, 1))` is computed as a mean, which has one. NLLLoss is on the list
+# are deterministic, which is why no model raises on this CPU. On a GPU, torchvision's VGG-16 and
+# VGG-19 would hit one: their `AdaptiveAvgPool2d((7, 7))` has no deterministic CUDA backward.
+# Keras' VGG, which the paper timed, has no such pool (it flattens the last 7x7 map), and at the
+# paper's 224 px torchvision's is an identity; so the study's VGG skips it where it is one
+# (`models.KerasVGGPool`, recorded in each VGG row's `model_changes`), and raises only at inputs
+# whose last map is not 7x7. The other models' `AdaptiveAvgPool2d((1, 1))` is computed as a
+# mean, which has a deterministic backward. NLLLoss is on the list
 # too, so the study's loss (`train.cross_entropy`) is written as one-hot times log-softmax.
 
 # %%

@@ -19,10 +19,11 @@
 # # Measuring the cost of determinism
 #
 # This notebook times one training step (forward, loss, backward, Adam update) of each model under
-# named backend configurations, deterministic and not, against the same non-deterministic
-# `baseline`, with the sweep of `nnrandomness.overhead` (see its docstring for how blocks are
-# interleaved and timed). It writes tidy rows with the environment fingerprint into the overhead
-# store under `overhead/<hardware>/`.
+# named backend configurations, deterministic and not, against the non-deterministic `baseline`,
+# with the sweep of `nnrandomness.overhead` (see its docstring: every block runs in a fresh
+# process with its own warm-up, blocks are interleaved, kernel time is summed with
+# `torch.profiler` and peak memory recorded). It writes tidy rows with the environment
+# fingerprint into the overhead store under `overhead/<hardware>/`.
 #
 # It is the measuring tool behind the overhead chapter, executed with
 # [papermill](https://papermill.readthedocs.io) once per hardware label by
@@ -85,12 +86,14 @@ pd.DataFrame(
 # ## The sweep
 #
 # One row per model x configuration: the median and quartiles of the step times in ms and the
-# overhead % against the baseline, (T_config / T_baseline - 1) x 100.
+# overhead % against the baseline, (T_config / T_baseline - 1) x 100, the kernel time per step,
+# the peak memory and the fresh processes it was timed in.
 
 # %% tags=["nbval-ignore-output"]
 frame = overhead.sweep(sweep_plan, device, progress=False)
 frame["hardware"] = hardware
-frame[["model", "configuration", "status", "n_steps", "median_ms", "q1_ms", "q3_ms", "overhead_pct"]]
+frame[["model", "configuration", "status", "n_steps", "median_ms", "q1_ms", "q3_ms", "overhead_pct", "kernel_ms",
+       "peak_host_mb", "peak_device_mb", "processes"]]
 
 # %% tags=["nbval-ignore-output"]
 alt.Chart(frame[(frame["status"] == "ok") & (frame["configuration"] != "baseline")]).mark_bar().encode(

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import itertools
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,35 +114,55 @@ def test_unsupported_op_is_parsed_from_torchs_message():
 
 
 def test_cpu_steps_are_timed_one_by_one_with_perf_counter(monkeypatch):
-    # A fake clock that advances 1 ms per reading: every step then measures exactly 1 ms.
+    # A fake clock that advances 1 ms per reading: every step then measures exactly 1 ms. The block
+    # runs here (time_block), not in a fresh process, so that the fake clock reaches it.
     ticks = itertools.count()
     monkeypatch.setattr(timing.time, "perf_counter", lambda: next(ticks) * 1e-3)
     calls = []
     times = timing._time_steps(lambda: calls.append(1), 4, torch.device("cpu"))
     assert times == pytest.approx([1.0] * 4) and len(calls) == 4
-    rows = pd.DataFrame(overhead.measure(TINY, ["baseline", "det_full"]))
-    ok = rows[rows["status"] == "ok"]
-    assert list(ok["configuration"]) == ["baseline", "det_full"]
-    assert (ok["n_steps"] == TINY.repeats * TINY.steps).all()  # warm-up steps are not counted
-    assert ok[["median_ms", "q1_ms", "q3_ms"]].to_numpy().ravel() == pytest.approx(1.0)
-    assert ok["overhead_pct"].to_numpy() == pytest.approx(0.0, abs=1e-9)
+    block = overhead.time_block(TINY, "det_full")
+    assert block["status"] == "ok" and block["times_ms"] == pytest.approx([1.0] * TINY.steps)  # warm-up not timed
+    assert block["record"]["effective"]["deterministic_algorithms"] is True and block["pid"] == os.getpid()
+    assert block["kernel_ms"] > 0 and block["n_kernels"] > 0 and block["peak_host_mb"] > 0
+    assert block["peak_device_mb"] is None and block["model_changes"] is None  # CPU; no VGG
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the block
 
 
-def test_blocks_are_interleaved_between_configurations(monkeypatch):
-    order = []
-    real = overhead.apply_configuration
-
-    def spy(cfg, *args, **kwargs):
-        order.append(cfg.name)
-        return real(cfg, *args, **kwargs)
-
-    monkeypatch.setattr(timing, "apply_configuration", spy)
-    overhead.time_configurations(TINY, ["baseline", "det_full", "det_no_fill"])
-    assert order == ["baseline", "det_full", "det_no_fill"] * TINY.repeats
+@pytest.fixture(scope="module")
+def fresh_blocks():
+    """Two rounds of baseline, det_full and workspace on the CPU, each block in a fresh process."""
+    return overhead.time_configurations(TINY, ["baseline", "det_full", "workspace"])
 
 
-# ----------------------------------------------------------------------------- rows
-def test_measure_rows_on_the_cpu():
+def test_every_block_runs_in_a_fresh_process_interleaved(fresh_blocks):
+    blocks = sorted((b for res in fresh_blocks.values() for b in res["blocks"]), key=lambda b: b["order"])
+    names = [n for b in blocks for n, res in fresh_blocks.items() if b in res["blocks"]]
+    assert names == ["baseline", "det_full", "workspace"] * TINY.repeats
+    assert [b["round"] for b in blocks] == [0, 0, 0, 1, 1, 1]
+    pids = [b["pid"] for b in blocks]
+    assert len(set(pids)) == len(blocks) and os.getpid() not in pids  # one new process per block
+    assert all(len(b["times_ms"]) == TINY.steps for b in blocks)
+    assert not torch.are_deterministic_algorithms_enabled()  # nothing was set in this process
+
+
+def test_each_child_gets_its_configurations_workspace_before_cuda_starts(fresh_blocks, monkeypatch):
+    # workspace needs CUBLAS_WORKSPACE_CONFIG before CUDA starts: each child sets it first thing.
+    # Its knob does nothing on a CPU (measure records it as not applicable); the plumbing is the same.
+    effective = {
+        n: [b["record"]["effective"]["CUBLAS_WORKSPACE_CONFIG"] for b in r["blocks"]] for n, r in fresh_blocks.items()
+    }
+    assert effective["workspace"] == [":4096:8", ":4096:8"]
+    here = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    assert effective["baseline"] == effective["det_full"] == [here, here]  # the others: this process's value
+    assert timing._child_env(CONFIGURATIONS["det_full"]) == {"CUBLAS_WORKSPACE_CONFIG": here}
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    assert timing._child_env(CONFIGURATIONS["baseline"]) == {"CUBLAS_WORKSPACE_CONFIG": ":16:8"}
+
+
+def test_measure_rows_on_the_cpu(fresh_blocks, monkeypatch):
+    # The rows of the fixture's blocks (measure = time_configurations + rows_from_results).
+    monkeypatch.setattr(timing, "time_configurations", lambda w, names, model_factory=None: fresh_blocks)
     rows = pd.DataFrame(overhead.measure(TINY, ["det_full", "workspace", "tf32", "cudnn_det_only"]))
     assert list(rows.columns) == overhead.ROW_COLUMNS
     # The baseline is always timed (first) even when not asked for.
@@ -153,12 +177,89 @@ def test_measure_rows_on_the_cpu():
     }
     ok = rows[rows["status"] == "ok"]
     assert (ok["q1_ms"] <= ok["median_ms"]).all() and (ok["median_ms"] <= ok["q3_ms"]).all()
-    assert (ok["n_steps"] == 4).all() and ok["same_process"].all()
+    assert (ok["n_steps"] == 4).all() and (ok["processes"] == 2).all() and not rows["same_process"].any()
     base = ok["median_ms"].iloc[0]
     assert ok["overhead_pct"].iloc[1] == pytest.approx((ok["median_ms"].iloc[1] / base - 1) * 100)
+    assert (ok["kernel_ms"] > 0).all() and ok["kernel_overhead_pct"].iloc[0] == 0.0
+    assert (ok["peak_host_mb"] > 0).all() and ok["peak_device_mb"].isna().all()
     assert json.loads(ok["flags"].iloc[1])["effective"]["deterministic_algorithms"] is True
     assert rows["hardware"].unique().tolist() == ["cpu-1t"] and rows["threads"].unique().tolist() == [1]
     assert rows[rows["status"] == "not_applicable"]["median_ms"].isna().all()
+    assert (rows.loc[rows["status"] == "not_applicable", "processes"] == 0).all()
+
+
+def _block(times, kernel, status="ok", op=None, peak=100.0):
+    return {
+        "status": status,
+        "times_ms": times,
+        "kernel_ms": kernel,
+        "n_kernels": 7,
+        "peak_device_mb": peak,
+        "peak_host_mb": 2 * peak,
+        "record": {"effective": {}},
+        "unsupported_op": op,
+        "error": f"RuntimeError: {op} does not have a deterministic implementation" if op else None,
+        "model_changes": None,
+        "pid": 1,
+    }
+
+
+def test_rows_from_hand_made_blocks_and_the_det_compile_note():
+    gpu = dataclasses.replace(TINY, device="cuda")  # rows only: nothing runs on it
+    results = {
+        "baseline": {"status": "ok", "blocks": [_block([10, 10], 8.0), _block([10, 12], 10.0)]},  # median 10, kernel 9
+        "det_full": {"status": "ok", "blocks": [_block([20, 21], 18.0, peak=150), _block([19, 20], 18.0)]},
+        "det_compile": {"status": "ok", "blocks": [_block([11, 11], 9.0), _block([11, 12], 9.0)]},
+        "benchmark_off_only": {"status": "unsupported", "blocks": [_block([], None, "unsupported", "max_unpool")]},
+    }
+    names = list(results)
+    rows = {r["configuration"]: r for r in timing.rows_from_results(gpu, names, results, [])}
+    assert rows["det_full"]["median_ms"] == 20.0 and rows["det_full"]["overhead_pct"] == pytest.approx(100.0)
+    assert rows["det_full"]["kernel_ms"] == 18.0 and rows["det_full"]["kernel_overhead_pct"] == pytest.approx(100.0)
+    assert rows["baseline"]["kernel_ms"] == 9.0 and rows["baseline"]["processes"] == 2
+    assert rows["det_full"]["peak_device_mb"] == 150 and rows["det_full"]["peak_host_mb"] == 300  # largest block
+    assert rows["benchmark_off_only"]["unsupported_op"] == "max_unpool" and rows["benchmark_off_only"]["n_steps"] == 0
+    # det_compile's quartiles (11, 11.25) lie below det_full's (19.75, 20.25): noted, with the change.
+    assert rows["det_compile"]["note"] == "det_compile's step -45.0 % against det_full's (interquartile ranges apart)"
+    assert rows["det_full"]["note"] is None
+    # Overlapping ranges: nothing to note. A different status: named, with the op.
+    close = dict(rows["det_full"], q1_ms=19.0, q3_ms=22.0, median_ms=21.0)
+    assert overhead.compile_note(rows["det_full"], close) is None
+    unsupported = dict(rows["det_full"], status="unsupported", unsupported_op="adaptive_avg_pool2d_backward_cuda")
+    assert overhead.compile_note(unsupported, rows["det_full"]) == (
+        "det_compile ok where det_full is unsupported (adaptive_avg_pool2d_backward_cuda)"
+    )
+
+
+def test_kernel_time_sums_gpu_kernels_and_cpu_self_time():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def ev(device, start, end, activity="kernel", name="k", self_cpu=0.0):
+        rng = SimpleNamespace(start=start, end=end)
+        return SimpleNamespace(
+            device_type=device, time_range=rng, activity_type=activity, name=name, is_async=False,
+            self_cpu_time_total=self_cpu,
+        )  # fmt: skip
+
+    events = [
+        ev(DeviceType.CPU, 0, 500, "cpu_op", "aten::conv2d", self_cpu=300.0),
+        ev(DeviceType.CUDA, 10, 110, name="implicit_gemm"),  # 100 us
+        ev(DeviceType.CUDA, 100, 150, name="implicit_gemm"),  # 50 us, overlapping: counted too
+        ev(DeviceType.CUDA, 200, 1200, "gpu_memcpy", "Memcpy HtoD"),  # a copy, not a kernel
+        ev(DeviceType.CUDA, 300, 325, name="fill_kernel"),  # 25 us
+    ]
+    assert overhead.kernel_time(events, "cuda") == (pytest.approx(0.175), 2)
+    assert overhead.kernel_time(events, "cpu") == (pytest.approx(0.3), 1)
+    # A real profile on the CPU: the operators' own time is positive and below the profiled wall time.
+    x = torch.randn(64, 64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        (x @ x).relu().sum()
+        wall_ms = (time.perf_counter() - t0) * 1e3
+    total, names = overhead.kernel_time(prof.events(), "cpu")
+    assert 0 < total <= wall_ms and names >= 3  # matmul (mm), relu, sum
 
 
 class UnpoolNet(nn.Module):
@@ -178,40 +279,64 @@ class UnpoolNet(nn.Module):
 
 
 def test_an_op_without_deterministic_implementation_is_recorded_not_fatal():
-    rows = pd.DataFrame(overhead.measure(TINY, ["det_full", "det_no_fill", "bf16"], model_factory=UnpoolNet))
-    by = rows.set_index("configuration")
-    assert by.loc["baseline", "status"] == "ok" and by.loc["bf16", "status"] == "ok"
-    for name in ("det_full", "det_no_fill"):
-        assert by.loc[name, "status"] == "unsupported"
-        assert by.loc[name, "unsupported_op"] == "max_unpooling2d_forward_out"
-        assert "does not have a deterministic implementation" in by.loc[name, "error"]
-        assert np.isnan(by.loc[name, "median_ms"]) and by.loc[name, "n_steps"] == 0
+    # In this process (time_block): the recording is what is tested; fresh processes are tested above.
+    block = overhead.time_block(TINY, "det_full", model_factory=UnpoolNet)
+    assert block["status"] == "unsupported" and block["unsupported_op"] == "max_unpooling2d_forward_out"
+    assert "does not have a deterministic implementation" in block["error"] and block["times_ms"] == []
+    assert overhead.time_block(TINY, "bf16", model_factory=UnpoolNet)["status"] == "ok"
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the failure
+    with pytest.raises(ValueError, match="cannot be sent to a fresh process"):
+        overhead.time_configurations(TINY, ["baseline"], model_factory=lambda n, c, g: UnpoolNet(n, c, g))
 
 
-def test_child_process_inherits_the_workspace_variable():
-    # On a GPU the workspace configuration is timed this way; on the CPU only the plumbing is tested.
-    results = overhead.time_in_child(TINY, ["baseline"], {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
-    res = results["baseline"]
-    assert res["status"] == "ok" and len(res["times_ms"]) == TINY.repeats * TINY.steps
-    assert res["record"]["effective"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+def test_a_child_that_dies_is_an_error_not_a_hang():
+    with pytest.raises(RuntimeError, match="the timing process died"):
+        overhead.run_fresh(os._exit, 3)
+
+
+def test_vgg_pool_is_an_identity_where_it_is_one():
+    # Keras' VGG flattens block5_pool; torchvision's adaptive 7x7 pool is an identity on a 7x7 map, and
+    # its backward has no deterministic CUDA kernel. No pool op may run there; elsewhere the pool does.
+    pool = models.KerasVGGPool((7, 7))
+    seven, one = torch.randn(2, 3, 7, 7), torch.randn(2, 3, 1, 1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = pool(seven)
+    assert out is seven and not [e.name for e in prof.events() if "adaptive" in e.name]
+    assert torch.equal(pool(one), nn.AdaptiveAvgPool2d((7, 7))(one))  # 1x1 enlarged to 7x7, as before
+    assert torch.equal(nn.AdaptiveAvgPool2d((7, 7))(seven), seven)  # what makes it an identity
+    vgg = models.build_model("vgg16", 10, 3, generator=torch.Generator().manual_seed(0))
+    assert isinstance(vgg.avgpool, models.KerasVGGPool)
+    assert overhead.model_changes(vgg, torch.zeros(1, 3, 224, 224)).endswith("applied (7x7 feature map)")
+    assert overhead.model_changes(vgg, torch.zeros(1, 3, 32, 32)).endswith("enlarges a 1x1 feature map")
+    assert overhead.model_changes(models.build_model("smallcnn", 10, 3, generator=torch.Generator()), seven) is None
 
 
 @pytest.mark.requires_gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="requires_gpu: no CUDA device on this machine")
-def test_cublas_workspace_is_refused_once_cuda_is_initialised(monkeypatch):
+def test_on_cuda_every_configuration_runs_in_its_own_process_with_kernel_time_and_memory(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    torch.cuda.init()
+    torch.cuda.init()  # this process's CUDA: the children's are their own
     with (
         pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises"),
         overhead.apply_configuration(CONFIGURATIONS["workspace"]),
     ):
         pass
-    # measure() therefore times it in a child process, compared with this process's baseline.
-    gpu = Workload("smallcnn", 32, 8, 10, "cuda", steps=2, warmup=1, repeats=1)
-    rows = pd.DataFrame(overhead.measure(gpu, ["workspace"])).set_index("configuration")
-    assert rows["status"].to_dict() == {"baseline": "ok", "workspace": "ok"}
-    assert not rows.loc["workspace", "same_process"] and rows.loc["baseline", "same_process"]
+    gpu = Workload("smallcnn", 32, 8, 10, "cuda", steps=3, warmup=2, repeats=2)
+    names = ["workspace", "benchmark_off_only", "det_full"]
+    rows = pd.DataFrame(overhead.measure(gpu, names)).set_index("configuration")
+    assert rows["status"].to_dict() == dict.fromkeys(["baseline", *names], "ok")
+    assert (rows["processes"] == 2).all()
+    assert json.loads(rows.loc["workspace", "flags"])["effective"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert json.loads(rows.loc["benchmark_off_only", "flags"])["effective"]["cudnn_benchmark"] is False
+    assert ((rows["kernel_ms"] > 0) & (rows["kernel_ms"] <= rows["median_ms"] * 1.5)).all()
+    assert (rows["peak_device_mb"] > 0).all()
+
+
+@pytest.mark.requires_gpu
+def test_on_cuda_vgg16_at_224_is_deterministic_capable():
+    gpu = Workload("vgg16", 224, 2, 10, "cuda", steps=1, warmup=1, repeats=1)
+    rows = pd.DataFrame(overhead.measure(gpu, ["det_full"])).set_index("configuration")
+    assert rows.loc["det_full", "status"] == "ok", rows.loc["det_full", "error"]
+    assert rows.loc["det_full", "model_changes"].endswith("applied (7x7 feature map)")
 
 
 # ----------------------------------------------------------------------------- store, plan, CLI
@@ -488,6 +613,36 @@ def test_cost_numbers_as_the_prose_glues_them():
     }
 
 
+def test_measures_and_method_of_old_and_new_sweeps(tmp_path):
+    old = _sweep_rows().drop(columns=overhead.ADDED_COLUMNS)  # as sweeps were written before the new columns
+    (d,) = overhead.write_results(old, tmp_path, env={})
+    assert_no_added(pd.read_parquet(d / overhead.RESULTS))
+    read, _ = overhead.read_results(tmp_path, "cpu-1t")  # the old file reads, its new columns None
+    assert list(read.columns) == overhead.ROW_COLUMNS and read["kernel_ms"].isna().all()
+    assert overhead.method_note(read).startswith("every configuration was timed in one process")
+    table = overhead.measures_table(read)
+    assert table.columns.tolist() == ["step (ms)", "step overhead (%)"]  # nothing else was measured then
+    assert table.loc[("mediumcnn_k5", "det_full")].tolist() == [30.0, 50.0]
+    new = _sweep_rows().assign(processes=3, kernel_ms=4.0, peak_host_mb=512.25)
+    new.loc[new.configuration == "det_full", "note"] = "det_compile ..."
+    assert overhead.method_note(new) == (
+        "every configuration, the baseline too, was timed in 3 fresh processes, one per interleaved block, "
+        "each with its own untimed warm-up"
+    )
+    assert overhead.measures_table(new).loc[("smallcnn", "det_full")].to_dict() == {
+        "step (ms)": 11.0,
+        "step overhead (%)": 10.0,
+        "kernel time (ms)": 4.0,
+        "peak process memory (MiB)": 512.2,
+        "processes": 3.0,
+        "note": "det_compile ...",
+    }
+
+
+def assert_no_added(frame):
+    assert not set(overhead.ADDED_COLUMNS) & set(frame.columns)
+
+
 def test_kernel_size_numbers_and_captions():
     results = _sweep_rows()
     assert overhead.kernel_size_rows(results)["k"].tolist() == [5, 5, 3]
@@ -563,7 +718,7 @@ def test_unsupported_ops_join_the_sweep_and_torchs_list():
     ]
     assert documented["device"].tolist() == ["CUDA", "any", "any", "CUDA", "CUDA"]
     assert set(documented["source"]) == {"torch 2.14.1 docs"}
-    assert documented["in this study"].iloc[0] == "vgg16, vgg19 (7x7 pooling, GPU)"
+    assert documented["in this study"].iloc[0].startswith("vgg16, vgg19: an identity on their 7x7 map at 224 px")
     table = overhead.unsupported_ops(_sweep_rows(), "cpu-1t", documented)
     assert table.index.tolist()[:2] == ["max_unpool", "torch.nn.AdaptiveAvgPool2d"]
     assert table.loc["max_unpool"].tolist() == [
@@ -664,3 +819,79 @@ def test_the_package_exports_what_it_defines():
     public = {n for n in dir(overhead) if not n.startswith("_")} - modules
     assert set(overhead.__all__) == public
     assert callable(overhead.sweep) and callable(overhead.main)  # functions, not the submodules of similar names
+
+
+# ----------------------------------------------------------------------------- the GPU smoke check
+def _gpu_smoke():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", REPO / "benchmarks" / "gpu_smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_smoke_runs_its_cpu_checks_and_writes_its_summary(tmp_path):
+    # The script as a GPU host runs it, in --cpu-dry mode: options, CIFAR files read back by the
+    # loader, both plans through the runner's dry run, the summary's schema. GPU steps are skipped.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHON": sys.executable}
+    proc = subprocess.run(
+        [str(REPO / "benchmarks" / "gpu_smoke.sh"), "--cpu-dry", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = Path(proc.stdout.strip().splitlines()[-1].removeprefix("summary: "))
+    assert path.parent.parent == tmp_path and path.name == "summary.json"
+    smoke = _gpu_smoke()
+    summary = json.loads(path.read_text())
+    assert smoke.summary_problems(summary) == [] and summary["mode"] == "cpu-dry" and summary["passed"] is True
+    assert {s: summary["steps"][s]["status"] for s in smoke.STEPS} == dict.fromkeys(smoke.STEPS, "skipped")
+    checks = summary["steps"]["cpu_checks"]
+    assert checks["status"] == "ok" and checks["detail"]["cifar10_train"] == 2000
+    assert "2 jobs" in checks["detail"]["dry_runs"]["paper"]["output"]
+    assert "4 GPU slots (1 GPUs x 4 per GPU)" in checks["detail"]["dry_runs"]["jobs"]["output"]
+    assert "--models smallcnn,resnet18,vgg16" in checks["detail"]["overhead_command"]
+
+
+def test_gpu_smoke_refuses_bad_options_and_malformed_summaries(capsys):
+    smoke = _gpu_smoke()
+    for argv, message in [
+        (["--skip", "overhead_subset,nosuch"], "--skip: unknown step(s) 'nosuch'; valid steps: requires_gpu_tests"),
+        (["--gpu", "0,1"], "--gpu must be one GPU id (0, 1, ...), got '0,1'"),
+        (["--jobs-per-gpu", "1"], "--jobs-per-gpu must be at least 2 (compared with 1), got 1"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            smoke.parse_args(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    assert smoke.parse_args(["--skip", "jobs_per_gpu"]).skip == ("jobs_per_gpu",)
+    if not torch.cuda.is_available():
+        assert smoke.main([]) == 2 and "use --cpu-dry" in capsys.readouterr().err
+    assert smoke.summary_problems([]) == ["the summary is a list, not a mapping"]
+    problems = smoke.summary_problems({"schema_version": "1", "steps": {"paper_like_plan": {"status": "done"}}})
+    assert "'schema_version' is str, not int" in problems and "missing key 'passed'" in problems
+    assert "step 'jobs_per_gpu' missing" in problems and any("'paper_like_plan' needs a status" in p for p in problems)
+
+
+def test_gpu_smoke_reads_control_and_impl_from_manifests():
+    smoke = _gpu_smoke()
+
+    def manifest(setting, replica, weights, **extra):
+        return {"spec": {"setting": setting, "replica": replica}, "weights_hash": weights, **extra}
+
+    run = [manifest("CONTROL", 0, "a"), manifest("CONTROL", 1, "a"), manifest("IMPL", 0, "b"), manifest("IMPL", 1, "b")]
+    assert smoke.control_check(run, run)["bit_identical"] is True
+    assert (
+        smoke.control_check(run, [manifest("CONTROL", 0, "a"), manifest("CONTROL", 1, "z")])["bit_identical"] is False
+    )
+    assert smoke.impl_check(run) == {
+        "replicas": 2,
+        "distinct_weights": 1,
+        "kernels": "not recorded",
+        "warning": "every IMPL replica is bit-identical",
+    }
+    recorded = [manifest("IMPL", 0, "b", kernels_hash="k1"), manifest("IMPL", 1, "c", kernels_hash="k2")]
+    assert smoke.impl_check(recorded)["kernels"] == "2 distinct kernel set(s) over 2 replicas"
+    assert smoke.impl_check(recorded)["warning"] is None

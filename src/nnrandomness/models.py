@@ -299,6 +299,38 @@ def _torchvision(factory_name: str, **kwargs) -> Callable[..., nn.Module]:
     return build
 
 
+# VGG as Keras builds it. torchvision's VGG puts AdaptiveAvgPool2d((7, 7)) between the features and
+# the classifier; Keras' VGG16/VGG19 flatten block5_pool directly. At the paper's 224 px the
+# feature map is already 7x7 and the pool is an identity, but its backward
+# (adaptive_avg_pool2d_backward) has no deterministic CUDA kernel: under the deterministic flag
+# torchvision's VGG raises where Keras' runs. `KerasVGGPool` is the identity where the map is
+# already the pool's size (same numbers, no pool op dispatched) and the pool elsewhere (then still
+# not deterministic-capable on CUDA: a smaller input leaves a smaller map, which the pool enlarges).
+class KerasVGGPool(nn.AdaptiveAvgPool2d):
+    """torchvision VGG's avgpool, made an identity where it is one (a feature map of its output size)."""
+
+    # Recorded with every overhead row of a VGG (overhead.timing reads it): what differs from torchvision.
+    CHANGE = "avgpool: AdaptiveAvgPool2d((7, 7)) is an identity on a 7x7 feature map (as Keras' VGG, which has none)"
+
+    def is_identity(self, shape) -> bool:
+        return tuple(shape[-2:]) == nn.modules.utils._pair(self.output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.is_identity(x.shape) else super().forward(x)
+
+
+def _vgg(factory_name: str) -> Callable[..., nn.Module]:
+    torchvision_build = _torchvision(factory_name)
+
+    def build(num_classes: int, in_channels: int, dropout: float = 0.0) -> nn.Module:
+        model = torchvision_build(num_classes, in_channels, dropout)
+        model.avgpool = KerasVGGPool(model.avgpool.output_size)
+        return model
+
+    build.__name__ = f"build_{factory_name}"
+    return build
+
+
 # ----------------------------------------------------------------------------- init
 @torch.no_grad()
 def glorot_init(model: nn.Module, generator: torch.Generator) -> None:
@@ -403,8 +435,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp1d": lambda num_classes, in_channels, dropout=0.0: MLP1D(num_classes, in_channels, dropout),
     **{f"mediumcnn_k{k}": _mediumcnn(k) for k in (1, 3, 5, 7)},
     # overhead study (torchvision, weights=None)
-    "vgg16": _torchvision("vgg16"),
-    "vgg19": _torchvision("vgg19"),
+    "vgg16": _vgg("vgg16"),
+    "vgg19": _vgg("vgg19"),
     "resnet50": _torchvision("resnet50"),
     "resnet152": _torchvision("resnet152"),
     "densenet121": _torchvision("densenet121"),

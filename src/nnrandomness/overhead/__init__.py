@@ -3,9 +3,10 @@
 One module per concern:
 
 * `timing`: the configurations (`CONFIGURATIONS`, each a named set of backend flags), the
-  workload of one model (`Workload`) and how a step is timed (`measure`: interleaved blocks after
-  untimed warm-up, CUDA events or perf_counter, median and IQR, the overhead % against the
-  baseline; `time_in_child` for flags read when CUDA starts);
+  workload of one model (`Workload`) and how a step is timed (`measure`: interleaved blocks, each
+  in a fresh process (`run_fresh`, `time_block`) with its own untimed warm-up, CUDA events or
+  perf_counter, kernel time from torch.profiler (`kernel_time`), peak memory, median and IQR, the
+  overhead % against the baseline);
 * `sweeps`: a plan (`Plan`, `load_plan` of plans/overhead.yaml) and the `sweep` of its workloads;
 * `results`: the overhead store, ``<root>/overhead/<hardware>/results.parquet`` and its
   ``manifest.json`` written last (`write_results`, `read_results`; `DEFAULT_ROOT` is where the
@@ -29,6 +30,8 @@ from .report import (
     kernel_size_caption,
     kernel_size_numbers,
     kernel_size_rows,
+    measures_table,
+    method_note,
     model_order,
     overhead_caption,
     overhead_table,
@@ -60,6 +63,7 @@ from .run import (
 )
 from .sweeps import Plan, load_plan, sweep
 from .timing import (
+    ADDED_COLUMNS,
     BASELINE,
     CONFIGURATIONS,
     ROW_COLUMNS,
@@ -68,15 +72,21 @@ from .timing import (
     Workload,
     apply_configuration,
     check_configuration,
+    compile_note,
+    kernel_time,
     measure,
+    model_changes,
     overhead_pct,
+    rows_from_results,
+    run_fresh,
     summarize,
+    time_block,
     time_configurations,
-    time_in_child,
     unsupported_op,
 )
 
 __all__ = [
+    "ADDED_COLUMNS",
     "BASELINE",
     "CONFIGURATIONS",
     "DEFAULT_ROOT",
@@ -94,6 +104,7 @@ __all__ = [
     "apply_configuration",
     "baseline_rows",
     "check_configuration",
+    "compile_note",
     "cost_numbers",
     "divergence_caption",
     "divergence_numbers",
@@ -105,9 +116,13 @@ __all__ = [
     "kernel_size_caption",
     "kernel_size_numbers",
     "kernel_size_rows",
+    "kernel_time",
     "load_plan",
     "main",
     "measure",
+    "measures_table",
+    "method_note",
+    "model_changes",
     "model_order",
     "notebook_parameters",
     "notebook_plan",
@@ -119,12 +134,14 @@ __all__ = [
     "read_all",
     "read_results",
     "results_dir",
+    "rows_from_results",
+    "run_fresh",
     "run_notebook",
     "store_root",
     "summarize",
     "sweep",
+    "time_block",
     "time_configurations",
-    "time_in_child",
     "timed_rows",
     "unsupported_op",
     "unsupported_ops",

@@ -19,7 +19,7 @@ DETERMINISTIC = ("det_full", "det_no_fill")
 MEDIUMCNN_PREFIX = "mediumcnn_k"  # MediumCNN(k) is registered as mediumcnn_k<k>
 # Ops on torch's list that this study meets, and how (the chapter's table says so beside them).
 STUDY_OPS = {
-    "torch.nn.AdaptiveAvgPool2d": "vgg16, vgg19 (7x7 pooling, GPU)",
+    "torch.nn.AdaptiveAvgPool2d": "vgg16, vgg19: an identity on their 7x7 map at 224 px (models.KerasVGGPool)",
     "torch.nn.NLLLoss": "avoided: the loss is one-hot x log-softmax",
 }
 
@@ -51,6 +51,46 @@ def overhead_table(results: pd.DataFrame) -> pd.DataFrame:
     summary = timed_rows(results).pivot(index="model", columns="configuration", values="overhead_pct")
     summary.insert(0, "baseline median (ms)", baseline_rows(results)["median_ms"])
     return summary.sort_values("baseline median (ms)").round(1)
+
+
+# What `measures_table` shows, with the column names it shows them under.
+MEASURES = {
+    "median_ms": "step (ms)",
+    "overhead_pct": "step overhead (%)",
+    "kernel_ms": "kernel time (ms)",
+    "kernel_overhead_pct": "kernel overhead (%)",
+    "peak_device_mb": "peak GPU memory (MiB)",
+    "peak_host_mb": "peak process memory (MiB)",
+    "processes": "processes",
+    "note": "note",
+    "model_changes": "model changed",
+}
+
+
+def measures_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model and timed configuration: step and kernel time with their overheads, peak memory, the
+    processes it was timed in and the notes (det_compile against det_full, model changes). A sweep
+    written before a measure existed shows it empty."""
+    timed = results[results.status == "ok"]
+    table = timed.set_index(["model", "configuration"])[list(MEASURES)].rename(columns=MEASURES)
+    numeric = [MEASURES[c] for c in MEASURES if c not in ("note", "model_changes")]
+    table[numeric] = table[numeric].apply(pd.to_numeric).round(1)
+    return table.dropna(axis=1, how="all")
+
+
+def method_note(results: pd.DataFrame) -> str:
+    """How the sweep was timed, read from its rows (sweeps written before fresh processes have no
+    ``processes``): the sentence the chapter glues."""
+    processes = pd.to_numeric(results.loc[results.status == "ok", "processes"], errors="coerce").dropna()
+    if processes.empty:
+        return (
+            "every configuration was timed in one process, in blocks interleaved with the baseline's (a sweep "
+            "written before each block got a fresh process; on a GPU that would share cuDNN's autotuned plans)"
+        )
+    return (
+        f"every configuration, the baseline too, was timed in {int(processes.max())} fresh processes, one per "
+        "interleaved block, each with its own untimed warm-up"
+    )
 
 
 def model_order(results: pd.DataFrame) -> list[str]:

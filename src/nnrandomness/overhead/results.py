@@ -21,7 +21,7 @@ import pandas as pd
 from .. import environment, store
 from ..files import write_atomic
 from .sweeps import Plan
-from .timing import CONFIGURATIONS
+from .timing import ADDED_COLUMNS, CONFIGURATIONS
 
 # The overhead store's root, relative to the repository root: sweeps land in data/overhead/<hardware>/
 # beside the run store (data/<hardware>/...), never inside it.
@@ -84,7 +84,12 @@ def read_results(root: str | Path, hardware: str) -> tuple[pd.DataFrame, dict]:
         raise ValueError(f"{d / RESULTS} is missing")
     if store.sha256_file(d / RESULTS) != files[RESULTS]:
         raise ValueError(f"{d / RESULTS} fails its SHA-256 checksum")
-    return pd.read_parquet(d / RESULTS), manifest
+    rows = pd.read_parquet(d / RESULTS)
+    # A sweep written before a column was added lacks it: None there (older sweeps stay readable).
+    for column in ADDED_COLUMNS:
+        if column not in rows:
+            rows[column] = None
+    return rows, manifest
 
 
 def hardware_labels(root: str | Path) -> list[str]:

@@ -22,7 +22,7 @@ import torch
 from .. import environment, executed, models, noise, params
 from .results import DEFAULT_ROOT, results_dir, write_results
 from .sweeps import Plan, load_plan, sweep
-from .timing import CONFIGURATIONS, run_child_job
+from .timing import CONFIGURATIONS
 
 # ----------------------------------------------------------------------------- the notebook
 # The overhead notebook runs one sweep per hardware label with papermill (`run_notebook`,
@@ -226,7 +226,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=NOTEBOOK,
         help=f"the overhead notebook that --notebook executes (default {NOTEBOOK}, relative to the working directory)",
     )
-    parser.add_argument("--child-job", help=argparse.SUPPRESS)  # internal: see time_in_child
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -243,8 +242,6 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.child_job:
-        return run_child_job(args.child_job)
     try:
         plan = plan_from_args(args)
         plan.workloads(args.device)  # every model, size and configuration checked before any timing
