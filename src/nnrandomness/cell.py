@@ -6,6 +6,12 @@ A cell is hardware x dataset x model x setting. `run_cell` joins the two floors 
 Run by the batch runner, a cell's kernel watches the runner (`watch_runner`): a runner killed
 even by SIGKILL, or a papermill process killed by its runner, takes the training with it within
 a fraction of a second instead of leaving an orphan that trains on.
+
+Where the tooling is the subject (CUDA, non-deterministic kernels: IMPL, ALGO+IMPL) each replica
+trains in a fresh Python process of its own (`train_in_child`), as the paper started a process per
+run: replicas sharing a process would share cuDNN's autotune cache and the cuDNN/cuBLAS handles.
+Every replica's manifest records its process, its peak device and host memory and the kernels (CUDA)
+or ops (CPU) of a few of its steps.
 """
 
 from __future__ import annotations
@@ -72,9 +78,9 @@ def run_cell(
     dataset: the loaded data of `base.dataset` (loaded here, once, when None; a caller that runs
     several cells, or a test with a small MNIST-1D, passes it). It is moved to the device once
     per process, not per replica; loaded here, its host copy is then released.
-    process_per_replica: "always" trains each replica in a fresh process of its own (spawned: a
-    fresh cuDNN autotune cache and fresh cuDNN/cuBLAS handles, as the paper started a process per
-    run), "never" all in this one, "auto" (`own_process`) a process per replica on CUDA where the
+    process_per_replica: "always" trains each replica in a fresh process of its own (a fresh
+    cuDNN autotune cache and fresh cuDNN/cuBLAS handles, as the paper started a process per run),
+    "never" all in this one, "auto" (`own_process`) a process per replica on CUDA where the
     kernels are non-deterministic (IMPL, ALGO+IMPL): there the tooling is the subject. A child's
     failure is raised here with its traceback (`ReplicaProcessError`); the replica resumes from
     its checkpoint on the next run, as in this process. Every replica's manifest records its
