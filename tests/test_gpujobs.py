@@ -228,7 +228,12 @@ def test_the_paper_plan_on_8_gpus_runs_8_jobs_at_once_with_an_estimate_per_job(t
     roots = ["--output-root", str(tmp_path / "runs"), "--executed-root", str(tmp_path / "executed")]
     gpus = ["--gpus", "0,1,2,3,4,5,6,7", "--cpus", "32"]  # 8 jobs of 4 threads
     assert cli.main(["run", "plans/paper.yaml", *gpus, "--dry-run", *roots]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    if not torch.cuda.is_available():  # the dry run says what this machine lacks; a real run is refused
+        assert "WARNING: this machine cannot run the plan as it is (shown all the same: a dry run)" in err
+        assert "cannot derive the hardware label of device 'cuda' on a machine without CUDA" in err
+        assert cli.main(["run", "plans/paper.yaml", *gpus, *roots]) == 2
+        assert "error: plans/paper.yaml: 4 problem(s)" in capsys.readouterr().err
     assert "schedule: up to 8 of 24 jobs at once (8 workers; 32 CPU slots at 4+ per job; 8 GPU slots" in out
     jobs = [line for line in out.splitlines() if re.match(r"cuda\S*/(cifar10|cifar100|celeba|imagenet)/", line)]
     assert len(jobs) == 24
