@@ -76,6 +76,7 @@ extra_tests = True  # also evaluate the dataset's extra test sets at the end, if
 data_root = ""  # root of the real datasets; empty: $NNRANDOMNESS_DATA
 output_root = ""  # the run store; empty: a fresh temporary directory
 hardware = ""  # hardware label, a path component of the store; empty: derived from device and threads
+process_per_replica = "auto"  # a fresh process per replica: auto (on CUDA for IMPL and ALGO+IMPL), always or never
 
 # %%
 # Refuse unknown or misspelt names (papermill only warns), wrong types, invalid values and a device this

@@ -1160,6 +1160,33 @@ def check_selection(runs_root, **wanted) -> None:
                 raise ValueError(f"{key} {v!r} is not in the run store, which holds: {', '.join(names)}")
 
 
+def identical_tooling_warnings(runs: store.Runs) -> list[str]:
+    """One warning per cell whose replicas should differ through the tooling alone but are all
+    bit-identical (equal weights hashes) on CUDA: a setting with non-deterministic kernels that
+    varies no algorithmic source (IMPL), two replicas or more, device cuda. There the tooling varied
+    nothing: the kernels ran deterministically after all, or the replicas shared a process (and
+    replica 0's autotuned algorithms). On the CPU such replicas are identical by design (its kernels
+    are deterministic at a fixed thread count): not warned. Each message names the cell, its replica
+    count, how many distinct kernel sets its replicas recorded and whether they had a process each."""
+    r = runs.replicas
+    if r.empty or "device" not in r.columns:
+        return []
+    tooling_only = ~r["deterministic"].astype(bool) & ~r["perturb_ulp"].astype(bool) & (r["varied"].map(len) == 0)
+    on_cuda = r["device"].astype(str).str.startswith("cuda")
+    warnings = []
+    for key, cell in r[tooling_only & on_cuda].groupby(CELL, sort=True):
+        if len(cell) < 2 or cell["weights_hash"].nunique() != 1:
+            continue
+        kernels = cell["kernels_hash"].dropna().nunique() if "kernels_hash" in cell else 0
+        processes = sorted(cell["process"].dropna().unique()) if "process" in cell else []
+        warnings.append(
+            f"{'/'.join(key)}: its {len(cell)} replicas are bit-identical on CUDA although its kernels are "
+            f"non-deterministic: the tooling varied nothing here ({kernels or 'no'} distinct kernel set(s) recorded; "
+            f"process: {', '.join(processes) or 'not recorded'})"
+        )
+    return warnings
+
+
 def load_settings(runs_root, settings: Iterable[str], **filters) -> store.Runs:
     """One view of the replicas of ``settings`` (and ``filters``: hardware, dataset, model) read
     with one ``store.load_runs`` per setting, so that only their folders are read: a chapter

@@ -125,13 +125,24 @@ def main(args: argparse.Namespace) -> int:
     2: the plan or the options are invalid (nothing ran, nothing was written)."""
     from . import plan as plan_mod
 
+    load = dict(output_root=args.output_root, executed_root=args.executed_root, timeout=args.timeout)
     try:
-        plan = plan_mod.load_plan(
-            args.plan, output_root=args.output_root, executed_root=args.executed_root, timeout=args.timeout
-        )
+        plan = plan_mod.load_plan(args.plan, **load)
     except plan_mod.PlanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        # A dry run shows a plan meant for another machine (a GPU plan on a laptop) all the same: what
+        # this machine lacks (CUDA, the datasets' files) becomes a warning; the plan's own errors stay errors.
+        try:
+            plan = plan_mod.load_plan(args.plan, **load, check_data=False) if args.dry_run else None
+        except plan_mod.PlanError:
+            plan = None
+        if plan is None:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(
+            "WARNING: this machine cannot run the plan as it is (shown all the same: a dry run); "
+            + "\n  ".join([f"{len(e.errors)} problem(s) here:", *e.errors]),
+            file=sys.stderr,
+        )
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
     problems = _option_problems(args, gpus)
     # One slot per job a GPU may run at once, round robin (0, 1, .., 0, 1, ..): the first jobs
@@ -170,11 +181,16 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if args.dry_run:
-        _print_jobs(plan.jobs, states)
+        cache: dict = {}
+        estimates = {job.name: estimate(job, cache) for job in plan.jobs}
+        _print_jobs(plan.jobs, states, estimates)
         labels = dict.fromkeys(job.hardware for job in plan.jobs)
         print(f"hardware labels: {', '.join(labels)} (each CPU tooling configuration is a hardware of its own)")
+        at_once = 0
         if not args.ray:
             print(schedule(pending, workers=args.workers, cpus=args.cpus, gpus=slots))
+            at_once = concurrency(pending, workers=args.workers, cpus=args.cpus, gpus=slots)
+        print(estimate_summary(plan.jobs, states, estimates, at_once))
         return 0
 
     started = time.monotonic()
@@ -189,6 +205,8 @@ def main(args: argparse.Namespace) -> int:
             results += _dispatch([j for j in pending if j.name in elsewhere], args, slots, wait_lock=True)
     order = {job.name: i for i, job in enumerate(plan.jobs)}
     _print_summary(sorted(results, key=lambda r: order[r.name]), time.monotonic() - started)
+    for warning in tooling_warnings(plan.jobs):
+        print(f"WARNING: {warning}")
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
@@ -310,11 +328,130 @@ def schedule(pending, *, workers: int, cpus: int, gpus: list[str] | None) -> str
     if not pending:
         return "schedule: nothing to run"
     slots = min(cpu_slots(job, cpus) for job in pending)  # the narrowest jobs: the most that can run at once
-    limits = [workers, cpus // slots] + ([len(gpus)] if gpus is not None else [])
     parts = [f"{workers} workers", f"{cpus} CPU slots at {slots}+ per job"]
     if gpus is not None:
         parts.append(f"{len(gpus)} GPU slots ({len(set(gpus))} GPUs x {len(gpus) // len(set(gpus))} per GPU)")
-    return f"schedule: up to {min(len(pending), *limits)} of {len(pending)} jobs at once ({'; '.join(parts)})"
+    at_once = concurrency(pending, workers=workers, cpus=cpus, gpus=gpus)
+    return f"schedule: up to {at_once} of {len(pending)} jobs at once ({'; '.join(parts)})"
+
+
+def concurrency(pending, *, workers: int, cpus: int, gpus: list[str] | None) -> int:
+    """The most jobs of `pending` the local pool runs at once: workers, CPU slots (for the narrowest
+    jobs) and GPU slots all limit it."""
+    if not pending:
+        return 0
+    slots = min(cpu_slots(job, cpus) for job in pending)
+    return min(len(pending), workers, cpus // slots, *([len(gpus)] if gpus is not None else []))
+
+
+# ----------------------------------------------------------------------------- estimated device time
+# Seconds of training per epoch of one replica where the store holds no replica of a job's dataset and
+# model yet: (dataset, model, device type) -> seconds, measured on this project's machine kind (2 cores,
+# idle, 1 thread; README "Measured figures", benchmarks/bench_train.py, 20 epochs of the default recipe).
+# GPU figures belong here once a GPU host has measured them; until then a GPU job without runs in its
+# store is "unknown".
+EPOCH_SECONDS = {
+    ("digits", "smallcnn", "cpu"): 0.61 / 20,
+    ("mnist1d", "cnn1d", "cpu"): 2.2 / 20,
+    ("mnist1d", "mlp1d", "cpu"): 0.57 / 20,
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The estimated device time of one replica of a job, and where it comes from."""
+
+    replica_seconds: float | None  # None: unknown
+    source: str  # "store (n replicas)", "store, other hardware (labels)", "table" or "unknown"
+
+
+def estimate(job, _cache: dict | None = None) -> Estimate:
+    """One replica of `job`: the median seconds per epoch of the complete replicas in its store of the same
+    dataset and model, on the same hardware label, else on another label of the same device type (say
+    another GPU model: marked so), times the job's epochs, plus their median evaluation time; else
+    `EPOCH_SECONDS` x epochs; else unknown. Manifests are read, not their files' checksums (a dry run
+    stays quick). `_cache`: manifests already read, per (store, dataset, model)."""
+    from . import environment as env_mod
+    from . import store
+
+    epochs, device = job.parameters["epochs"], env_mod.device_type(job.parameters["device"])
+    key = (str(job.output_root), job.dataset, job.model)
+    if _cache is None or key not in _cache:
+        manifests = []
+        for path in store.iter_replica_dirs(job.output_root, dataset=job.dataset, model=job.model):
+            try:
+                manifests.append(store.read_manifest(path, verify=False))
+            except ValueError:
+                continue  # incomplete or damaged: it says nothing about time
+        if _cache is not None:
+            _cache[key] = manifests
+    manifests = _cache[key] if _cache is not None else manifests
+    timed = [m for m in manifests if (m["timings"].get("train_seconds") or 0) > 0 and m["spec"]["epochs"] > 0]
+    same = [m for m in timed if m["hardware"] == job.hardware]
+    alike = [m for m in timed if env_mod.device_type(m["spec"]["device"]) == device]
+    for found, source in (
+        (same, f"store ({len(same)} replicas)"),
+        (alike, f"store, other hardware ({', '.join(sorted({m['hardware'] for m in alike}))})"),
+    ):
+        if found:
+            per_epoch = _median([m["timings"]["train_seconds"] / m["spec"]["epochs"] for m in found])
+            evaluation = _median(
+                [(m["timings"].get("eval_seconds") or 0) + (m["timings"].get("extra_eval_seconds") or 0) for m in found]
+            )
+            return Estimate(per_epoch * epochs + evaluation, source)
+    if (job.dataset, job.model, device) in EPOCH_SECONDS:
+        return Estimate(EPOCH_SECONDS[job.dataset, job.model, device] * epochs, "table")
+    return Estimate(None, "unknown")
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def duration(seconds: float) -> str:
+    """'40 s', '12 min', '3.4 h', '2.1 d'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def estimate_summary(jobs, states, estimates: dict[str, Estimate], at_once: int) -> str:
+    """The dry run's last line: the device time of the replicas still to run, summed over the jobs with an
+    estimate, and the wall time that is at least (the sum over `at_once` jobs running side by side)."""
+    pending = [j for j in jobs if states[j.name][0]]
+    known = [j for j in pending if estimates[j.name].replica_seconds is not None]
+    total = sum(len(states[j.name][0]) * estimates[j.name].replica_seconds for j in known)
+    unknown = len(pending) - len(known)
+    line = f"estimated device time: {duration(total)} for {len(known)} of {len(pending)} jobs to run"
+    if known and at_once:
+        longest = max(len(states[j.name][0]) * estimates[j.name].replica_seconds for j in known)
+        line += f"; wall time at {at_once} at once: at least {duration(max(total / at_once, longest))}"
+    if unknown:
+        line += f"; {unknown} job(s) unknown (no replica of their dataset and model in the store, not in EPOCH_SECONDS)"
+    return line
+
+
+def tooling_warnings(jobs) -> list[str]:
+    """`analysis.identical_tooling_warnings` over the cells of `jobs` that can earn one (CUDA, a setting of
+    non-deterministic kernels that varies no algorithmic source: IMPL), read from their stores; a CPU
+    plan reads nothing."""
+    from . import analysis, noise, store
+
+    warnings = []
+    for job in jobs:
+        setting = noise.get_setting(job.setting)
+        if job.uses_gpu and not setting.deterministic and not setting.varied and not setting.perturb_ulp:
+            runs = store.load_runs(
+                job.output_root, hardware=job.hardware, dataset=job.dataset, model=job.model, setting=job.setting
+            )
+            warnings += analysis.identical_tooling_warnings(runs)
+    return warnings
 
 
 def cpu_slots(job, cpus: int) -> int:
@@ -323,13 +460,24 @@ def cpu_slots(job, cpus: int) -> int:
     return min(job.threads, cpus)
 
 
-def _print_jobs(jobs, states) -> None:
+def _print_jobs(jobs, states, estimates: dict[str, Estimate] | None = None) -> None:
+    """The dry run's table: a job a line, with its state and, given `estimates`, its estimated device
+    time (replicas still to run x one replica's estimate, and where that comes from)."""
     width = max(len(j.name) for j in jobs)
-    print(f"{'job':<{width}}  replicas  threads  timeout  state")
+    print(f"{'job':<{width}}  replicas  threads  timeout  state" + ("  estimated device time" if estimates else ""))
     for job in jobs:
         missing = states[job.name][0]
         state = "complete" if not missing else f"to run ({job.replicas - len(missing)}/{job.replicas} replicas done)"
-        print(f"{job.name:<{width}}  {job.replicas:>8}  {job.threads:>7}  {job.timeout:>6.0f}s  {state}")
+        line = f"{job.name:<{width}}  {job.replicas:>8}  {job.threads:>7}  {job.timeout:>6.0f}s  {state}"
+        if estimates and missing:
+            e = estimates[job.name]
+            line += "  " + (
+                f"{duration(len(missing) * e.replica_seconds)} ({len(missing)} x {duration(e.replica_seconds)}, "
+                f"{e.source})"
+                if e.replica_seconds is not None
+                else "unknown"
+            )
+        print(line)
 
 
 # ----------------------------------------------------------------------------- one job

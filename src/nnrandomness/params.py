@@ -330,6 +330,14 @@ PARAMETERS: dict[str, Parameter] = {
             "",
             _hardware_label,
         ),
+        # --- process per replica (issue 10): where the tooling is the subject, as the paper ran it
+        Parameter(
+            "process_per_replica",
+            (str,),
+            "a fresh process per replica: auto (on CUDA for IMPL and ALGO+IMPL), always or never",
+            "auto",
+            lambda v: None if v in ("auto", "always", "never") else f"must be auto, always or never, got {quote(v)}",
+        ),
     )
 }
 # A plan's recipe where it leaves keys out (read-only: every job shares it).

@@ -184,8 +184,12 @@ def lock(path: Path, wait: bool = False) -> Iterator[bool]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def write_replica(root, hardware: str, result) -> Path:
+def write_replica(root, hardware: str, result, *, resources: dict | None = None, kernels: dict | None = None) -> Path:
     """Write one replica's result; the manifest goes last, by atomic rename. Returns the directory.
+
+    resources: what the replica's training used (`RESOURCES`: its process, "own" or "shared", and
+    peak device and host memory in bytes); kernels: what a few of its steps ran (`train.KernelRecorder.result`:
+    kind, sorted names, their hash, steps, seconds). Both recorded as given (None: not measured).
 
     result: a `train.ReplicaResult`, duck-typed (store is on the ground floor and imports nothing
     of train): read are its spec (dataset, model, setting, replica, noise, to_dict()), seeds,
@@ -254,6 +258,8 @@ def write_replica(root, hardware: str, result) -> Path:
         "has_probabilities": result.probabilities is not None,
         "snapshot_epochs": sorted(snapshots),
         "extra_tests": result.extra_tests,
+        "resources": resources,
+        "kernels": kernels,
         "final": {k: float(v) for k, v in final.items()},
         "weights_hash": weights_hash(result.weights),
         "predictions_hash": predictions_hash(result.predictions, result.probabilities),
@@ -314,7 +320,10 @@ def manifest_error(manifest) -> str | None:
 
 def _optional_error(manifest: dict) -> str | None:
     """The keys that newer writers add (absent from older manifests), checked where present:
-    has_probabilities, snapshot_epochs, extra_tests (null, or lists seeds, n, accuracy of one length)."""
+    has_probabilities, snapshot_epochs, extra_tests (null, or lists seeds, n, accuracy of one length),
+    resources and kernels (null, or objects of their shape: `_measured_error`)."""
+    if e := _measured_error(manifest):
+        return e
     if not isinstance(manifest.get("has_probabilities", True), bool):
         return "has_probabilities must be true/false"
     epochs = manifest.get("snapshot_epochs", [])
@@ -330,6 +339,34 @@ def _optional_error(manifest: dict) -> str | None:
     if not all(_json_type(v) == "a number" for k in ("seeds", "n", "accuracy") for v in extra[k]):
         return "extra_tests must hold numbers"
     return None
+
+
+# What a replica's training used and ran (written since process-per-replica; absent from older
+# manifests, loaded as None): key -> the JSON types allowed (null: not measured).
+RESOURCES = {"process": (str,), "peak_device_bytes": (int, type(None)), "peak_host_bytes": (int, type(None))}
+KERNELS = {"kind": (str,), "names": (list,), "hash": (str,), "steps": (int,), "seconds": (int, float)}
+
+
+def _measured_error(manifest: dict) -> str | None:
+    """Why the manifest's resources or kernels (where present and not null) are not of the shape of
+    RESOURCES and KERNELS; None when they are."""
+    for key, shape in (("resources", RESOURCES), ("kernels", KERNELS)):
+        value = manifest.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f"{key} must be null or an object, got {_json_type(value)}"
+        for name, types in shape.items():
+            v = value.get(name)
+            if isinstance(v, bool) or not isinstance(v, types):
+                return f"{key}.{name} must be {' or '.join(_JSON_NAMES[t] for t in types)}, got {_json_type(v)}"
+    kernels = manifest.get("kernels")
+    if kernels is not None and not all(isinstance(n, str) for n in kernels["names"]):
+        return "kernels.names must be a list of strings"
+    return None
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", type(None): "null"}
 
 
 def _shape_error(value, schema: dict, where: str) -> str | None:
@@ -571,6 +608,8 @@ def load_runs(root, *, probabilities: bool = False, snapshots: bool = False, ver
                 "snapshot_epochs": list(m.get("snapshot_epochs") or []),
                 "extra_accuracy": list((m.get("extra_tests") or {}).get("accuracy", [])),
                 "extra_n": list((m.get("extra_tests") or {}).get("n", [])),
+                # Written since process-per-replica; None where an older manifest has none.
+                **resource_columns(m),
             }
         )
         if probabilities and not rows[-1]["has_probabilities"]:
@@ -600,6 +639,21 @@ def load_runs(root, *, probabilities: bool = False, snapshots: bool = False, ver
     predictions = order(pd.concat(preds, ignore_index=True), ["example"]) if preds else pd.DataFrame(columns=KEYS)
     history = order(pd.concat(hists, ignore_index=True), ["epoch"]) if hists else pd.DataFrame(columns=KEYS)
     return Runs(replicas, predictions, history, problems)
+
+
+def resource_columns(manifest: dict) -> dict:
+    """A replica's row entries for what its training used and ran: process ("own": a process of its
+    own, "shared"), peak_device_bytes, peak_host_bytes, kernels_kind, kernels_hash, kernel_names
+    (sorted); None for what its manifest does not record (written before them, or not measured)."""
+    resources, kernels = manifest.get("resources") or {}, manifest.get("kernels") or {}
+    return {
+        "process": resources.get("process"),
+        "peak_device_bytes": resources.get("peak_device_bytes"),
+        "peak_host_bytes": resources.get("peak_host_bytes"),
+        "kernels_kind": kernels.get("kind"),
+        "kernels_hash": kernels.get("hash"),
+        "kernel_names": kernels.get("names"),
+    }
 
 
 def prediction_matrix(

@@ -541,6 +541,7 @@ def train_replica(
     *,
     checkpoint_dir: str | Path | None = None,
     progress: bool = False,
+    kernels: KernelRecorder | None = None,
 ) -> ReplicaResult:
     """Train one replica and return its result.
 
@@ -549,12 +550,15 @@ def train_replica(
         is resumed from. The checkpoint is left in place (the store removes it once the
         replica is written).
     progress: show a tqdm bar over epochs.
+    kernels: records the kernels (CUDA) or ops (CPU) of a few of the first steps this call trains
+        (`KernelRecorder`: the caller reads them once this returns); it observes, changing no bits.
     """
     validate_spec(spec, check_data=dataset is None)
     device = torch.device(spec.device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
 
     with noise.configure_determinism(spec.backend()) as backend:
+        # A no-op for data already there (cell.run_cell moves a dataset once per process, not per replica).
         ds = (dataset or data_mod.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())).to(device)
         replica = build_replica(spec, ds)
         model, opt, gens = replica.model, replica.opt, replica.gens
@@ -575,6 +579,7 @@ def train_replica(
             epochs = tqdm(
                 epochs, desc=f"{spec.setting} replica {spec.replica}", initial=start_epoch_index, total=spec.epochs
             )
+        steps_here = 0  # steps trained by this call (a resumed replica counts from its resumption)
         for epoch in epochs:
             _sync(device)
             t0 = time.perf_counter()
@@ -583,7 +588,12 @@ def train_replica(
             # step, and the six small ops of a running sum cost an MLP's short step ~5 % (measured).
             losses, predicted = [], []
             for i in range(0, n, spec.batch_size):
+                if kernels is not None:
+                    kernels.before_step(steps_here)
                 step = train_step(replica, ds, order[i : i + spec.batch_size])
+                if kernels is not None:
+                    kernels.after_step(steps_here)
+                steps_here += 1
                 losses.append(step.loss)
                 predicted.append(step.logits.argmax(1))
             sizes = torch.tensor([min(spec.batch_size, n - i) for i in range(0, n, spec.batch_size)], device=device)
@@ -628,6 +638,8 @@ def train_replica(
                 kept = f"the checkpoint after epoch {epoch}" if epoch else "nothing (this was the first checkpoint)"
                 save_checkpoint(state, ckpt_path, kept)
 
+        if kernels is not None:  # a window still open (fewer steps than it records): closed before the evaluation
+            kernels.close()
         t0 = time.perf_counter()
         logits, _ = evaluate(
             model, ds.x_test, ds.y_test, ds.normalization, spec.eval_batch_size, spec.precision, device
@@ -678,3 +690,131 @@ def evaluate_extra_tests(model, ds: data_mod.Dataset, spec: ReplicaSpec, progres
         out["n"].append(len(y))
         out["accuracy"].append(float((logits.argmax(1) == y).float().mean()))
     return out
+
+
+# ----------------------------------------------------------------------------- which kernels ran
+PROFILE_WARMUP_STEPS = 1  # steps before the window: with cudnn.benchmark, the first step tries every candidate kernel
+PROFILE_STEPS = 3  # steps recorded: the kernels a replica chose, at a cost of a few steps, not of the whole replica
+
+
+class KernelRecorder:
+    """The names of what a few training steps ran, for the manifest (`result`): on CUDA the GPU
+    kernels, from `torch.profiler` (CUPTI), which name the algorithm cuDNN and cuBLAS chose (two
+    IMPL replicas that autotuned differently show different names); elsewhere the aten ops, from a
+    dispatch mode (torch.profiler would cost ~2 s per process to start on the CPU, and its op
+    names would say nothing about a choice of kernel). `train_replica` calls `before_step` and
+    `after_step` with its step count: steps PROFILE_WARMUP_STEPS .. + PROFILE_STEPS - 1 are
+    recorded. Observing changes no bits (the same kernels run, in the same order)."""
+
+    def __init__(self, device, warmup: int = PROFILE_WARMUP_STEPS, steps: int = PROFILE_STEPS):
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0 (steps before the window), got {warmup!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (steps recorded), got {steps!r}")
+        self.device = torch.device(device)
+        self.kind = "cuda-kernels" if self.device.type == "cuda" else "ops"
+        self.warmup, self.steps = warmup, steps
+        self.names: set[str] = set()
+        self.recorded = 0  # steps recorded so far
+        self.seconds = 0.0  # wall time of the window: the recorded steps and the recorder's own work
+        self._active = None  # the running profiler or dispatch mode
+        self._started = 0.0
+
+    def before_step(self, step: int) -> None:
+        if step == self.warmup and self._active is None and not self.recorded:
+            self._started = time.perf_counter()
+            self._active = self._start()
+
+    def after_step(self, step: int) -> None:
+        if self._active is not None:
+            self.recorded += 1
+            if self.recorded >= self.steps:
+                self.close()
+
+    def close(self) -> None:
+        """End the window (idempotent); what it saw goes to `names`."""
+        if self._active is None:
+            return
+        active, self._active = self._active, None
+        if self.kind == "cuda-kernels":
+            _sync(self.device)  # every recorded kernel has run before the profiler stops
+            with _quiet_stderr():
+                active.stop()
+                self.names |= _kernel_names(active)
+        else:
+            active.__exit__(None, None, None)
+        self.seconds += time.perf_counter() - self._started
+
+    def _start(self):
+        if self.kind == "cuda-kernels":
+            from torch.profiler import ProfilerActivity, profile
+
+            prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            with _quiet_stderr():
+                prof.start()
+            return prof
+        mode = _op_recorder(self.names)
+        mode.__enter__()
+        return mode
+
+    def result(self) -> dict | None:
+        """{"kind", "names" (sorted, distinct), "hash" (SHA-256 of the names, one a line), "steps", "seconds"},
+        or None when no step was recorded (a replica resumed after its last step, or one of a single step)."""
+        self.close()
+        if not self.recorded:
+            return None
+        names = sorted(self.names)
+        return {
+            "kind": self.kind,
+            "names": names,
+            "hash": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+            "steps": self.recorded,
+            "seconds": self.seconds,
+        }
+
+
+def _op_recorder(names: set[str]):
+    """A dispatch mode that adds the name of every aten op it sees (forward and backward) to `names`
+    and runs the op unchanged."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpNames(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    return OpNames()
+
+
+def _kernel_names(prof) -> set[str]:
+    """The GPU kernels (and memcpy/memset activities) a stopped torch.profiler recorded."""
+    from torch.autograd import DeviceType
+
+    names = set()
+    for event in prof.events():
+        if getattr(event, "device_type", None) == DeviceType.CUDA:
+            names.add(event.name)
+        names.update(k.name for k in getattr(event, "kernels", None) or ())
+    return names
+
+
+def _quiet_stderr():
+    """Kineto writes its progress (USDT, STAGE lines) to file descriptor 2 itself, not through Python;
+    a kernel (ipykernel) copies that descriptor into the executed notebook. Silenced while the profiler
+    starts and stops; Python's own errors go through sys.stderr, untouched."""
+    import contextlib
+    import sys
+
+    @contextlib.contextmanager
+    def quiet():
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+    return quiet()
