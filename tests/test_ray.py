@@ -129,7 +129,7 @@ def test_a_job_no_node_can_hold_is_refused_before_any_job_starts(cluster, tmp_pa
         batch.run_ray(jobs, address="auto", memory=100_000)
     (problem,) = error.value.problems
     assert problem.startswith(
-        "2 jobs (cpu-1t/digits/smallcnn/CONTROL, ...) ask(s) for 1 CPU, 0 GPU, 100000.0 GiB of memory, more than "
+        "2 jobs (cpu-1t/digits/smallcnn/CONTROL, ...) ask(s) for 1 CPU, 0 GPU, 100000 GiB of memory, more than "
         f"any node has ({node_text(cluster)}: 2 CPU, 1 GPU, "
     ), problem
     assert nothing_written(tmp_path)
@@ -258,3 +258,20 @@ def test_a_worker_that_dies_is_retried_and_a_failing_notebook_is_not(cluster, tm
 
     assert failed.status == "failed" and "RuntimeError: boom" in failed.reason and failed.attempts == 1, failed
     assert counter.read_text() == "executed\n"
+
+
+# ----------------------------------------------------------------------------- the dry run
+def test_the_dry_run_says_what_each_job_asks_of_ray_and_whose_label_it_gets(tmp_path):
+    cells = [
+        {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL", "ALGO"]},
+        {"datasets": ["digits"], "models": ["smallcnn"], "settings": ["CONTROL"], "device": "cuda", "threads": 4},
+    ]
+    jobs = plan.load_plan(plan_file(tmp_path, cells=cells), check_data=False).jobs
+    assert batch.ray_schedule(jobs, address="local", cpus=2, memory=0.5, system_retries=2).splitlines() == [
+        "on Ray: 2 job(s) ask for 1 CPU, 0 GPU, 0.5 GiB of memory each",
+        "on Ray: 1 job(s) ask for 2 CPU, 1 GPU, 0.5 GiB of memory each",  # 4 threads, a local cluster of 2 CPUs
+        "a job whose worker or node dies is retried up to 2 times (--ray-retries); a job that fails in its notebook "
+        "is not",
+        "1 CUDA job(s) get the hardware label of the GPU that trains them, derived on its worker (listed above with "
+        "this machine's label, or 'cuda' where it has no CUDA)",
+    ]

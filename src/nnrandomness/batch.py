@@ -118,25 +118,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executed-root", default=None, help="where executed notebooks go, overriding the plan's executed_root"
     )
-    parser.add_argument(
-        "--ray-memory",
-        type=_ray_memory_argument,
-        default=None,
-        metavar="GIB",
-        help=f"GiB of memory each Ray job reserves (Ray's memory resource; default {RAY_JOB_MEMORY_GIB:g}, 0: none): "
-        "a node starts no more jobs than its memory holds",
-    )
-    parser.add_argument(
-        "--ray-retries",
-        type=_ray_retries_argument,
-        default=None,
-        metavar="N",
-        help=f"extra tries of a Ray job whose worker process or node died (default {RAY_SYSTEM_RETRIES}; safe: a job "
-        "skips its complete replicas and resumes the others); a job that fails in its notebook is a result, never "
-        "retried. Before any job starts, every node that can run one must see the repository, the data, the store "
-        "and the executed root at this machine's paths (a shared file system); CUDA jobs get the hardware label "
-        "of the GPU that trains them",
-    )
+    ray_options = {  # option: (metavar, type, help)
+        "--ray-memory": (
+            "GIB",
+            _option_type(float, ray_memory_error, _RAY_MEMORY_RULE),
+            f"GiB of memory each Ray job reserves (Ray's memory resource; default {RAY_JOB_MEMORY_GIB:g}, 0: none): "
+            "a node starts no more jobs than its memory holds",
+        ),
+        "--ray-retries": (
+            "N",
+            _option_type(int, ray_retries_error, _RAY_RETRIES_RULE),
+            f"extra tries of a Ray job whose worker process or node died (default {RAY_SYSTEM_RETRIES}; safe: a job "
+            "skips its complete replicas and resumes the others); a job that fails in its notebook is a result, "
+            "never retried. Before any job starts, every node that can run one must see the repository, the data, "
+            "the store and the executed root at this machine's paths (a shared file system); CUDA jobs get the "
+            "hardware label of the GPU that trains them",
+        ),
+    }
+    for option, (metavar, parse, help_text) in ray_options.items():
+        parser.add_argument(option, type=parse, default=None, metavar=metavar, help=help_text)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -673,6 +673,33 @@ def run_ray(
     return results
 
 
+def ray_schedule(
+    pending, *, address: str, cpus: int | None = None, memory: float | None = None, system_retries: int | None = None
+) -> str:
+    """The dry run's lines for Ray: what the pending jobs ask of the cluster, what is retried, and
+    which jobs get the hardware label of the GPU that trains them (`ray_job`)."""
+    from . import plan as plan_mod
+
+    memory = RAY_JOB_MEMORY_GIB if memory is None else memory
+    system_retries = RAY_SYSTEM_RETRIES if system_retries is None else system_retries
+    local_cpus = cpus if address == "local" else None
+    asks: dict[str, int] = {}
+    for job in pending:
+        need = _resources_text(ray_resources(job, cpus=local_cpus, memory=memory))
+        asks[need] = asks.get(need, 0) + 1
+    lines = [f"on Ray: {n} job(s) ask for {need} each" for need, n in asks.items()]
+    lines.append(
+        f"a job whose worker or node dies is retried up to {system_retries} times (--ray-retries); "
+        "a job that fails in its notebook is not"
+    )
+    if derived := sum(job.uses_gpu and plan_mod.derives_hardware(job) for job in pending):
+        lines.append(
+            f"{derived} CUDA job(s) get the hardware label of the GPU that trains them, derived on its worker "
+            f"(listed above with this machine's label, or {plan_mod.PLACEHOLDER_LABEL!r} where it has no CUDA)"
+        )
+    return "\n".join(lines)
+
+
 RAY_JOB_MEMORY_GIB = 4.0  # GiB of Ray's memory resource per job (--ray-memory): a reservation, not a limit
 RAY_SYSTEM_RETRIES = 3  # extra tries of a Ray task whose worker or node died (--ray-retries)
 NODE_CHECK_TIMEOUT = 120.0  # seconds for every node to answer the start-up check
@@ -688,42 +715,39 @@ class RayClusterError(RuntimeError):
         super().__init__("the Ray cluster cannot run these jobs; none was started:\n  " + "\n  ".join(problems))
 
 
+_RAY_MEMORY_RULE = "a number of GiB, 0 (no reservation) or more"
+_RAY_RETRIES_RULE = "a whole number of extra tries, 0 or more"
+
+
 def ray_memory_error(value) -> str | None:
     """Why `value` is no --ray-memory (GiB per job, 0 for no reservation); None when it is one."""
     import math
 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        return f"--ray-memory must be a number of GiB, 0 (no reservation) or more, got {value!r}"
+        return f"--ray-memory must be {_RAY_MEMORY_RULE}, got {value!r}"
     return None
 
 
 def ray_retries_error(value) -> str | None:
-    """Why `value` is no --ray-retries (extra tries after a system failure, 0 or more); None when it is one."""
+    """Why `value` is no --ray-retries (extra tries after a system failure); None when it is one."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return f"--ray-retries must be a whole number of extra tries, 0 or more, got {value!r}"
+        return f"--ray-retries must be {_RAY_RETRIES_RULE}, got {value!r}"
     return None
 
 
-def _ray_memory_argument(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = text
-    if ray_memory_error(value):
-        raise argparse.ArgumentTypeError(
-            f"must be a number of GiB, 0 (no reservation) or more (e.g. 4 or 0.5), got {text!r}"
-        )
-    return value
+def _option_type(convert, error, rule: str):
+    """An argparse type: the text converted, refused (quoting the text) where `error` refuses it."""
 
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = text
+        if error(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
 
-def _ray_retries_argument(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = text
-    if ray_retries_error(value):
-        raise argparse.ArgumentTypeError(f"must be a whole number of extra tries, 0 or more, got {text!r}")
-    return value
+    return parse
 
 
 def ray_resources(job, *, cpus: int | None, memory: float) -> dict:
@@ -746,7 +770,7 @@ def _resources_text(resources: dict) -> str:
     """'2 CPU, 1 GPU, 4 GiB of memory' for task options or a node's resources (by Ray's names)."""
     amounts = {_RAY_RESOURCE_NAMES.get(k, k): v for k, v in resources.items()}
     parts = [f"{amounts.get(r, 0):g} {r}" for r in ("CPU", "GPU")]
-    return ", ".join([*parts, f"{amounts.get('memory', 0) / GIB:.3g} GiB of memory"])
+    return ", ".join([*parts, f"{amounts.get('memory', 0) / GIB:g} GiB of memory"])
 
 
 def _node_text(node: dict) -> str:
