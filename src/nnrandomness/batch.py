@@ -913,14 +913,14 @@ def ray_job(job, *, retries: int = KERNEL_START_RETRIES, wait_lock: bool = False
     name; its reason says under which label and where the job ran ('as cuda-nvidia-h200 on node
     10.0.0.7 (gpu7)'). A job relabelled into replicas complete in the store is skipped."""
     import dataclasses
-    import socket
 
     import ray
 
     from . import plan as plan_mod
 
     started, name = time.monotonic(), job.name
-    here = f"node {ray.util.get_node_ip_address()} ({socket.gethostname()})"
+    node_id = ray.get_runtime_context().get_node_id()
+    here = next((_node_text(n) for n in ray.nodes() if n["NodeID"] == node_id), f"node {node_id}")
     if derive_label:
         label, problem = worker_hardware(job)
         if problem:
