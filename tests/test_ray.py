@@ -163,7 +163,8 @@ def test_a_cuda_job_gets_the_label_of_the_worker_that_trains_it(cluster, tmp_pat
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    labels, results = (json.loads(line) for line in proc.stdout.splitlines()[-2:])
+    # The JSON lines; the runner's own lines ("failed  cuda/...") come between them.
+    labels, results = (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("["))
     assert labels == [plan.PLACEHOLDER_LABEL]
     (result,) = results
     assert result["name"] == "cuda/digits/smallcnn/CONTROL"  # the plan's name: the summary lists it so
