@@ -110,6 +110,30 @@ def test_resources_of_a_job():
 
 
 # ----------------------------------------------------------------------------- the start-up check
+def test_the_node_check_names_each_path_a_node_does_not_see(tmp_path):
+    """`node_problems` (what a node runs) against what the driver expects (`_node_expectations`),
+    this process playing both: the driver's check files removed stand for a node on another file
+    system, a changed notebook for another checkout at the same path."""
+    notebook = tmp_path / "training.ipynb"
+    notebook.write_bytes(NOTEBOOK.read_bytes())
+    (tmp_path / "data").mkdir()
+    jobs = plan.load_plan(plan_file(tmp_path, notebook=notebook, data_root=str(tmp_path / "data")), check_data=False)
+    expected, markers = batch._node_expectations(jobs.jobs)
+    assert batch.node_problems(expected) == []  # the driver's own view
+    assert sorted(m.parent for m in markers) == [tmp_path / "executed", tmp_path / "runs"]
+    for marker in markers:
+        marker.unlink()
+    with notebook.open("a") as f:
+        f.write("\n")
+    assert batch.node_problems(expected) == [
+        f"the training notebook {notebook} differs from the driver's (another checkout at the same path?)",
+        f"the store {tmp_path / 'runs'} is not the driver's: its check file {markers[0].name} is missing (not the "
+        "same shared file system)",
+        f"the executed root {tmp_path / 'executed'} is not the driver's: its check file {markers[0].name} is missing "
+        "(not the same shared file system)",
+    ]
+
+
 def test_a_path_a_node_does_not_see_stops_every_job_before_it_starts(cluster, tmp_path):
     missing = tmp_path / "no-such-data"
     jobs = plan.load_plan(plan_file(tmp_path, data_root=str(missing)), check_data=False).jobs
