@@ -118,6 +118,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executed-root", default=None, help="where executed notebooks go, overriding the plan's executed_root"
     )
+    ray_options = {  # option: (metavar, type, help)
+        "--ray-memory": (
+            "GIB",
+            _option_type(float, ray_memory_error, _RAY_MEMORY_RULE),
+            f"GiB of memory each Ray job reserves (Ray's memory resource; default {RAY_JOB_MEMORY_GIB:g}, 0: none): "
+            "a node starts no more jobs than its memory holds",
+        ),
+        "--ray-retries": (
+            "N",
+            _option_type(int, ray_retries_error, _RAY_RETRIES_RULE),
+            f"extra tries of a Ray job whose worker process or node died (default {RAY_SYSTEM_RETRIES}; safe: a job "
+            "skips its complete replicas and resumes the others); a job that fails in its notebook is a result, "
+            "never retried. Before any job starts, every node that can run one must see the repository, the data, "
+            "the store and the executed root at this machine's paths (a shared file system); CUDA jobs get the "
+            "hardware label of the GPU that trains them",
+        ),
+    }
+    for option, (metavar, parse, help_text) in ray_options.items():
+        parser.add_argument(option, type=parse, default=None, metavar=metavar, help=help_text)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -737,15 +756,39 @@ def run_local(
 
 
 def run_ray(
-    jobs, *, address: str, cpus: int | None = None, retries: int = KERNEL_START_RETRIES, wait_lock: bool = False
+    jobs,
+    *,
+    address: str,
+    cpus: int | None = None,
+    retries: int = KERNEL_START_RETRIES,
+    wait_lock: bool = False,
+    memory: float | None = None,
+    system_retries: int | None = None,
 ) -> list[JobResult]:
-    """Run jobs as Ray tasks: `threads` CPUs each, plus one GPU where the job's device is CUDA.
+    """Run jobs as Ray tasks: `threads` CPUs each, one GPU where the job's device is CUDA, and
+    `memory` GiB of Ray's memory resource (default RAY_JOB_MEMORY_GIB; 0: none), so that a node
+    starts no more jobs than its memory holds.
 
     Connects with ``ray.init(address=...)`` unless this process already has Ray initialised
     (then that cluster is used and left running); "local" starts a cluster of `cpus` CPUs here, on
     which a job with more threads asks for all of them (`cpu_slots`: it runs alone).
+
+    Before any job starts, `check_cluster` refuses (`RayClusterError`) a job that no node can hold
+    and a node that does not see the repository, the data, the store and the executed root at the
+    driver's paths. A task whose worker process or node dies is retried by Ray up to
+    `system_retries` times (default RAY_SYSTEM_RETRIES): safe, since a job skips its complete
+    replicas and resumes the others from their checkpoints. A job that fails in its notebook is a
+    result, never retried (only a kernel that did not start is, `retries` times, inside the task).
+    A job whose hardware label is the derived one gets the label of the worker that trains it
+    (`ray_job`); its result says which, and on which node.
     """
+    memory = RAY_JOB_MEMORY_GIB if memory is None else memory
+    system_retries = RAY_SYSTEM_RETRIES if system_retries is None else system_retries
+    if problems := [e for e in (ray_memory_error(memory), ray_retries_error(system_retries)) if e]:
+        raise ValueError("; ".join(problems))  # before Ray starts
     import ray
+
+    from . import plan as plan_mod
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -754,14 +797,16 @@ def run_ray(
         ray.init(address=address, log_to_driver=False, **local)
     results = []
     try:
-        # Ray retries nothing: a kernel that fails to start is retried inside the task, a cell error never.
-        task = ray.remote(max_retries=0)(run_job)
+        requests = {
+            job.name: ray_resources(job, cpus=cpus if address == "local" else None, memory=memory) for job in jobs
+        }
+        check_cluster(jobs, requests)
+        # Ray retries a task whose worker or node died (a system failure); an exception it raised, never.
+        task = ray.remote(max_retries=system_retries, retry_exceptions=False)(ray_job)
         refs = {
-            task.options(
-                num_cpus=cpu_slots(job, cpus) if address == "local" and cpus else job.threads,
-                num_gpus=1 if job.uses_gpu else 0,
-                name=job.name,
-            ).remote(job, retries=retries, wait_lock=wait_lock): job
+            task.options(**requests[job.name], name=job.name).remote(
+                job, retries=retries, wait_lock=wait_lock, derive_label=plan_mod.derives_hardware(job)
+            ): job
             for job in jobs
         }
         with _progress(len(jobs)) as bar:
@@ -770,13 +815,305 @@ def run_ray(
                 job = refs.pop(ready[0])
                 try:
                     results.append(ray.get(ready[0]))
-                except ray.exceptions.RayError as e:  # the worker died, the node was lost, ...
+                except ray.exceptions.RayError as e:  # retries spent: the worker died again, the node was lost, ...
                     results.append(JobResult(job.name, "failed", f"Ray: {type(e).__name__}: {str(e)[:300]}"))
                 _report(bar, results[-1])
     finally:
         if started_here:
             ray.shutdown()
     return results
+
+
+def ray_schedule(
+    pending, *, address: str, cpus: int | None = None, memory: float | None = None, system_retries: int | None = None
+) -> str:
+    """The dry run's lines for Ray: what the pending jobs ask of the cluster, what is retried, and
+    which jobs get the hardware label of the GPU that trains them (`ray_job`)."""
+    from . import plan as plan_mod
+
+    memory = RAY_JOB_MEMORY_GIB if memory is None else memory
+    system_retries = RAY_SYSTEM_RETRIES if system_retries is None else system_retries
+    local_cpus = cpus if address == "local" else None
+    asks: dict[str, int] = {}
+    for job in pending:
+        need = _resources_text(ray_resources(job, cpus=local_cpus, memory=memory))
+        asks[need] = asks.get(need, 0) + 1
+    lines = [f"on Ray: {n} job(s) ask for {need} each" for need, n in asks.items()]
+    lines.append(
+        f"a job whose worker or node dies is retried up to {system_retries} times (--ray-retries); "
+        "a job that fails in its notebook is not"
+    )
+    if derived := sum(job.uses_gpu and plan_mod.derives_hardware(job) for job in pending):
+        lines.append(
+            f"{derived} CUDA job(s) get the hardware label of the GPU that trains them, derived on its worker "
+            f"(listed above with this machine's label, or {plan_mod.PLACEHOLDER_LABEL!r} where it has no CUDA)"
+        )
+    return "\n".join(lines)
+
+
+RAY_JOB_MEMORY_GIB = 4.0  # GiB of Ray's memory resource per job (--ray-memory): a reservation, not a limit
+RAY_SYSTEM_RETRIES = 3  # extra tries of a Ray task whose worker or node died (--ray-retries)
+NODE_CHECK_TIMEOUT = 120.0  # seconds for every node to answer the start-up check
+LABEL_TIMEOUT = 300.0  # seconds for a worker to read its GPU's name (a first CUDA start can be slow)
+GIB = 2**30
+
+
+class RayClusterError(RuntimeError):
+    """What the Ray cluster cannot run, found before any job started; `problems` lists each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("the Ray cluster cannot run these jobs; none was started:\n  " + "\n  ".join(problems))
+
+
+_RAY_MEMORY_RULE = "a number of GiB, 0 (no reservation) or more"
+_RAY_RETRIES_RULE = "a whole number of extra tries, 0 or more"
+
+
+def ray_memory_error(value) -> str | None:
+    """Why `value` is no --ray-memory (GiB per job, 0 for no reservation); None when it is one."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return f"--ray-memory must be {_RAY_MEMORY_RULE}, got {value!r}"
+    return None
+
+
+def ray_retries_error(value) -> str | None:
+    """Why `value` is no --ray-retries (extra tries after a system failure); None when it is one."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"--ray-retries must be {_RAY_RETRIES_RULE}, got {value!r}"
+    return None
+
+
+def _option_type(convert, error, rule: str):
+    """An argparse type: the text converted, refused (quoting the text) where `error` refuses it."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = text
+        if error(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    return parse
+
+
+def ray_resources(job, *, cpus: int | None, memory: float) -> dict:
+    """The Ray task options of `job`'s resources: its threads as CPUs (on a cluster of `cpus` CPUs
+    started here, at most all of them: `cpu_slots`), a GPU where its device is CUDA, `memory` GiB."""
+    request = {"num_cpus": cpu_slots(job, cpus) if cpus else job.threads, "num_gpus": 1 if job.uses_gpu else 0}
+    if memory:
+        request["memory"] = int(memory * GIB)
+    return request
+
+
+_RAY_RESOURCE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}  # option -> node resource
+
+
+def _fits(node: dict, request: dict) -> bool:
+    return all(node["Resources"].get(_RAY_RESOURCE_NAMES[k], 0) >= v for k, v in request.items())
+
+
+def _resources_text(resources: dict) -> str:
+    """'2 CPU, 1 GPU, 4 GiB of memory' for task options or a node's resources (by Ray's names)."""
+    amounts = {_RAY_RESOURCE_NAMES.get(k, k): v for k, v in resources.items()}
+    parts = [f"{amounts.get(r, 0):g} {r}" for r in ("CPU", "GPU")]
+    return ", ".join([*parts, f"{amounts.get('memory', 0) / GIB:g} GiB of memory"])
+
+
+def _node_text(node: dict) -> str:
+    return f"node {node['NodeManagerAddress']} ({node['NodeManagerHostname']})"
+
+
+def _jobs_text(names: list[str]) -> str:
+    return f"job {names[0]}" if len(names) == 1 else f"{len(names)} jobs ({names[0]}, ...)"
+
+
+def check_cluster(jobs, requests: dict[str, dict], timeout: float = NODE_CHECK_TIMEOUT) -> None:
+    """Raise `RayClusterError`, before any job starts, for what the cluster cannot run:
+
+    * a job whose resources (`requests`: job name -> task options) no alive node has: Ray would
+      keep it pending forever;
+    * a node that can hold one of the jobs but does not see, at the driver's paths, the repository
+      (the jobs' working directory and the training notebook, byte for byte), the nnrandomness
+      package, the store and the executed notebooks' root (a check file the driver writes there
+      must show: the same shared file system, not an empty folder of the same name), each data root
+      the plan gives and each dataset's files, or lacks a CPU capability the plan asks for.
+
+    A cluster on a shared file system is what the runner expects (no Ray ``runtime_env``: the store
+    must be shared anyway). One message per problem, naming the node and the path.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    unfit: dict[str, list[str]] = {}
+    for job in jobs:
+        if not any(_fits(n, requests[job.name]) for n in nodes):
+            unfit.setdefault(_resources_text(requests[job.name]), []).append(job.name)
+    if unfit:
+        have = "; ".join(f"{_node_text(n)}: {_resources_text(n['Resources'])}" for n in nodes)
+        raise RayClusterError(
+            [f"{_jobs_text(names)} ask(s) for {need}, more than any node has ({have})" for need, names in unfit.items()]
+        )
+    expected, markers = _node_expectations(jobs)
+    problems = []
+    try:
+        check = ray.remote(num_cpus=0, max_retries=0)(node_problems)
+        refs = {
+            check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                expected
+            ): n
+            for n in nodes
+            if any(_fits(n, r) for r in requests.values())  # a node that runs no job need not see anything
+        }
+        ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            try:
+                found = ray.get(ref)
+            except ray.exceptions.RayError as e:  # e.g. the node cannot import nnrandomness
+                found = [f"the check failed: {type(e).__name__}: {str(e)[:300]}"]
+            problems += [f"{_node_text(refs[ref])}: {p}" for p in found]
+        problems += [f"{_node_text(refs[ref])}: did not answer the start-up check in {timeout:.0f} s" for ref in late]
+    finally:
+        for marker in markers:
+            marker.unlink(missing_ok=True)
+    if problems:
+        raise RayClusterError(problems)
+
+
+_MARKER_PREFIX = ".nnrandomness-ray-check-"
+
+
+def _node_expectations(jobs) -> tuple[dict, list[Path]]:
+    """What every node must see (for `node_problems`), and the check files written for it."""
+    import hashlib
+    import uuid
+
+    paths = [("the repository (the jobs' working directory)", str(cwd), "dir", None) for cwd in {j.cwd for j in jobs}]
+    paths += [
+        ("the training notebook", str(nb), "sha256", hashlib.sha256(nb.read_bytes()).hexdigest())
+        for nb in {j.notebook for j in jobs}
+    ]
+    roots = [("the store", j.output_root) for j in jobs] + [("the executed root", j.executed.parents[3]) for j in jobs]
+    name, markers = f"{_MARKER_PREFIX}{os.getpid()}-{uuid.uuid4().hex}", []
+    for what, root in dict.fromkeys(roots):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text("written by the runner's driver; removed after its start-up check\n")
+        except OSError as e:
+            for marker in markers:
+                marker.unlink(missing_ok=True)
+            raise RayClusterError(
+                [f"the driver cannot write its check file into {what} {root}: {e.strerror or e}"]
+            ) from None
+        markers.append(root / name)
+        paths.append((what, str(root), "marker", name))
+    data = {(j.dataset, str(j.cwd / j.parameters["data_root"]) if j.parameters["data_root"] else None) for j in jobs}
+    paths += [(f"the data root of the {d} jobs", root, "dir", None) for d, root in sorted(data, key=str) if root]
+    expected = {
+        "paths": paths,
+        "package": str(Path(__file__).resolve().parent),
+        "datasets": sorted(data, key=str),
+        "cpu_capabilities": sorted({j.cpu_capability for j in jobs}),
+    }
+    return expected, markers
+
+
+def node_problems(expected: dict) -> list[str]:
+    """Run on a node by `check_cluster`: what of `expected` (`_node_expectations`) this node does not
+    see, one message per path, naming it."""
+    import hashlib
+
+    from . import data, environment
+
+    problems = []
+    for what, path, kind, value in expected["paths"]:
+        where = Path(path)
+        try:
+            if kind in ("dir", "marker") and not where.is_dir():
+                problems.append(f"{what} {path} does not exist here (no such directory)")
+            elif kind == "marker" and not (where / value).is_file():
+                problems.append(
+                    f"{what} {path} is not the driver's: its check file {value} is missing (not the same shared "
+                    "file system)"
+                )
+            elif kind == "sha256" and not where.is_file():
+                problems.append(f"{what} {path} does not exist here (no such file)")
+            elif kind == "sha256" and hashlib.sha256(where.read_bytes()).hexdigest() != value:
+                problems.append(f"{what} {path} differs from the driver's (another checkout at the same path?)")
+        except OSError as e:
+            problems.append(f"{what} {path}: {e.strerror or e}")
+    if (package := str(Path(__file__).resolve().parent)) != expected["package"]:
+        problems.append(f"nnrandomness is imported from {package}, on the driver from {expected['package']}")
+    for dataset, root in expected["datasets"]:
+        try:
+            data.check_dataset(dataset, root)
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+    problems += [e for c in expected["cpu_capabilities"] if (e := environment.unsupported_cpu_capability_error(c))]
+    return problems
+
+
+def ray_job(job, *, retries: int = KERNEL_START_RETRIES, wait_lock: bool = False, derive_label: bool = False):
+    """The body of a Ray task, on its worker: `run_job`, under the hardware label this machine
+    derives for the job (`worker_hardware`) when `derive_label`. The result keeps the plan's job
+    name; its reason says under which label and where the job ran ('as cuda-nvidia-h200 on node
+    10.0.0.7 (gpu7)'). A job relabelled into replicas complete in the store is skipped."""
+    import dataclasses
+
+    import ray
+
+    from . import plan as plan_mod
+
+    started, name = time.monotonic(), job.name
+    node_id = ray.get_runtime_context().get_node_id()
+    here = next((_node_text(n) for n in ray.nodes() if n["NodeID"] == node_id), f"node {node_id}")
+    if derive_label:
+        label, problem = worker_hardware(job)
+        if problem:
+            return JobResult(name, "failed", f"on {here}: {problem}", time.monotonic() - started)
+        if label != job.hardware:
+            job = plan_mod.relabelled(job, label)
+            missing, conflicts = store_state(job)
+            if conflicts:
+                return JobResult(name, "failed", f"as {label} on {here}: {'; '.join(conflicts)}")
+            if not missing:
+                return JobResult(name, "skipped", f"complete in the store as {label}", time.monotonic() - started)
+    result = run_job(job, retries=retries, wait_lock=wait_lock)
+    reason = "; ".join(filter(None, [result.reason, f"as {job.hardware} on {here}"]))
+    return dataclasses.replace(result, name=name, reason=reason)
+
+
+_DERIVE_LABEL = "import json, sys; from nnrandomness import params; print(params.hardware(json.loads(sys.argv[1])))"
+
+
+def worker_hardware(job) -> tuple[str, str | None]:
+    """(the hardware label this machine derives for `job`, as `params.hardware` does, or ''; a problem or None).
+
+    A CUDA job's label names the GPU Ray gave the task: it is read in a child process with the
+    job's environment (CUDA_VISIBLE_DEVICES as Ray set it), so that the worker, which Ray reuses
+    for tasks on other GPUs, holds no CUDA context (torch reads the visible devices once per process).
+    """
+    import json
+
+    from . import params
+
+    values = {**job.parameters, "hardware": ""}
+    if not job.uses_gpu:  # a CPU label is device, threads and capability: nothing of the machine
+        return params.hardware(values), None
+    cmd = [sys.executable, "-c", _DERIVE_LABEL, json.dumps(values)]
+    try:
+        proc = subprocess.run(cmd, env=job_environment(job), capture_output=True, text=True, timeout=LABEL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return "", f"reading the GPU's name for the hardware label took more than {LABEL_TIMEOUT:.0f} s"
+    lines = [line for line in (proc.stdout if proc.returncode == 0 else proc.stderr).splitlines() if line.strip()]
+    if proc.returncode != 0:
+        return "", f"cannot derive the hardware label here: {lines[-1] if lines else 'no output'}"
+    return lines[-1].strip(), None
 
 
 # ----------------------------------------------------------------------------- summary

@@ -55,7 +55,7 @@ import ast
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -481,5 +481,36 @@ def _hardware(values: dict, check_data: bool) -> tuple[str, str | None]:
     try:
         return params.hardware(values), None
     except ValueError as e:  # a CUDA device on a machine without CUDA
-        # With check_data off (a GPU plan inspected on a laptop) the jobs get a placeholder label.
-        return "cuda", (f"{e} (hardware: in the plan)" if check_data else None)
+        # With check_data off (a GPU plan inspected on a laptop, or run on a Ray cluster from a CPU-only
+        # head node) the jobs get a placeholder label; on Ray each worker derives the real one.
+        return PLACEHOLDER_LABEL, (f"{e} (hardware: in the plan)" if check_data else None)
+
+
+# ----------------------------------------------------------------------------- labels on another machine
+# The label of a CUDA job names its GPU model, which only the machine that trains it can read: a
+# job run elsewhere (a Ray worker) derives its label again there (`derives_hardware`, `relabelled`).
+PLACEHOLDER_LABEL = "cuda"  # a CUDA job's label where this machine has no CUDA (check_data off)
+
+
+def derives_hardware(job: Job) -> bool:
+    """Whether `job`'s hardware label is the derived one (device, threads, CPU capability; the GPU
+    model of this machine, or PLACEHOLDER_LABEL where it has no CUDA), not one the plan gives.
+
+    Such a label belongs to the machine that trains the job: a Ray worker derives it again. A plan
+    that gives exactly the label derived here cannot be told apart from it and counts as derived.
+    """
+    return job.hardware == _hardware({**job.parameters, "hardware": ""}, check_data=False)[0]
+
+
+def relabelled(job: Job, hardware: str) -> Job:
+    """`job` under another hardware label: its parameters, its store directory and its executed
+    notebook (``<executed root>/<hardware>/<dataset>/<model>/<setting>.ipynb``) follow the label."""
+    if not hardware or (e := params.value_error("hardware", hardware)):
+        raise ValueError(f"a job's new hardware label {e if hardware else 'must not be empty'}")
+    executed_root = job.executed.parents[3]
+    return replace(
+        job,
+        hardware=hardware,
+        parameters={**job.parameters, "hardware": hardware},
+        executed=executed_root / hardware / job.dataset / job.model / f"{job.setting}.ipynb",
+    )
