@@ -8,9 +8,11 @@ the browser makes is recorded: a missing local asset fails the test too.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -181,13 +183,31 @@ def test_execution_is_reproducible(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the built book
+def built_book(tmp_path_factory) -> Path:
+    """The book built from the committed outputs (no execution) into a temporary folder, once per
+    test session: this module and test_layout.py share it, and under pytest-xdist the first
+    worker to need it builds it (under a lock) in the session's folder that all workers share."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # .../pytest-N, one per session; each worker's own is .../pytest-N/popen-gwK
+    out, done = base / "book", base / "book.built"
+    with open(base / "book.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, however the build ends
+        if not done.is_file():
+            shutil.rmtree(out, ignore_errors=True)  # a build that failed half-way in another module
+            result = subprocess.run(
+                book.build_command(ROOT, out), cwd=ROOT, capture_output=True, text=True, timeout=900
+            )
+            assert result.returncode == 0, (
+                f"jupyter-book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+            )
+            done.touch()
+    return out / "_build" / "html"
+
+
 @pytest.fixture(scope="module")
 def html_dir(tmp_path_factory) -> Path:
-    """The book built from the committed outputs (no execution) into a temporary folder."""
-    out = tmp_path_factory.mktemp("book")
-    result = subprocess.run(book.build_command(ROOT, out), cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
-    return out / "_build" / "html"
+    return built_book(tmp_path_factory)
 
 
 class Assets(HTMLParser):
