@@ -271,6 +271,12 @@ def tidy_limit(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- axes
+def _finite(values) -> np.ndarray:
+    arrays = [np.ravel(np.asarray(v, dtype=float)) for v in values]
+    numbers = np.concatenate(arrays) if arrays else np.array([], dtype=float)
+    return numbers[np.isfinite(numbers)]
+
+
 def percent_format(*values, ticks: int = 8) -> str:
     """A d3 format ``.N%`` with the decimals that ticks over the values' range need.
 
@@ -279,11 +285,8 @@ def percent_format(*values, ticks: int = 8) -> str:
     The range runs from 0 (Vega's quantitative scales include zero) to the values' extremes;
     ``ticks`` is the number of steps assumed over it. No values (or none finite) give ``.1%``.
     """
-    numbers = pd.concat(
-        [pd.Series(np.ravel(np.asarray(v, dtype=float))) for v in values] or [pd.Series([], dtype=float)]
-    )
-    numbers = numbers[np.isfinite(numbers)]
-    if numbers.empty:
+    numbers = _finite(values)
+    if not numbers.size:
         return ".1%"
     span = (max(float(numbers.max()), 0.0) - min(float(numbers.min()), 0.0)) * 100  # in percent
     if span == 0:
@@ -291,16 +294,35 @@ def percent_format(*values, ticks: int = 8) -> str:
     return f".{min(3, max(0, math.ceil(-math.log10(span / ticks))))}%"
 
 
-def percent_axis(*values, fmt: str | None = None, **kwargs) -> alt.Axis:
-    """An axis of shares printed as percentages whose tick labels never repeat: the format of
-    :func:`percent_format` over ``values`` (or ``fmt``), and ticks at least one unit of its last
-    decimal apart (``tickMinStep``: a power of ten, so Vega's nice steps never go below it)."""
-    fmt = fmt or percent_format(*values)
+def percent_axis(*values, fmt: str | None = None, ticks: int = 8, zero: bool = True, **kwargs) -> alt.Axis:
+    """An axis of shares printed as percentages whose tick labels never repeat.
+
+    The format is :func:`percent_format` over ``values`` (or ``fmt``). The ticks are given
+    explicitly: multiples of the nice step (1, 2 or 5 times a power of ten) that divides the
+    values' range (from 0 unless ``zero`` is False) into at most ``ticks`` steps, and never less
+    than one unit of the format's last decimal, so no two ticks print alike. (Vega's own
+    ``tickMinStep`` does not ensure that: it caps the tick count, and d3 may still pick a finer
+    step.) Ticks outside the scale's domain are not drawn.
+    """
+    fmt = fmt or percent_format(*values, ticks=ticks)
     match = re.fullmatch(r"\.(\d)%", fmt)
     if not match:
         raise ValueError(f"percent_axis needs a format such as '.1%' (0 to 9 decimals), got {fmt!r}")
-    decimals = int(match[1])
-    return alt.Axis(format=fmt, tickMinStep=round(10.0 ** -(decimals + 2), decimals + 2), **kwargs)
+    digits = int(match[1]) + 2  # decimals of the share itself
+    numbers = _finite(values)
+    lo, hi = (float(numbers.min()), float(numbers.max())) if numbers.size else (0.0, 1.0)
+    if zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    unit = 10.0**-digits
+    step = next(
+        m * 10.0**k
+        for k in range(-digits, 10)
+        for m in (1, 2, 5)
+        if m * 10.0**k >= max(unit, (hi - lo) / ticks) * (1 - 1e-9)
+    )
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    values = [round(i * step, digits + 1) for i in range(first, max(last, first + 1) + 1)]
+    return alt.Axis(format=fmt, values=values, **kwargs)
 
 
 # ----------------------------------------------------------------------------- settings
