@@ -152,6 +152,54 @@ def test_committed_bundle_matches_altair():
     assert "(function () {" in head, "the bundle must be wrapped in an IIFE (its consts clash with Sphinx's)"
 
 
+# ----------------------------------------------------------------------------- the chapters' cells
+GLUE_RECORD = "application/papermill.record/"  # how myst-nb's glue stores a value (display=False)
+
+
+def shown_in_book(cell) -> list[dict]:
+    """The outputs the book shows for a code cell: none if a tag removes them; a glued value
+    (display=False) never shows where it is computed, only where the prose pastes it."""
+    tags = set(cell.metadata.get("tags", []))
+    if tags & {"remove-cell", "remove-output"}:
+        return []
+    return [o for o in cell.get("outputs", []) if not all(k.startswith(GLUE_RECORD) for k in o.get("data", {"x": 0}))]
+
+
+def glues_a_figure(cell) -> bool:
+    return any(k.endswith((charts.MIME_TYPE, "image/png")) for o in cell.get("outputs", []) for k in o.get("data", {}))
+
+
+def test_plumbing_cells_are_removed_from_the_book():
+    """A cell whose code the book hides and that shows nothing there (it computes and glues the
+    prose's numbers) is removed whole (remove-cell): the book would show only a 'Show code cell
+    source' toggle over plumbing. A figure's cell keeps its toggle: the chart's code is worth
+    opening. JupyterLab ignores these tags: a student still sees every cell and its tables."""
+    problems, checked = [], 0
+    for path in book.chapter_notebooks(ROOT):
+        nb = nbformat.read(str(path), as_version=4)
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            checked += 1
+            tags = set(cell.metadata.get("tags", []))
+            hidden = bool(tags & {"hide-input", "remove-input"})
+            if hidden and not shown_in_book(cell) and not glues_a_figure(cell) and "remove-cell" not in tags:
+                problems.append(f"{path.name} cell {index} ({cell.source.splitlines()[0][:60]!r}): tag it remove-cell")
+    assert checked > 100, f"only {checked} code cells found in the chapters"
+    assert not problems, "cells that would show only a code toggle in the book:\n" + "\n".join(problems)
+
+
+def test_the_plumbing_check_can_fail():
+    glue_only = nbformat.v4.new_code_cell("glue('x', 1, display=False)", metadata={"tags": ["hide-input"]})
+    glue_only.outputs = [nbformat.v4.new_output("display_data", {GLUE_RECORD + "text/plain": "1"})]
+    assert shown_in_book(glue_only) == [] and not glues_a_figure(glue_only)
+    table = nbformat.v4.new_output("display_data", {"text/markdown": "| a |"})
+    glue_only.outputs.append(table)
+    assert shown_in_book(glue_only) == [table]
+    figure = nbformat.v4.new_output("display_data", {GLUE_RECORD + charts.MIME_TYPE: {}})
+    assert glues_a_figure(nbformat.v4.new_code_cell(outputs=[figure]))
+
+
 # ----------------------------------------------------------------------------- the build step
 def test_toc_lists_existing_pages():
     stems = book.toc_entries(ROOT)
