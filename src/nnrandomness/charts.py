@@ -99,6 +99,7 @@ __all__ = [
     "percent_format",
     "per_class_chart",
     "prediction_grid",
+    "replica_curves",
     "render",
     "right_counts",
     "setting_color",
@@ -603,6 +604,46 @@ def training_curves(curves: pd.DataFrame) -> alt.FacetChart:
         .facet(facet=alt.Facet("panel:N", title=None), columns=2)
         .properties(title="Test accuracy during training")
     )
+
+
+def replica_curves(history: pd.DataFrame, settings: Iterable[str]) -> alt.VConcatChart:
+    """10_training: test accuracy (top row) and training loss (bottom row) after every epoch, one
+    line per replica, one panel per setting (in the order given). Replicas are no settings: one
+    neutral colour, told apart by the tooltip; under CONTROL their lines coincide. ``history``
+    holds the store's per-epoch rows (setting, replica, epoch, test_accuracy, train_loss)."""
+    order = list(dict.fromkeys(settings))
+    shown = tidy_limit(
+        history.loc[history["setting"].isin(order), ["setting", "replica", "epoch", "test_accuracy", "train_loss"]]
+    )
+    tips = [
+        "setting:N",
+        alt.Tooltip("replica:O", title="replica"),
+        alt.Tooltip("epoch:Q", title="epoch"),
+        alt.Tooltip("test_accuracy:Q", title="test accuracy", format=".2%"),
+        alt.Tooltip("train_loss:Q", title="training loss", format=".4f"),
+    ]
+    base = alt.Chart(shown).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        detail="replica:N",
+        tooltip=tips,
+    )
+    point = alt.OverlayMarkDef(color=NEUTRAL_DARK, filled=True, size=25)  # a point's own default is blue
+    line = {"point": point, "color": NEUTRAL_DARK, "opacity": 0.6, "strokeWidth": 1.5}
+    accuracy = base.mark_line(**line).encode(
+        y=alt.Y(
+            "test_accuracy:Q",
+            title="test accuracy",
+            scale=alt.Scale(zero=False),
+            axis=percent_axis(shown["test_accuracy"], zero=False),
+        )
+    )
+    loss = base.mark_line(**line).encode(y=alt.Y("train_loss:Q", title="training loss", scale=alt.Scale(zero=False)))
+    column = alt.Facet("setting:N", sort=order, title=None)
+    size = {"width": 200, "height": 130}
+    return alt.vconcat(
+        accuracy.properties(**size).facet(column=column),
+        loss.properties(**size).facet(column=column),
+    ).properties(title="Learning curves of every replica")
 
 
 def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
@@ -1325,9 +1366,10 @@ def glue_figure(chapter: str, slug: str, chart, text: str, *, n: int, hardware: 
 def glue_numbers(values: dict[str, str], prefix: str = "") -> None:
     """Glue every ``name: text`` of ``values`` as ``<prefix><name>`` for ``{glue:text}`` in the
     prose (display=False), and display them as a Markdown table: JupyterLab shows a glue role as
-    its bare key, so a student reads the prose's numbers here. Tag the cell ``remove-output``:
-    the book shows them in the prose. The table comes first (Lab shows a cell's first 50 outputs
-    only, and every glued value is one)."""
+    its bare key, so a student reads the prose's numbers here. Tag the cell ``remove-cell``
+    (Lab ignores the tag): the book shows the numbers in the prose, and a toggle over a cell
+    that shows nothing would be plumbing (tests/test_book.py). The table comes first (Lab shows
+    a cell's first 50 outputs only, and every glued value is one)."""
     from IPython.display import Markdown, display  # the kernel's, as myst_nb's glue: imported on use
     from myst_nb import glue  # the book's dependency, not the package's: imported on use
 
