@@ -350,6 +350,21 @@ def test_figures_show_once_and_lab_only_outputs_not_at_all(html_dir):
     assert not problems, "\n".join(problems)
 
 
+def test_every_chart_has_tooltips(html_dir):
+    """Every chart of the book shows its numbers on hover: its spec encodes a tooltip somewhere."""
+    problems, seen = [], 0
+    for page in pages(html_dir):
+        text = page.read_text(encoding="utf-8")
+        for div, script in re.findall(
+            r'<div id="(nnr-chart-[0-9a-f]+)" class="nnr-chart">.*?<script[^>]*>(.*?)</script>', text, re.S
+        ):
+            seen += 1
+            if '"tooltip"' not in script:
+                problems.append(f"{page.relative_to(html_dir)}: chart {div} has no tooltip")
+    assert seen > 10, f"only {seen} charts found"
+    assert not problems, "\n".join(problems)
+
+
 def test_mathjax_loads_once_and_only_with_math(html_dir):
     """The vendored MathJax comes from Sphinx's mathjax extension alone (deferred, after its
     configuration), not also from Jupyter Book's every-*.js-in-_static list."""

@@ -8,7 +8,9 @@ formulas typeset, and must:
   (``document.scrollingElement.scrollWidth`` must not exceed its ``clientWidth``);
 * draw every chart inside the text column;
 * show no axis of any chart with two equal neighbouring tick labels (an axis format coarser than
-  the ticks' step, e.g. ``.0%`` on 0.5 % steps, repeats labels).
+  the ticks' step, e.g. ``.0%`` on 0.5 % steps, repeats labels);
+* show every chart as a numbered figure, and every caption in one style (myst-nb makes glued
+  text bold: a caption glued from the computation must look like one written in the prose).
 
 Screenshots of the introduction and of an analysis chapter at both widths go to
 ``_build/screenshots/`` (git-ignored), beside JupyterLab's (tests/test_lab.py).
@@ -75,10 +77,16 @@ MEASURE = """(() => {
         .map(t => t.textContent);
       return {title: title ? title.textContent : '', labels};
     }) : [];
-    return {id: c.id, drawn: !!svg, left: s && s.left, right: s && s.right, column: [k.left, k.right], axes};
+    const figure = c.closest('figure'), number = figure && figure.querySelector('.caption-number');
+    return {id: c.id, drawn: !!svg, left: s && s.left, right: s && s.right, column: [k.left, k.right], axes,
+      figure: number ? number.textContent.trim() : ''};
   });
+  // The style of every piece of caption text (glued words included), to compare across figures.
+  const look = e => { const s = getComputedStyle(e); return s.fontWeight + ' ' + s.fontStyle + ' ' + s.color; };
+  const captions = Array.from(document.querySelectorAll('figcaption .caption-text')).map(e =>
+    [e, ...e.querySelectorAll('span.pasted-text')].filter(x => x.textContent.trim()).map(look));
   return {scrollWidth: root.scrollWidth, clientWidth: view, wide: wide.slice(0, 5).map(e =>
-    name(e) + ' (right edge ' + Math.round(e.getBoundingClientRect().right) + ' px)'), charts};
+    name(e) + ' (right edge ' + Math.round(e.getBoundingClientRect().right) + ' px)'), charts, captions};
 })()"""
 
 
@@ -161,6 +169,8 @@ def layout_problems(rel: str, width: int, found: dict) -> list[str]:
             f"sticking out: {', '.join(found['wide']) or 'nothing found'}"
         )
     for chart in found["charts"]:
+        if not chart["figure"]:
+            problems.append(f"{where}: chart {chart['id']} is not a numbered figure (glue it into a {{glue:figure}})")
         if not chart["drawn"]:
             problems.append(f"{where}: chart {chart['id']} was not drawn")
             continue
@@ -184,7 +194,7 @@ def layout_problems(rel: str, width: int, found: dict) -> list[str]:
 def test_pages_fit_both_widths_and_axes_do_not_repeat_labels(html_dir, tmp_path):
     chosen = [p.relative_to(html_dir).as_posix() for p in pages(html_dir) if p.name != "index.html"]
     assert len(chosen) > 10 and "intro.html" in chosen, f"the book's pages were not found: {chosen}"
-    problems, charts_seen, labels_seen = [], 0, 0
+    problems, charts_seen, labels_seen, caption_looks = [], 0, 0, {}
     page = Page(tmp_path)
 
     def resize(width: int) -> None:
@@ -206,6 +216,9 @@ def test_pages_fit_both_widths_and_axes_do_not_repeat_labels(html_dir, tmp_path)
                     charts_seen += len(found["charts"])
                     labels_seen += sum(len(a["labels"]) for c in found["charts"] for a in c["axes"])
                     problems += layout_problems(rel, width, found)
+                    for number, looks in enumerate(found["captions"], 1):
+                        for look in looks:
+                            caption_looks.setdefault(look, f"{rel}, caption {number}")
                     if stem in SHOTS:
                         if stem != "intro":  # the chapter's first figure, not its title
                             page.js("document.querySelector('.nnr-chart').scrollIntoView({block: 'start'})")
@@ -215,4 +228,7 @@ def test_pages_fit_both_widths_and_axes_do_not_repeat_labels(html_dir, tmp_path)
     # Guards: a book whose charts or axes were not found would pass the checks vacuously.
     assert charts_seen > 20, f"only {charts_seen} charts found on the pages at both widths"
     assert labels_seen > 200, f"only {labels_seen} axis labels read from the charts: are they drawn as SVG?"
+    assert len(caption_looks) == 1, (
+        f"captions in more than one style (weight, style, colour: first seen): {caption_looks}"
+    )
     assert not problems, f"{len(problems)} layout problem(s):\n" + "\n".join(problems)
