@@ -1245,6 +1245,12 @@ def unstable_signals(chosen: pd.DataFrame, signals: np.ndarray, votes: pd.DataFr
 TOOLING_GREY = "#555555"  # marks that stand for no setting
 
 
+def _churn_format(churn: pd.Series) -> str:
+    """The tooling charts' churn format: '.2%' below a 2 % range, else '.1%' (labels never repeat
+    either way: :func:`percent_axis` places the ticks)."""
+    return ".2%" if len(churn) and float(churn.max()) < 0.02 else ".1%"
+
+
 def tooling_matrix(compare: pd.DataFrame) -> alt.LayerChart:
     """24_hardware: churn between the models of every pair of hardware labels with the same seeds
     (analysis.hardware_compare rows on one setting: ``churn_matched``), as a symmetric matrix in
@@ -1274,7 +1280,7 @@ def tooling_matrix(compare: pd.DataFrame) -> alt.LayerChart:
         color=alt.Color(
             "churn:Q",
             scale=alt.Scale(scheme="greys", domain=[0, max(top, 1e-9)]),
-            legend=alt.Legend(title="churn", format=percent_format(long["churn"])),
+            legend=alt.Legend(title="churn", format=_churn_format(long["churn"])),
         ),
         tooltip=[
             alt.Tooltip("hardware_a:N", title="configuration a"),
@@ -1300,7 +1306,11 @@ def tooling_churn_chart(churn: pd.DataFrame) -> alt.LayerChart:
     groups = list(dict.fromkeys(churn["group"]))
     means = churn.groupby("group", as_index=False, sort=False).agg(churn=("churn", "mean"), n=("churn", "size"))
     y = alt.Y("group:N", sort=groups, title=None)
-    x = alt.X("churn:Q", title="churn (share of test examples)", axis=percent_axis(churn["churn"]))
+    x = alt.X(
+        "churn:Q",
+        title="churn (share of test examples)",
+        axis=percent_axis(churn["churn"], fmt=_churn_format(churn["churn"])),
+    )
     ticks = (
         alt.Chart(tidy_limit(churn))
         .mark_tick(color=TOOLING_GREY, opacity=0.5, thickness=1.5)
