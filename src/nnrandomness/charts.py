@@ -617,8 +617,8 @@ def replica_curves(history: pd.DataFrame, settings: Iterable[str]) -> alt.VConca
     )
     tips = [
         "setting:N",
-        alt.Tooltip("replica:O", title="replica"),
-        alt.Tooltip("epoch:Q", title="epoch"),
+        "replica:O",
+        "epoch:Q",
         alt.Tooltip("test_accuracy:Q", title="test accuracy", format=".2%"),
         alt.Tooltip("train_loss:Q", title="training loss", format=".4f"),
     ]
