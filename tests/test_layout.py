@@ -43,6 +43,15 @@ READY = """(async () => {
   return true;
 })()"""
 
+FRAME = "new Promise(r => requestAnimationFrame(() => r(true)))"
+SETTLE = f"""(async () => {{
+  await {FRAME}; await {FRAME};
+  const finite = document.getAnimations().filter(a => a.effect && a.effect.getComputedTiming().endTime !== Infinity);
+  await Promise.all(finite.map(a => a.finished.catch(() => null)));
+  await {FRAME};
+  return true;
+}})()"""
+
 # What the test measures on a page: the page's scroll width, the outermost elements that stick
 # out of the viewport without a scrolling box of their own around them, each chart's place
 # against the text column, and each chart axis's visible tick labels in order.
@@ -190,7 +199,7 @@ def layout_problems(rel: str, width: int, found: dict) -> list[str]:
     return problems
 
 
-@pytest.mark.slow  # about 40 s on 2 idle cores: every page loaded once, measured at both widths
+@pytest.mark.slow  # 35-60 s (2 busy cores): every page loaded once, measured at both widths
 def test_pages_fit_both_widths_and_axes_do_not_repeat_labels(html_dir, tmp_path):
     chosen = [p.relative_to(html_dir).as_posix() for p in pages(html_dir) if p.name != "index.html"]
     assert len(chosen) > 10 and "intro.html" in chosen, f"the book's pages were not found: {chosen}"
@@ -199,9 +208,10 @@ def test_pages_fit_both_widths_and_axes_do_not_repeat_labels(html_dir, tmp_path)
 
     def resize(width: int) -> None:
         page.call("Emulation.setDeviceMetricsOverride", width=width, height=HEIGHT, deviceScaleFactor=1, mobile=False)
-        # The layout follows the width in CSS alone (the charts have fixed sizes and scale down):
-        # two animation frames after the resize it is the layout of a page loaded at that width.
-        page.js("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+        # The layout follows the width in CSS alone (the charts have fixed sizes and scale down),
+        # once the theme's transitions (its sidebars slide into drawers) have run: two frames for
+        # the new styles to start them, their end, then a frame to paint.
+        page.js(SETTLE)
 
     try:
         with Server(html_dir) as server:
