@@ -322,7 +322,7 @@ table
 colours = dict(zip(changes, ("ULP", "IMPL", "ALGO")))  # comparison -> the setting whose colour it takes
 glue(charts.figure_name(CHAPTER, "growth"), charts.divergence_growth(growth, colours, EPOCHS, n_test), display=True)
 
-# %% tags=["hide-input", "nbval-same-cpu"]
+# %% tags=["nbval-same-cpu", "remove-cell"]
 at = growth.set_index(["comparison", "epochs"])  # one row per comparison and length
 E, E2 = EPOCHS[-1], THREAD_EPOCHS[-1]
 numbers = {

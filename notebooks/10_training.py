@@ -30,7 +30,6 @@
 # %%
 import tempfile
 
-import altair as alt
 import pandas as pd
 
 import nnrandomness as nr
@@ -144,29 +143,28 @@ pd.Series(specs[settings[0]].to_dict(), name="value").drop(["setting", "replica"
 # `DeterminismViolation` if they differ.
 
 # %% tags=["nbval-ignore-output"]
-cells = {s: nr.run_cell(spec, replicas, output_root, hardware) for s, spec in specs.items()}
+cells = {
+    s: nr.run_cell(spec, replicas, output_root, hardware, process_per_replica=process_per_replica)
+    for s, spec in specs.items()
+}
 
 # %% [markdown]
 # ## Learning curves
 #
 # Test accuracy and training loss after every epoch, one line per replica. Under CONTROL the lines
 # lie exactly on top of each other.
+#
+# :::{glue:figure} fig-training-curves
+# :name: fig-training-curves
+#
+# {glue:text}`fig-training-curves-caption`
+# :::
 
-# %% tags=["hide-input", "nbval-same-cpu"]
+# %% tags=["hide-input", "nbval-same-cpu", "remove-output"]
 runs = nr.load_runs(output_root, hardware=hardware, dataset=dataset, model=model)
-curves = runs.history[runs.history["setting"].isin(settings)].melt(
-    id_vars=["setting", "replica", "epoch"],
-    value_vars=["test_accuracy", "train_loss"],
-    var_name="metric",
-)
-alt.Chart(curves).mark_line(opacity=0.7).encode(
-    x=alt.X("epoch:Q", title="epoch"),
-    y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
-    color=alt.Color("replica:N", title="replica"),
-).properties(width=220, height=160).facet(
-    row=alt.Row("metric:N", title=None),
-    column=alt.Column("setting:N", title="setting", sort=settings),
-).resolve_scale(y="independent")
+charts.glue_figure("training", "curves", charts.replica_curves(runs.history, settings),
+                   "Test accuracy (top) and training loss (bottom) after every epoch, one line per replica, "
+                   "one panel per setting", n=replicas, hardware=hardware, cell=f"{dataset}/{model}")
 
 # %% [markdown]
 # ## Final accuracies and hashes

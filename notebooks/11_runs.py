@@ -85,7 +85,7 @@ commits = pd.DataFrame({
 }).rename_axis("git commit")
 commits
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 named = [str(c) for c in commits.index]
 charts.glue_numbers({"runs_commits": (
     f"The {len(runs.replicas)} replicas ran from {'commit' if len(named) == 1 else f'{len(named)} commits:'} "

@@ -75,7 +75,7 @@ pd.DataFrame({
     "bit-identical": main["identical"],
 }).set_index("setting")
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 main_cell = analysis.cell_name(dataset, model)
 n_main = int(main["n_replicas"].max()) if len(main) else 0  # the caption names the settings with fewer
 few = findings.few_replicas_note(main)

@@ -61,7 +61,7 @@ pd.DataFrame({
     "max / top-1": spread["ratio_max"].round(1),
 }).set_index("setting")
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 main_cell = analysis.cell_name(dataset, model)
 # the settings that spread (3 or more replicas); CONTROL and IMPL need only 2: they are bit-identical
 n = int(spread["n_replicas"][spread["n_replicas"] >= 3].min()) if (spread["n_replicas"] >= 3).any() else 0
@@ -117,7 +117,7 @@ tests = analysis.class_null_tests(runs, cell, settings=present)
 claims = findings.null_claims(tests)
 findings.null_table(tests, claims)
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 absent = f"no ALGO runs of {hardware}/{main_cell} with 3 or more replicas"
 charts.glue_numbers({"claim_class_max_algo": absent, "claim_class_ratio_algo": absent} | findings.claim_values(claims))
 

@@ -77,7 +77,7 @@ sizes = subs.drop_duplicates(["class", "group"]).assign(
 sizes.pivot(index="class", columns="group", values="cell").rename(
     columns=lambda g: f"{attribute}={g}") if len(sizes) else None
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 main_cell = analysis.cell_name(dataset, model)
 n = int(subs["n_replicas"].max()) if len(subs) else 0
 columns = {"fnr_std": "pct", "fpr_std": "pct", "fnr_mean": "pct", "examples_mean": "2f"}
@@ -142,7 +142,7 @@ tests = analysis.subgroup_null_tests(runs, cell, settings=present, rare=rare, ra
 claims = findings.null_claims(tests)
 findings.null_table(tests, claims)
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 absent = f"no ALGO runs of {hardware}/{main_cell} with 3 or more replicas and both kinds of subgroup"
 charts.glue_numbers({"claim_subgroup_ratio_algo": absent, "claim_subgroup_rare_algo": absent,
                      "claim_subgroup_common_algo": absent} | findings.claim_values(claims))

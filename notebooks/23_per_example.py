@@ -60,7 +60,7 @@ pd.DataFrame({
     "always wrong": summary["n_always_wrong"], "sometimes wrong": summary["n_sometimes_wrong"],
 }).set_index("setting")
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 main_cell = analysis.cell_name(dataset, model)
 # the settings that spread (3 or more replicas); CONTROL and IMPL need only 2: they are bit-identical
 n = int(summary["n_replicas"][summary["n_replicas"] >= 3].min()) if (summary["n_replicas"] >= 3).any() else 0
@@ -143,7 +143,7 @@ pd.DataFrame({"setting": flips["setting"], "replicas": flips["n_replicas"],
               "wrong -> other wrong": flips["wrong_to_other_wrong"].map(findings.pct),
               "churn vs replica 0": flips["churn"].map(findings.pct)}).set_index("setting")
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 dv = analysis.distribution_variance(runs)
 columns = {"observed_std": "pct", "predicted_std": "pct", "distribution_std": "pct", "ratio": "ratio",
            "negative": "flag"}
@@ -216,7 +216,7 @@ for _, v in variance.iterrows():
 pd.DataFrame(rows, columns=["setting", "replicas", "extra test sets", "Jordan", "Jordan 95 % CI", "negative", "direct",
                             "direct 95 % CI", "difference", "p (Holm)", "verdict"]).set_index("setting")
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 charts.glue_numbers({"claim_jordan_algo": findings.word(by_setting["ALGO"]) if "ALGO" in by_setting else
                      f"No ALGO runs of {hardware}/{main_cell} with 3 or more replicas and extra test sets"})
 

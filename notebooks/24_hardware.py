@@ -74,7 +74,7 @@ pd.DataFrame({
     "test accuracy": summary["acc_mean"].map(findings.pct),
 }).set_index("configuration") if len(summary) else Markdown("No CONTROL replica in the store.")
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 compare = analysis.hardware_compare(control)
 churn = analysis.tooling_churn(runs, dataset=dataset, model=model, reference=reference)
 charts.glue_numbers(findings.tooling_values(compare, analysis.identity(control), churn))  # tooling_labels, ...
@@ -153,7 +153,7 @@ tests = analysis.tooling_tests(churn)
 claims = findings.tooling_claims(tests)
 findings.claims_table(claims) if claims else Markdown("No comparison has its runs; nothing to test.")
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 charts.glue_numbers({**{f"claim_{name}": "n/a (runs missing)" for name, _, _ in analysis.TOOLING_TESTS},
                      **findings.claim_values(claims), "tooling_reference": reference})
 

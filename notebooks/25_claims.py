@@ -122,7 +122,7 @@ text = ("Left: standard deviation of top-1 test accuracy across replicas per set
 charts.glue_figure("claims", "summary", chart, text, n=n_main, hardware=hardware, cell=main_cell)
 charts.glue_png("claims", "summary", chart)  # the introduction's copy: a page that is not a notebook
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 # The headline numbers the introduction quotes beside the claims.
 charts.glue_numbers({"main_hardware": hardware, "main_cell": main_cell, "main_replicas": str(n_main),
                      **findings.prose_values(main, {"acc_mean": "pct", "acc_std": "pct", "churn": "pct"}),

@@ -87,7 +87,7 @@ sweep_root = overhead.store_root(overhead_root, repository="..")  # the chapter 
 results, manifest = overhead.read_results(sweep_root, overhead_hardware)
 overhead.overhead_table(results)
 
-# %% tags=["hide-input"]
+# %% tags=["remove-cell"]
 cost = overhead.cost_numbers(results)
 glue("cost_hardware", overhead_hardware, display=False)
 glue("cost_n_models", cost["n_models"], display=False)
@@ -188,7 +188,7 @@ glue("fig-determinism-cost-mediumcnn-caption", overhead.kernel_size_caption(resu
 sweeps = overhead.read_all(sweep_root)  # every hardware label with a complete sweep
 overhead.across_hardware(sweeps)
 
-# %% tags=["hide-input"]
+# %% tags=["remove-cell"]
 glue("cost_hardware_note", overhead.hardware_note(sweeps), display=False)
 
 # %% [markdown]
@@ -241,7 +241,7 @@ reports = {
 for r in reports.values():
     print(r.summary(), end="\n\n")
 
-# %% tags=["hide-input", "nbval-same-cpu"]
+# %% tags=["nbval-same-cpu", "remove-cell"]
 div = overhead.divergence_numbers(reports)
 glue("div_model", model, display=False)
 glue("div_dataset", dataset, display=False)

@@ -8,9 +8,11 @@ the browser makes is recorded: a missing local asset fails the test too.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -150,6 +152,54 @@ def test_committed_bundle_matches_altair():
     assert "(function () {" in head, "the bundle must be wrapped in an IIFE (its consts clash with Sphinx's)"
 
 
+# ----------------------------------------------------------------------------- the chapters' cells
+GLUE_RECORD = "application/papermill.record/"  # how myst-nb's glue stores a value (display=False)
+
+
+def shown_in_book(cell) -> list[dict]:
+    """The outputs the book shows for a code cell: none if a tag removes them; a glued value
+    (display=False) never shows where it is computed, only where the prose pastes it."""
+    tags = set(cell.metadata.get("tags", []))
+    if tags & {"remove-cell", "remove-output"}:
+        return []
+    return [o for o in cell.get("outputs", []) if not all(k.startswith(GLUE_RECORD) for k in o.get("data", {"x": 0}))]
+
+
+def glues_a_figure(cell) -> bool:
+    return any(k.endswith((charts.MIME_TYPE, "image/png")) for o in cell.get("outputs", []) for k in o.get("data", {}))
+
+
+def test_plumbing_cells_are_removed_from_the_book():
+    """A cell whose code the book hides and that shows nothing there (it computes and glues the
+    prose's numbers) is removed whole (remove-cell): the book would show only a 'Show code cell
+    source' toggle over plumbing. A figure's cell keeps its toggle: the chart's code is worth
+    opening. JupyterLab ignores these tags: a student still sees every cell and its tables."""
+    problems, checked = [], 0
+    for path in book.chapter_notebooks(ROOT):
+        nb = nbformat.read(str(path), as_version=4)
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            checked += 1
+            tags = set(cell.metadata.get("tags", []))
+            hidden = bool(tags & {"hide-input", "remove-input"})
+            if hidden and not shown_in_book(cell) and not glues_a_figure(cell) and "remove-cell" not in tags:
+                problems.append(f"{path.name} cell {index} ({cell.source.splitlines()[0][:60]!r}): tag it remove-cell")
+    assert checked > 100, f"only {checked} code cells found in the chapters"
+    assert not problems, "cells that would show only a code toggle in the book:\n" + "\n".join(problems)
+
+
+def test_the_plumbing_check_can_fail():
+    glue_only = nbformat.v4.new_code_cell("glue('x', 1, display=False)", metadata={"tags": ["hide-input"]})
+    glue_only.outputs = [nbformat.v4.new_output("display_data", {GLUE_RECORD + "text/plain": "1"})]
+    assert shown_in_book(glue_only) == [] and not glues_a_figure(glue_only)
+    table = nbformat.v4.new_output("display_data", {"text/markdown": "| a |"})
+    glue_only.outputs.append(table)
+    assert shown_in_book(glue_only) == [table]
+    figure = nbformat.v4.new_output("display_data", {GLUE_RECORD + charts.MIME_TYPE: {}})
+    assert glues_a_figure(nbformat.v4.new_code_cell(outputs=[figure]))
+
+
 # ----------------------------------------------------------------------------- the build step
 def test_toc_lists_existing_pages():
     stems = book.toc_entries(ROOT)
@@ -181,13 +231,31 @@ def test_execution_is_reproducible(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the built book
+def built_book(tmp_path_factory) -> Path:
+    """The book built from the committed outputs (no execution) into a temporary folder, once per
+    test session: this module and test_layout.py share it, and under pytest-xdist the first
+    worker to need it builds it (under a lock) in the session's folder that all workers share."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # .../pytest-N, one per session; each worker's own is .../pytest-N/popen-gwK
+    out, done = base / "book", base / "book.built"
+    with open(base / "book.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, however the build ends
+        if not done.is_file():
+            shutil.rmtree(out, ignore_errors=True)  # a build that failed half-way in another module
+            result = subprocess.run(
+                book.build_command(ROOT, out), cwd=ROOT, capture_output=True, text=True, timeout=900
+            )
+            assert result.returncode == 0, (
+                f"jupyter-book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+            )
+            done.touch()
+    return out / "_build" / "html"
+
+
 @pytest.fixture(scope="module")
 def html_dir(tmp_path_factory) -> Path:
-    """The book built from the committed outputs (no execution) into a temporary folder."""
-    out = tmp_path_factory.mktemp("book")
-    result = subprocess.run(book.build_command(ROOT, out), cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
-    return out / "_build" / "html"
+    return built_book(tmp_path_factory)
 
 
 class Assets(HTMLParser):
@@ -279,6 +347,21 @@ def test_figures_show_once_and_lab_only_outputs_not_at_all(html_dir):
         if "Numbers the prose quotes" in text or re.search(r"<em>fig-[a-z0-9-]+</em>:", text):
             problems.append(f"{page.name}: shows an output meant for JupyterLab only (remove-output missing)")
     assert figures > 10, "the book's figures were not found: this check would prove nothing"
+    assert not problems, "\n".join(problems)
+
+
+def test_every_chart_has_tooltips(html_dir):
+    """Every chart of the book shows its numbers on hover: its spec encodes a tooltip somewhere."""
+    problems, seen = [], 0
+    for page in pages(html_dir):
+        text = page.read_text(encoding="utf-8")
+        for div, script in re.findall(
+            r'<div id="(nnr-chart-[0-9a-f]+)" class="nnr-chart">.*?<script[^>]*>(.*?)</script>', text, re.S
+        ):
+            seen += 1
+            if '"tooltip"' not in script:
+                problems.append(f"{page.relative_to(html_dir)}: chart {div} has no tooltip")
+    assert seen > 10, f"only {seen} charts found"
     assert not problems, "\n".join(problems)
 
 

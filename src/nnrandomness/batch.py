@@ -146,7 +146,9 @@ def main(args: argparse.Namespace) -> int:
 
     load = dict(output_root=args.output_root, executed_root=args.executed_root, timeout=args.timeout)
     try:
-        plan = plan_mod.load_plan(args.plan, **load)
+        # On Ray the nodes are checked for the data and the CPU capabilities (check_cluster), and a CUDA
+        # job's hardware label is derived by the worker that trains it: a CPU-only head node may drive.
+        plan = plan_mod.load_plan(args.plan, **load, check_data=not args.ray)
     except plan_mod.PlanError as e:
         # A dry run shows a plan meant for another machine (a GPU plan on a laptop) all the same: what
         # this machine lacks (CUDA, the datasets' files) becomes a warning; the plan's own errors stay errors.
@@ -209,19 +211,29 @@ def main(args: argparse.Namespace) -> int:
         if not args.ray:
             print(schedule(pending, workers=args.workers, cpus=args.cpus, gpus=slots))
             at_once = concurrency(pending, workers=args.workers, cpus=args.cpus, gpus=slots)
+        else:
+            print(
+                ray_schedule(
+                    pending, address=args.ray, cpus=args.cpus, memory=args.ray_memory, system_retries=args.ray_retries
+                )
+            )
         print(estimate_summary(plan.jobs, states, estimates, at_once))
         return 0
 
     started = time.monotonic()
     results = [JobResult(job.name, "skipped", "complete in the store") for job in plan.jobs if not states[job.name][0]]
-    with _stopping_jobs_on_signals():
-        results += _dispatch(pending, args, slots, wait_lock=False)
-        # Jobs another runner held: wait for its lock, then find them done (or run them, if it died).
-        elsewhere = [r.name for r in results if r.status == "elsewhere"]
-        if elsewhere:
-            print(f"waiting for {len(elsewhere)} job(s) running elsewhere: {', '.join(elsewhere)}")
-            results = [r for r in results if r.status != "elsewhere"]
-            results += _dispatch([j for j in pending if j.name in elsewhere], args, slots, wait_lock=True)
+    try:
+        with _stopping_jobs_on_signals():
+            results += _dispatch(pending, args, slots, wait_lock=False)
+            # Jobs another runner held: wait for its lock, then find them done (or run them, if it died).
+            elsewhere = [r.name for r in results if r.status == "elsewhere"]
+            if elsewhere:
+                print(f"waiting for {len(elsewhere)} job(s) running elsewhere: {', '.join(elsewhere)}")
+                results = [r for r in results if r.status != "elsewhere"]
+                results += _dispatch([j for j in pending if j.name in elsewhere], args, slots, wait_lock=True)
+    except RayClusterError as e:
+        print(f"error: nothing was run: {e}", file=sys.stderr)
+        return 2
     order = {job.name: i for i, job in enumerate(plan.jobs)}
     _print_summary(sorted(results, key=lambda r: order[r.name]), time.monotonic() - started)
     for warning in tooling_warnings(plan.jobs):
@@ -233,7 +245,15 @@ def _dispatch(jobs, args, gpus, wait_lock: bool) -> list[JobResult]:
     if not jobs:
         return []
     if args.ray:
-        return run_ray(jobs, address=args.ray, cpus=args.cpus, retries=args.retries, wait_lock=wait_lock)
+        return run_ray(
+            jobs,
+            address=args.ray,
+            cpus=args.cpus,
+            retries=args.retries,
+            wait_lock=wait_lock,
+            memory=args.ray_memory,
+            system_retries=args.ray_retries,
+        )
     return run_local(jobs, workers=args.workers, cpus=args.cpus, gpus=gpus, retries=args.retries, wait_lock=wait_lock)
 
 
@@ -304,6 +324,8 @@ def _option_problems(args, gpus) -> list[str]:
         problems.append(f"--gpus must list distinct GPU ids separated by commas, got {args.gpus!r}")
     if gpus is not None and args.ray:
         problems.append("--gpus is for the local pool; Ray assigns GPUs to tasks itself")
+    if not args.ray and (args.ray_memory is not None or args.ray_retries is not None):
+        problems.append("--ray-memory and --ray-retries are for Ray jobs: add --ray ADDRESS, or leave them out")
     return problems
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -94,8 +95,11 @@ __all__ = [
     "missing_chart",
     "null_range_chart",
     "overhead_chart",
+    "percent_axis",
+    "percent_format",
     "per_class_chart",
     "prediction_grid",
+    "replica_curves",
     "render",
     "right_counts",
     "setting_color",
@@ -267,6 +271,61 @@ def tidy_limit(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> pd.DataFrame:
     return df
 
 
+# ----------------------------------------------------------------------------- axes
+def _finite(values) -> np.ndarray:
+    arrays = [np.ravel(np.asarray(v, dtype=float)) for v in values]
+    numbers = np.concatenate(arrays) if arrays else np.array([], dtype=float)
+    return numbers[np.isfinite(numbers)]
+
+
+def percent_format(*values, ticks: int = 8) -> str:
+    """A d3 format ``.N%`` with the decimals that ticks over the values' range need.
+
+    Vega places about one tick per 40 px at nice steps (1, 2 or 5 times a power of ten), so a
+    format coarser than the step prints one label twice (``.0%`` on 0.5 % steps: 0%, 1%, 1%, 2%).
+    The range runs from 0 (Vega's quantitative scales include zero) to the values' extremes;
+    ``ticks`` is the number of steps assumed over it. No values (or none finite) give ``.1%``.
+    """
+    numbers = _finite(values)
+    if not numbers.size:
+        return ".1%"
+    span = (max(float(numbers.max()), 0.0) - min(float(numbers.min()), 0.0)) * 100  # in percent
+    if span == 0:
+        return ".0%"
+    return f".{min(3, max(0, math.ceil(-math.log10(span / ticks))))}%"
+
+
+def percent_axis(*values, fmt: str | None = None, ticks: int = 8, zero: bool = True, **kwargs) -> alt.Axis:
+    """An axis of shares printed as percentages whose tick labels never repeat.
+
+    The format is :func:`percent_format` over ``values`` (or ``fmt``). The ticks are given
+    explicitly: multiples of the nice step (1, 2 or 5 times a power of ten) that divides the
+    values' range (from 0 unless ``zero`` is False) into at most ``ticks`` steps, and never less
+    than one unit of the format's last decimal, so no two ticks print alike. (Vega's own
+    ``tickMinStep`` does not ensure that: it caps the tick count, and d3 may still pick a finer
+    step.) Ticks outside the scale's domain are not drawn.
+    """
+    fmt = fmt or percent_format(*values, ticks=ticks)
+    match = re.fullmatch(r"\.(\d)%", fmt)
+    if not match:
+        raise ValueError(f"percent_axis needs a format such as '.1%' (0 to 9 decimals), got {fmt!r}")
+    digits = int(match[1]) + 2  # decimals of the share itself
+    numbers = _finite(values)
+    lo, hi = (float(numbers.min()), float(numbers.max())) if numbers.size else (0.0, 1.0)
+    if zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    unit = 10.0**-digits
+    step = next(
+        m * 10.0**k
+        for k in range(-digits, 10)
+        for m in (1, 2, 5)
+        if m * 10.0**k >= max(unit, (hi - lo) / ticks) * (1 - 1e-9)
+    )
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    values = [round(i * step, digits + 1) for i in range(first, max(last, first + 1) + 1)]
+    return alt.Axis(format=fmt, values=values, **kwargs)
+
+
 # ----------------------------------------------------------------------------- settings
 # The order of the settings in every legend, axis and table is noise.SETTINGS' order: the
 # paper's four, then the single-source decomposition of ALGO, then the smallest perturbation.
@@ -410,10 +469,13 @@ def setting_points(
         ]
     tips += list(tooltip)
     color = setting_color(settings=present, legend=None)
+    # A share's axis: decimals from the data, never a repeated label; any other number: fmt.
+    shown = [frame[c] for c in (value, lo, hi) if c]
+    axis = percent_axis(*shown) if fmt.endswith("%") else alt.Axis(format=fmt)
     point = (
         alt.Chart()
         .mark_point(filled=True, size=70)
-        .encode(x=alt.X(f"{value}:Q", title=axis_title, axis=alt.Axis(format=fmt)), y=y, color=color, tooltip=tips)
+        .encode(x=alt.X(f"{value}:Q", title=axis_title, axis=axis), y=y, color=color, tooltip=tips)
     )
     layers = [point]
     if lo and hi:
@@ -524,7 +586,11 @@ def training_curves(curves: pd.DataFrame) -> alt.FacetChart:
         .mark_line()
         .encode(
             x=alt.X("epoch:Q", title="epoch"),
-            y=alt.Y("test_accuracy:Q", title="test accuracy (mean over replicas)", axis=alt.Axis(format=".0%")),
+            y=alt.Y(
+                "test_accuracy:Q",
+                title="test accuracy (mean over replicas)",
+                axis=percent_axis(curves["test_accuracy"]),
+            ),
             color=setting_color(settings=present),
             opacity=_pick_opacity(pick),
             tooltip=[
@@ -540,6 +606,46 @@ def training_curves(curves: pd.DataFrame) -> alt.FacetChart:
         .facet(facet=alt.Facet("panel:N", title=None), columns=2)
         .properties(title="Test accuracy during training")
     )
+
+
+def replica_curves(history: pd.DataFrame, settings: Iterable[str]) -> alt.VConcatChart:
+    """10_training: test accuracy (top row) and training loss (bottom row) after every epoch, one
+    line per replica, one panel per setting (in the order given). Replicas are no settings: one
+    neutral colour, told apart by the tooltip; under CONTROL their lines coincide. ``history``
+    holds the store's per-epoch rows (setting, replica, epoch, test_accuracy, train_loss)."""
+    order = list(dict.fromkeys(settings))
+    shown = tidy_limit(
+        history.loc[history["setting"].isin(order), ["setting", "replica", "epoch", "test_accuracy", "train_loss"]]
+    )
+    tips = [
+        "setting:N",
+        "replica:O",
+        "epoch:Q",
+        alt.Tooltip("test_accuracy:Q", title="test accuracy", format=".2%"),
+        alt.Tooltip("train_loss:Q", title="training loss", format=".4f"),
+    ]
+    base = alt.Chart(shown).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        detail="replica:N",
+        tooltip=tips,
+    )
+    point = alt.OverlayMarkDef(color=NEUTRAL_DARK, filled=True, size=25)  # a point's own default is blue
+    line = {"point": point, "color": NEUTRAL_DARK, "opacity": 0.6, "strokeWidth": 1.5}
+    accuracy = base.mark_line(**line).encode(
+        y=alt.Y(
+            "test_accuracy:Q",
+            title="test accuracy",
+            scale=alt.Scale(zero=False),
+            axis=percent_axis(shown["test_accuracy"], zero=False),
+        )
+    )
+    loss = base.mark_line(**line).encode(y=alt.Y("train_loss:Q", title="training loss", scale=alt.Scale(zero=False)))
+    column = alt.Facet("setting:N", sort=order, title=None)
+    size = {"width": 200, "height": 130}
+    return alt.vconcat(
+        accuracy.properties(**size).facet(column=column),
+        loss.properties(**size).facet(column=column),
+    ).properties(title="Learning curves of every replica")
 
 
 def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
@@ -570,7 +676,12 @@ def accuracy_churn(main: pd.DataFrame) -> alt.HConcatChart:
         alt.Chart(tidy_limit(parts))
         .mark_bar()
         .encode(
-            x=alt.X("share:Q", stack="zero", title="churn (share of test examples)", axis=alt.Axis(format=".1%")),
+            x=alt.X(
+                "share:Q",
+                stack="zero",
+                title="churn (share of test examples)",
+                axis=percent_axis(main["churn"], main["churn_hi"]),
+            ),
             y=alt.Y("setting:N", sort=order, title=None),
             color=setting_color(settings=order, legend=None),
             opacity=alt.Opacity(
@@ -635,7 +746,9 @@ def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.H
     ]
     base = alt.Chart(epochs).encode(x=x, color=color, tooltip=tips)
     churn = alt.layer(
-        base.mark_line(strokeWidth=1.5).encode(y=alt.Y("churn:Q", title="churn", axis=alt.Axis(format=".1%"))),
+        base.mark_line(strokeWidth=1.5).encode(
+            y=alt.Y("churn:Q", title="churn", axis=percent_axis(epochs["churn"], epochs["churn_hi"]))
+        ),
         base.mark_point(filled=True, size=40).encode(y="churn:Q"),
         base.mark_rule().encode(y="churn_lo:Q", y2="churn_hi:Q"),
     ).properties(width=220, height=220, title="Churn after each epoch")
@@ -658,7 +771,7 @@ def churn_epochs_chart(epochs: pd.DataFrame, same_setting: str = "ULP") -> alt.H
                 "same_share:Q",
                 title=f"share of {same_setting} replicas",
                 scale=alt.Scale(domain=[0, 1]),
-                axis=alt.Axis(format=".0%"),
+                axis=percent_axis(fmt=".0%"),
             )
         ),
         shares.mark_point(filled=True, size=40).encode(y="same_share:Q"),
@@ -730,7 +843,7 @@ def per_class_chart(classes: pd.DataFrame, spread: pd.DataFrame) -> alt.HConcatC
         alt.Chart(tidy_limit(classes))
         .mark_tick(thickness=2, size=14)
         .encode(
-            x=alt.X("std:Q", title="standard deviation across replicas", axis=alt.Axis(format=".0%")),
+            x=alt.X("std:Q", title="standard deviation across replicas", axis=percent_axis(classes["std"])),
             y=y,
             color=setting_color(settings=present),
             opacity=faded,
@@ -758,7 +871,7 @@ def per_class_chart(classes: pd.DataFrame, spread: pd.DataFrame) -> alt.HConcatC
         .mark_line(point=True)
         .encode(
             x=alt.X("class:O", title="class", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("std:Q", title="std of the class's accuracy", axis=alt.Axis(format=".0%")),
+            y=alt.Y("std:Q", title="std of the class's accuracy", axis=percent_axis(classes["std"])),
             color=setting_color(settings=present, legend=None),
             tooltip=tips,
         )
@@ -812,7 +925,7 @@ def subgroup_spread(subs: pd.DataFrame, attribute: str) -> alt.HConcatChart:
             color=setting_color(settings=present),
             shape=shape,
             x=x,
-            y=alt.Y("fnr_std:Q", title="std of FNR across replicas", axis=alt.Axis(format=".0%")),
+            y=alt.Y("fnr_std:Q", title="std of FNR across replicas", axis=percent_axis(subs["fnr_std"])),
         )
         .properties(width=300, title="False negative rate")
     )
@@ -822,7 +935,7 @@ def subgroup_spread(subs: pd.DataFrame, attribute: str) -> alt.HConcatChart:
             color=setting_color(settings=present, legend=None),
             shape=shape.legend(None),
             x=x,
-            y=alt.Y("fpr_std:Q", title="std of FPR across replicas", axis=alt.Axis(format=".1%")),
+            y=alt.Y("fpr_std:Q", title="std of FPR across replicas", axis=percent_axis(subs["fpr_std"])),
         )
         .properties(width=300, title="False positive rate")
     )
@@ -843,7 +956,7 @@ def subgroup_replicas(rates: pd.DataFrame, attribute: str, setting: str) -> alt.
         alt.Chart(tidy_limit(one[["subgroup", "kind", "replica", "fnr", "n_subgroup", "fn", "tp"]]))
         .mark_tick(thickness=2, size=12)
         .encode(
-            x=alt.X("fnr:Q", title="false negative rate", axis=alt.Axis(format=".0%")),
+            x=alt.X("fnr:Q", title="false negative rate", axis=percent_axis(one["fnr"])),
             y=alt.Y("subgroup:N", sort=order, title="label / attribute"),
             color=alt.Color(
                 "kind:N", sort=["rare", "common"], scale=alt.Scale(range=["#D55E00", "#999999"]), title="subgroup"
@@ -877,7 +990,13 @@ def right_counts(examples: pd.DataFrame, summary: pd.DataFrame) -> alt.Chart:
         .mark_line(point=True)
         .encode(
             x=alt.X("right:O", title="replicas that get the example right", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("examples:Q", title="test examples", scale=alt.Scale(type="symlog")),
+            # symlog's own ticks skip 1-50, where most counts are: 0, then 1-2-5 steps to the largest count.
+            y=alt.Y(
+                "examples:Q",
+                title="test examples",
+                scale=alt.Scale(type="symlog"),
+                axis=alt.Axis(values=_one_two_five(int(counts["examples"].max()) if len(counts) else 1), format="d"),
+            ),
             color=setting_color(settings=present),
             opacity=_pick_opacity(pick),
             tooltip=[
@@ -890,6 +1009,16 @@ def right_counts(examples: pd.DataFrame, summary: pd.DataFrame) -> alt.Chart:
         .add_params(pick)
         .properties(width=420, title="How many replicas get each test example right")
     )
+
+
+def _one_two_five(top: int) -> list[int]:
+    """0, then 1, 2, 5, 10, 20, 50, ... up to the first value at or above ``top``: ticks for a
+    symmetric log axis of counts (Vega's own put none between 0 and the tens)."""
+    values, k = [0], 0
+    while values[-1] < top:
+        values.append((1, 2, 5)[k % 3] * 10 ** (k // 3))
+        k += 1
+    return values
 
 
 def unstable_examples(chosen: pd.DataFrame, images: np.ndarray, votes: pd.DataFrame, setting: str) -> alt.VConcatChart:
@@ -955,7 +1084,7 @@ def variance_chart(dv: pd.DataFrame) -> alt.Chart:
         alt.Chart(tidy_limit(long))
         .mark_point(filled=True, size=80)
         .encode(
-            x=alt.X("std:Q", title="standard deviation of test accuracy", axis=alt.Axis(format=".1%")),
+            x=alt.X("std:Q", title="standard deviation of test accuracy", axis=percent_axis(long["std"])),
             y=alt.Y("setting:N", sort=present, title=None),
             color=setting_color(settings=present, legend=None),
             shape=alt.Shape("kind:N", scale=alt.Scale(range=["circle", "diamond"]), title=None),
@@ -994,7 +1123,8 @@ def null_range_chart(groups: pd.DataFrame, *, label: str, title: str) -> alt.Fac
     base = alt.Chart().encode(y=y, tooltip=tips)
     x_title = "SD across replicas"
     band = base.mark_bar(size=8, color=NEUTRAL_LIGHT, opacity=0.6).encode(
-        x=alt.X("null_lo:Q", title=x_title, axis=alt.Axis(format=".1%")), x2="null_hi:Q"
+        x=alt.X("null_lo:Q", title=x_title, axis=percent_axis(*(shown[c] for c in ("sd", "null_lo", "null_hi")))),
+        x2="null_hi:Q",
     )
     median = base.mark_tick(color=NEUTRAL_LIGHT, thickness=2, size=12).encode(x="null_median:Q")
     kinds = [k for k in ("common", "rare") if k in set(shown["kind"])]  # classes: no shape, no legend
@@ -1050,7 +1180,7 @@ def jordan_direct_chart(variance: pd.DataFrame) -> alt.LayerChart:
             alt.Tooltip("n_sets:Q", title="extra test sets"),
         ],
     )
-    x = alt.X("lo:Q", title="SD of accuracy over the distribution (signed)", axis=alt.Axis(format=".2%"))
+    x = alt.X("lo:Q", title="SD of accuracy over the distribution (signed)", axis=percent_axis(long["lo"], long["hi"]))
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color=NEUTRAL_LIGHT, strokeDash=[4, 3]).encode(x="x:Q")
     return (
         zero
@@ -1118,8 +1248,8 @@ TOOLING_GREY = "#555555"  # marks that stand for no setting
 
 
 def _churn_format(churn: pd.Series) -> str:
-    """An axis format that fits the ticks' step: Vega-Lite steps by tenths of a percent below a
-    2 % range, where '.1%' would repeat labels."""
+    """The tooling charts' churn format: '.2%' below a 2 % range, else '.1%' (labels never repeat
+    either way: :func:`percent_axis` places the ticks)."""
     return ".2%" if len(churn) and float(churn.max()) < 0.02 else ".1%"
 
 
@@ -1178,7 +1308,11 @@ def tooling_churn_chart(churn: pd.DataFrame) -> alt.LayerChart:
     groups = list(dict.fromkeys(churn["group"]))
     means = churn.groupby("group", as_index=False, sort=False).agg(churn=("churn", "mean"), n=("churn", "size"))
     y = alt.Y("group:N", sort=groups, title=None)
-    x = alt.X("churn:Q", title="churn (share of test examples)", axis=alt.Axis(format=_churn_format(churn["churn"])))
+    x = alt.X(
+        "churn:Q",
+        title="churn (share of test examples)",
+        axis=percent_axis(churn["churn"], fmt=_churn_format(churn["churn"])),
+    )
     ticks = (
         alt.Chart(tidy_limit(churn))
         .mark_tick(color=TOOLING_GREY, opacity=0.5, thickness=1.5)
@@ -1244,9 +1378,10 @@ def glue_figure(chapter: str, slug: str, chart, text: str, *, n: int, hardware: 
 def glue_numbers(values: dict[str, str], prefix: str = "") -> None:
     """Glue every ``name: text`` of ``values`` as ``<prefix><name>`` for ``{glue:text}`` in the
     prose (display=False), and display them as a Markdown table: JupyterLab shows a glue role as
-    its bare key, so a student reads the prose's numbers here. Tag the cell ``remove-output``:
-    the book shows them in the prose. The table comes first (Lab shows a cell's first 50 outputs
-    only, and every glued value is one)."""
+    its bare key, so a student reads the prose's numbers here. Tag the cell ``remove-cell``
+    (Lab ignores the tag): the book shows the numbers in the prose, and a toggle over a cell
+    that shows nothing would be plumbing (tests/test_book.py). The table comes first (Lab shows
+    a cell's first 50 outputs only, and every glued value is one)."""
     from IPython.display import Markdown, display  # the kernel's, as myst_nb's glue: imported on use
     from myst_nb import glue  # the book's dependency, not the package's: imported on use
 
@@ -1418,7 +1553,7 @@ def divergence_chart(histories: dict[str, pd.DataFrame], title: str) -> alt.HCon
         .mark_line(point=True)
         .encode(
             x=x,
-            y=alt.Y("disagreement:Q", title="test predictions that differ", axis=alt.Axis(format=".2%")),
+            y=alt.Y("disagreement:Q", title="test predictions that differ", axis=percent_axis(history["disagreement"])),
             color=color,
             tooltip=tips,
         )
