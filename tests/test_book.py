@@ -258,6 +258,21 @@ def html_dir(tmp_path_factory) -> Path:
     return built_book(tmp_path_factory)
 
 
+def test_download_links_resolve_to_tables(html_dir):
+    # 11_runs links the run store summary and the overhead sweeps; the built (offline) book must carry them.
+    from urllib.parse import unquote
+
+    page = html_dir / "notebooks" / "11_runs.html"
+    hrefs = re.findall(r'<a class="reference download internal"[^>]*href="([^"]+\.(?:csv|parquet))"', page.read_text())
+    names = sorted(Path(unquote(h)).name for h in hrefs)
+    assert names == ["overhead.csv", "overhead.parquet", "runs.csv", "runs.parquet"]
+    for h in hrefs:
+        f = (page.parent / unquote(h)).resolve()
+        assert f.is_file() and html_dir.resolve() in f.parents, h
+        frame = pd.read_csv(f) if f.suffix == ".csv" else pd.read_parquet(f)
+        assert len(frame) and {"hardware", "model", "git_commit", "git_commit_date"} <= set(frame.columns), h
+
+
 class Assets(HTMLParser):
     """URLs a page loads (scripts, stylesheets, images, frames) and the bodies of inline scripts."""
 
