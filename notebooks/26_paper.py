@@ -78,7 +78,7 @@ findings.ours_table(ours)
 side = findings.paper_comparison(paper, ours)
 side
 
-# %% tags=["hide-input", "remove-output"]
+# %% tags=["remove-cell"]
 kinds = side["comparison"].str.split(":").str[0].value_counts()
 counts = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
 algo = top[top["setting"] == "ALGO"]

@@ -153,7 +153,7 @@ def test_a_list_given_as_papermill_text_is_refused_with_the_y_hint():
 
 def test_the_check_runs_again_after_run_all(tmp_path):
     """Run all (a tiny preset), then the check cell again and the parameters and check cells again, in one
-    kernel: the later cells' names (cells, curves, final, ...) are not taken for unknown parameters."""
+    kernel: the later cells' names (cells, final, runs, ...) are not taken for unknown parameters."""
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source += f'\nsettings = ["CONTROL"]\nreplicas = 1\nepochs = 1\nlr_milestones = []\noutput_root = "{tmp_path}"'
@@ -163,7 +163,7 @@ def test_the_check_runs_again_after_run_all(tmp_path):
         for i, c in enumerate(nb.cells):
             if c.cell_type == "code":
                 client.execute_cell(c, i)
-        assert {"cells", "curves", "final", "runs", "specs"} <= set(_kernel_names(client, nb))
+        assert {"cells", "final", "runs", "specs"} <= set(_kernel_names(client, nb))
         again = [index, nb.cells.index(cell), index]
         outputs = [client.execute_cell(nb.cells[i], i).outputs for i in again]
     assert all(o["output_type"] != "error" for out in outputs for o in out), outputs
