@@ -97,7 +97,7 @@ charts.glue_numbers({
 # %% [markdown]
 # ## What the comparison supports
 #
-# - **Top-1 accuracy moves little while predictions move more.** On {glue:text}`paper_cell`
+# - **Top-1 spread and churn, side by side.** On {glue:text}`paper_cell`
 #   under {term}`ALGO` ({glue:text}`paper_algo_n` replicas), the standard deviation of top-1
 #   accuracy is {glue:text}`paper_algo_acc_std` while two replicas disagree on
 #   {glue:text}`paper_algo_churn` of the test examples ({term}`churn`). That agrees in kind with the

@@ -25,6 +25,7 @@ import psutil
 import pytest
 import torch
 import yaml
+from test_batch import variant
 
 from nnrandomness import batch, cli, environment, plan, store
 
@@ -49,13 +50,10 @@ def cluster():
 
 
 def plan_file(tmp_path: Path, cells=None, notebook: Path = NOTEBOOK, **defaults) -> Path:
-    """The smoke plan with other defaults / cells / notebook, its store and executed notebooks in tmp_path."""
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw.update(notebook=str(notebook), output_root=str(tmp_path / "runs"), executed_root=str(tmp_path / "executed"))
-    raw["defaults"].update(defaults)
-    if cells is not None:
-        raw["cells"] = cells
-    path = tmp_path / "plan.yaml"
+    """test_batch's smoke-plan variant, with its store and executed notebooks in tmp_path."""
+    path = variant(tmp_path, cells, notebook, **defaults)
+    raw = yaml.safe_load(path.read_text())
+    raw.update(output_root=str(tmp_path / "runs"), executed_root=str(tmp_path / "executed"))
     path.write_text(yaml.safe_dump(raw))
     return path
 
