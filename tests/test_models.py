@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nnrandomness.models import (
@@ -21,6 +22,7 @@ from nnrandomness.models import (
     SIGNAL_LENGTH,
     SIGNAL_MODELS,
     MediumCNN,
+    PairMaxPool1d,
     ResNet18,
     SeededDropout,
     SmallCNN,
@@ -197,7 +199,7 @@ def test_signal_models_forward_shapes_and_dropout(name):
 
 def test_cnn1d_structure():
     bn = CNN1D(10, 1, batchnorm=True)
-    assert [type(m).__name__ for m in bn.features][:4] == ["Conv1d", "BatchNorm1d", "ReLU", "MaxPool1d"]
+    assert [type(m).__name__ for m in bn.features][:4] == ["Conv1d", "BatchNorm1d", "ReLU", "PairMaxPool1d"]
     norms = [m for m in bn.modules() if isinstance(m, nn.BatchNorm1d)]
     assert len(norms) == 3 and all(m.eps == BN_EPS and m.momentum == BN_MOMENTUM for m in norms)
     convs = [m for m in CNN1D().modules() if isinstance(m, nn.Conv1d)]
@@ -432,3 +434,32 @@ def test_seeded_dropout_errors():
             SeededDropout(p)
     with pytest.raises(ValueError):
         build_model("resnet18", 10, 3, generator=_gen(), dropout=1.0)
+
+
+def test_pair_max_pool_equals_torch_max_pool_in_values_and_gradients():
+    """PairMaxPool1d is only a faster path: the same outputs and the same gradients as F.max_pool1d(x, 2),
+    ties included (ReLU zeros and equal positive values: the first of a pair gets the gradient)."""
+    x = torch.tensor([[[0.0, 0.0, 3.0, 1.0, 2.0, 2.0, -1.0, 5.0]]])  # a zero tie, a positive tie, the max second
+    upstream = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
+    grads = []
+    for pool in (PairMaxPool1d(), lambda t: F.max_pool1d(t, 2)):
+        leaf = x.clone().requires_grad_()
+        out = pool(leaf)
+        out.backward(upstream)
+        grads.append((out.detach(), leaf.grad))
+    (ours, g_ours), (torchs, g_torch) = grads
+    assert torch.equal(ours, torch.tensor([[[0.0, 3.0, 2.0, 5.0]]])) and torch.equal(ours, torchs)
+    assert torch.equal(g_ours, torch.tensor([[[1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 0.0, 4.0]]])) and torch.equal(
+        g_ours, g_torch
+    )
+    # A random batch through ReLU, as in CNN1D: bit-equal gradients.
+    r = torch.relu(torch.randn(16, 4, 10, generator=torch.Generator().manual_seed(0)))
+    up = torch.randn(16, 4, 5, generator=torch.Generator().manual_seed(1))
+    a, b = r.clone().requires_grad_(), r.clone().requires_grad_()
+    PairMaxPool1d()(a).backward(up)
+    F.max_pool1d(b, 2).backward(up)
+    assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():  # evaluation takes torch's own kernel; an odd length too
+        assert torch.equal(PairMaxPool1d()(r), F.max_pool1d(r, 2))
+    odd = torch.randn(2, 3, 7)
+    assert torch.equal(PairMaxPool1d()(odd), F.max_pool1d(odd, 2))

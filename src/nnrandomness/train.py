@@ -423,7 +423,7 @@ class Step(NamedTuple):
 
     loss: torch.Tensor  # detached scalar, weight decay included
     # (batch, classes), not detached: its graph is freed by backward, and a detach would add an op to
-    # every step that locate traces (argmax, the only use, builds no graph anyway).
+    # every step that locate traces (train_replica argmaxes an epoch's logits at once, under no_grad).
     logits: torch.Tensor
     labels: torch.Tensor  # (batch,)
 
@@ -585,8 +585,8 @@ def train_replica(
             t0 = time.perf_counter()
             order = start_epoch(replica, ds, epoch)
             # Kept on the device and reduced once per epoch: a .item() per step would synchronise every
-            # step, and the six small ops of a running sum cost an MLP's short step ~5 % (measured).
-            losses, predicted = [], []
+            # step, and even one small op per step (an argmax) costs an MLP's ~1 ms step a few per cent.
+            losses, logits = [], []
             for i in range(0, n, spec.batch_size):
                 if kernels is not None:
                     kernels.before_step(steps_here)
@@ -595,10 +595,12 @@ def train_replica(
                     kernels.after_step(steps_here)
                 steps_here += 1
                 losses.append(step.loss)
-                predicted.append(step.logits.argmax(1))
-            sizes = torch.tensor([min(spec.batch_size, n - i) for i in range(0, n, spec.batch_size)], device=device)
-            loss_sum = (torch.stack(losses) * sizes).sum()
-            correct = (torch.cat(predicted) == ds.y_train[order]).sum()
+                logits.append(step.logits)
+            with torch.no_grad():  # the logits still carry their (freed) graphs: no new one for the bookkeeping
+                sizes = torch.tensor([min(spec.batch_size, n - i) for i in range(0, n, spec.batch_size)], device=device)
+                loss_sum = (torch.stack(losses) * sizes).sum()
+                correct = (torch.cat(logits).argmax(1) == ds.y_train[order]).sum()
+            del logits
             _sync(device)
             epoch_seconds = time.perf_counter() - t0
             train_seconds += epoch_seconds
@@ -606,9 +608,11 @@ def train_replica(
             # replica's time) leaves the training bits alone; its history row then holds NaN test metrics.
             tested = spec.test_every_epoch or epoch + 1 in spec.snapshot_epochs or epoch + 1 == spec.epochs
             if tested:
+                t0 = time.perf_counter()
                 test_logits, test_loss = evaluate(
                     model, ds.x_test, ds.y_test, ds.normalization, spec.eval_batch_size, spec.precision, device
                 )
+                eval_seconds = time.perf_counter() - t0
             rows.append(
                 {
                     "epoch": epoch + 1,
@@ -640,12 +644,15 @@ def train_replica(
 
         if kernels is not None:  # a window still open (fewer steps than it records): closed before the evaluation
             kernels.close()
-        t0 = time.perf_counter()
-        logits, _ = evaluate(
-            model, ds.x_test, ds.y_test, ds.normalization, spec.eval_batch_size, spec.precision, device
-        )
+        if start_epoch_index < spec.epochs:
+            logits = test_logits  # the last epoch's test evaluation: the same model, so the same bits
+        else:  # resumed from the last epoch's checkpoint: nothing was trained or evaluated in this call
+            t0 = time.perf_counter()
+            logits, _ = evaluate(
+                model, ds.x_test, ds.y_test, ds.normalization, spec.eval_batch_size, spec.precision, device
+            )
+            eval_seconds = time.perf_counter() - t0
         probabilities = torch.softmax(logits, 1)
-        eval_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         extra_tests = evaluate_extra_tests(model, ds, spec, progress)
         extra_seconds = time.perf_counter() - t0
