@@ -60,6 +60,7 @@ label_smoothing = 0.0  # label smoothing of the training loss, in [0, 1)
 init = "glorot_uniform"  # weights from the init stream: glorot_uniform (Keras), he_normal (paper's ResNet-50), torch
 normalization = ""  # inputs: unit (x/255) or standardize (per image, as TF); empty: the dataset's own
 image_size = 0  # square input side where the loader resizes (celeba, imagenet); 0: the dataset's own
+target = ""  # what the model predicts where the loader offers a choice (celeba: an attribute, or all); empty: its own
 dropout = 0.1  # dropout probability before the last layer, in [0, 1)
 augment = True  # pad-and-crop augmentation on the device (+ flips for photos)
 base_seed = 0  # root of every per-source seed

@@ -128,6 +128,24 @@ promised = table[table["expects_identical"].astype(bool)] if len(table) else tab
 promised[analysis.CELL + ["replicas", "identical"]].reset_index(drop=True)
 
 # %% [markdown]
+# ## IMPL differs on a GPU
+#
+# Where only the tooling varies (non-deterministic kernels, every seed fixed: IMPL), replicas
+# trained on a GPU should differ. A cell of such replicas that are all bit-identical on CUDA means
+# that the tooling varied nothing there: the kernels ran deterministically after all, or the
+# replicas shared one process and its autotuned algorithms. The runner warns of such a cell at the
+# end of a run (`analysis.identical_tooling_warnings`), and this section lists the same warnings.
+# On the CPU, IMPL replicas are identical by construction: its kernels are deterministic at a fixed
+# thread count ({ref}`noise-sources-cpu-limits`), so no CPU cell is judged here.
+
+# %%
+tooling_warnings = analysis.identical_tooling_warnings(runs)
+devices = runs.replicas.get("device", pd.Series(dtype=str)).astype(str)
+Markdown("\n".join(f"- **Warning.** {w}" for w in tooling_warnings) if tooling_warnings else
+         "No CUDA cell of IMPL replicas is all bit-identical "
+         f"({devices.str.startswith('cuda').sum()} of the store's {len(devices)} replicas ran on CUDA).")
+
+# %% [markdown]
 # ## Training curves
 #
 # Test accuracy after each epoch, the mean over a cell's replicas; one panel per hardware,

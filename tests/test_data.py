@@ -503,3 +503,32 @@ def test_augment_signal_matches_naive_shift_and_reversal():
     assert torch.equal(augment(x, 0, False, g), x)
     again = augment(x, pad, True, torch.Generator().manual_seed(11))
     assert torch.equal(again, out)
+
+
+# ----------------------------------------------------------------------------- CelebA's 40 attributes
+def test_celeba_all_attributes_is_a_multilabel_dataset(tmp_path):
+    write_celeba(tmp_path)
+    d = load_dataset("celeba", tmp_path, target="all", image_size=4)
+    assert d.multilabel and not load_dataset("celeba", tmp_path, image_size=4).multilabel
+    assert d.classes == CELEBA_ATTRIBUTES and d.num_classes == 40 and d.group_name == "Male"
+    assert d.y_train.shape == (3, 40) and d.y_test.shape == (2, 40) and d.y_train.dtype == torch.int64
+    # In the file's attribute order: the written rows set Blond_Hair and Male, every other attribute is -1.
+    blond, male = CELEBA_ATTRIBUTES.index("Blond_Hair"), CELEBA_ATTRIBUTES.index("Male")
+    for y, rows in (
+        (d.y_train, [r for r in CELEBA_ROWS if r[1] == 0]),
+        (d.y_test, [r for r in CELEBA_ROWS if r[1] == 2]),
+    ):
+        expected = torch.zeros(len(rows), 40, dtype=torch.int64)
+        expected[:, blond] = torch.tensor([r[2] for r in rows])
+        expected[:, male] = torch.tensor([r[3] for r in rows])
+        assert torch.equal(y, expected)
+    assert d.g_train.tolist() == [r[3] for r in CELEBA_ROWS if r[1] == 0]  # a group that is also a target
+    assert d.info["target"] == "all"
+
+
+def test_celeba_all_is_a_target_only(tmp_path):
+    write_celeba(tmp_path)
+    with pytest.raises(ValueError, match=r"group='all' is not an attribute.*Wearing_Necktie, Young$"):
+        load_dataset("celeba", tmp_path, group="all")
+    with pytest.raises(ValueError, match=r"target='Al'.*Young or 'all' \(every attribute"):
+        load_dataset("celeba", tmp_path, target="Al")

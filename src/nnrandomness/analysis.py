@@ -67,6 +67,7 @@ __all__ = [
     "load_summary",
     "missing",
     "missing_note",
+    "multilabel_rates",
     "per_class",
     "per_class_spread",
     "per_example",
@@ -1943,3 +1944,53 @@ def write_export(frame: pd.DataFrame, stem) -> list[Path]:
         if not (path.is_file() and path.read_bytes() == payload):
             write_atomic(path, payload, kept=f"the previous {path.name}, if any")
     return list(payloads)
+
+
+# ----------------------------------------------------------------------------- multi-label heads (CelebA)
+MULTILABEL_COLUMNS = [*CELL, "subset", "replicas", "attributes", "fpr_mean", "fpr_sd", "fnr_mean", "fnr_sd"]
+
+
+def _sd(values: np.ndarray) -> float:
+    """SD (ddof=1) over replicas; nan for one replica, exactly 0 when all are equal (no rounding spread)."""
+    if len(values) < 2:
+        return math.nan
+    return 0.0 if np.all(values == values[0]) else float(np.std(values, ddof=1))
+
+
+def multilabel_rates(runs: store.Runs) -> pd.DataFrame:
+    """The paper's CelebA table: per cell of multi-label replicas (their manifests record "labels", the
+    names of the bits of `store.pack_bits`), the mean and SD (ddof=1) over replicas of FPR and FNR pooled
+    over the attributes (`metrics.pooled_rates`), for all test examples (subset "all") and for each value
+    of the group attribute ("group=0", "group=1": not Male, Male for CelebA's default group). Cells whose
+    replicas predict class indices are left out. Columns: `MULTILABEL_COLUMNS` (attributes: K)."""
+    rows = []
+    for cell in runs.iter_cells():
+        names = {tuple(n) if n else None for n in map(_multilabel_names, cell.replicas["path"])}
+        if names == {None}:
+            continue
+        if len(names) != 1:
+            raise ValueError(f"the replicas of cell {'/'.join(cell.key.values())} record {len(names)} output lists")
+        k = len(names.pop())
+        preds = np.stack([store.unpack_bits(row, k) for row in cell.preds])  # (R, N, K)
+        rates = metrics.pooled_rates(preds, store.unpack_bits(cell.labels, k), cell.groups if cell.has_groups else None)
+        for subset, part in rates.groupby("subset", sort=False):
+            fpr, fnr = part["fpr"].to_numpy(), part["fnr"].to_numpy()
+            rows.append(
+                {
+                    **cell.key,
+                    "subset": subset,
+                    "replicas": len(part),
+                    "attributes": k,
+                    "fpr_mean": float(fpr.mean()),
+                    "fpr_sd": _sd(fpr),
+                    "fnr_mean": float(fnr.mean()),
+                    "fnr_sd": _sd(fnr),
+                }
+            )
+    return _frame(rows, MULTILABEL_COLUMNS)
+
+
+def _multilabel_names(path: str) -> list[str] | None:
+    """The bit names a replica's manifest records (None: class indices). The view was read with its
+    checksums verified; the manifest is re-read here for the "labels" entry only."""
+    return store.multilabel_names(store.read_manifest(Path(path), verify=False))

@@ -91,6 +91,12 @@ class Dataset:
         return len(self.classes)
 
     @property
+    def multilabel(self) -> bool:
+        """Labels (N, K) of 0/1, one column per attribute in `classes` order (CelebA's target "all"),
+        instead of (N,) class indices: the model has K independent sigmoid outputs."""
+        return self.y_train.dim() == 2
+
+    @property
     def in_channels(self) -> int:
         return int(self.x_train.shape[1])
 
@@ -147,24 +153,31 @@ def training_inputs(
 
 
 # The loaders that take each input option (`input_options`): per-image standardisation where the
-# images are photos; a resolution where the loader resizes (CelebA's aligned 178x218 faces, ImageNet).
+# images are photos; a resolution where the loader resizes (CelebA's aligned 178x218 faces, ImageNet);
+# a target where the labels are attributes (CelebA: one of them, or "all").
 INPUT_OPTION_DATASETS = {
     "normalization": ("cifar10", "cifar100", "celeba", "imagenet"),
     "image_size": ("celeba", "imagenet"),
+    "target": ("celeba",),
 }
 
 
-def input_options(name: str, normalization: str = "", image_size: int = 0) -> dict:
+def input_options(name: str, normalization: str = "", image_size: int = 0, target: str = "") -> dict:
     """The loader options (for `load_dataset(name, root, **options)`) that give dataset `name` the inputs a
     recipe asks for: `normalization` ("" keeps the loader's own: x/255 for images; "unit" or
-    "standardize", see `to_float`) and `image_size` (0 keeps the loader's own; else the square side in
-    pixels). {} for the defaults. Raises ValueError naming the value and the valid choices."""
+    "standardize", see `to_float`), `image_size` (0 keeps the loader's own; else the square side in
+    pixels) and `target` ("" keeps the loader's own; else what it predicts: a CelebA attribute name, or
+    "all", judged against the attribute file by the loader). {} for the defaults. Raises ValueError naming
+    the value and the valid choices."""
     if normalization and normalization not in NORMALIZATIONS:
         valid = ", ".join(map(repr, NORMALIZATIONS))
         raise ValueError(f"unknown normalization {normalization!r}; valid: '' (the dataset's own), {valid}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
         raise ValueError(f"image_size must be an integer >= 0 (0: the dataset's own), got {image_size!r}")
-    options = {k: v for k, v in (("normalization", normalization), ("image_size", image_size)) if v}
+    if not isinstance(target, str):
+        raise ValueError(f"target must be a string ('': the dataset's own), got {target!r}")
+    given = (("normalization", normalization), ("image_size", image_size), ("target", target))
+    options = {k: v for k, v in given if v}
     for option in options:
         if name not in INPUT_OPTION_DATASETS[option]:
             raise ValueError(
@@ -643,11 +656,12 @@ def load_cifar100(root=None, **options) -> Dataset:
 
 
 # CelebA: the aligned-and-cropped images (178x218 JPEGs) and the two annotation files as
-# distributed. One binary target attribute and one group attribute (the paper trains 40 sigmoid
-# outputs; this project's classifiers predict one attribute and report subgroups by another).
+# distributed. The target is one binary attribute (softmax over 2 classes), or "all": the paper's
+# 40 sigmoid outputs, one per attribute (a multi-label `Dataset`); the group attribute is one.
 CELEBA_DIR = "celeba"
 CELEBA_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt")
 CELEBA_IMAGES = "img_align_celeba"
+CELEBA_ALL = "all"  # the target that predicts every attribute of list_attr_celeba.txt at once
 
 
 def check_celeba(root=None) -> Path:
@@ -659,17 +673,21 @@ def check_celeba(root=None) -> Path:
 def _celeba_attributes(path: Path, wanted: dict[str, str]):
     """list_attr_celeba.txt: a count, the attribute names, then `file v1 .. vK` with v = 1/-1.
 
-    Returns the attribute names and, for each option in `wanted` (option -> attribute name),
-    a dict filename -> 0/1.
+    Returns the attribute names and, for each option in `wanted` (option -> attribute name, or
+    "all" for the target), a dict filename -> 0/1 (a list of K of them, in file order, for "all").
     """
     lines = path.read_text().splitlines()
     if len(lines) < 2:
         raise ValueError(f"{path}: expected a count line and an attribute-name line")
     names = lines[1].split()
     for option, attr in wanted.items():
-        if attr not in names:
-            raise ValueError(f"celeba: {option}={attr!r} is not an attribute of {path.name}; valid: {', '.join(names)}")
-    cols = {option: names.index(attr) + 1 for option, attr in wanted.items()}
+        if attr not in names and not (option == "target" and attr == CELEBA_ALL):
+            also = f" or {CELEBA_ALL!r} (every attribute, one sigmoid output each)" if option == "target" else ""
+            raise ValueError(
+                f"celeba: {option}={attr!r} is not an attribute of {path.name}; valid: {', '.join(names)}{also}"
+            )
+    every = list(range(1, len(names) + 1))
+    cols = {option: every if attr == CELEBA_ALL else [names.index(attr) + 1] for option, attr in wanted.items()}
     rows = [line.split() for line in lines[2:] if line.strip()]
     if int(lines[0]) != len(rows):
         raise ValueError(f"{path}: line 1 announces {int(lines[0])} images, the file lists {len(rows)}")
@@ -677,19 +695,23 @@ def _celeba_attributes(path: Path, wanted: dict[str, str]):
     for row in rows:
         if len(row) != len(names) + 1:
             raise ValueError(f"{path}: {row[0]} has {len(row) - 1} values, expected {len(names)}")
-        for option, col in cols.items():
-            if row[col] not in ("1", "-1"):
-                raise ValueError(f"{path}: {row[0]} has value {row[col]!r}, expected 1 or -1")
-            values[option][row[0]] = int(row[col] == "1")
+        for option, columns in cols.items():
+            for col in columns:
+                if row[col] not in ("1", "-1"):
+                    raise ValueError(f"{path}: {row[0]} has value {row[col]!r}, expected 1 or -1")
+            bits = [int(row[col] == "1") for col in columns]
+            values[option][row[0]] = bits if wanted[option] == CELEBA_ALL else bits[0]
     return names, values
 
 
 def load_celeba(root=None, **options) -> Dataset:
-    """CelebA from `<root>/celeba/`: one binary target attribute, one binary group attribute.
+    """CelebA from `<root>/celeba/`: a binary target attribute (or all 40), one binary group attribute.
 
     Train = partition 0 of list_eval_partition.txt, test = partition 2; the validation
     partition (1) is unused. Options: target="Blond_Hair", group="Male" (any of the 40
-    attribute names in list_attr_celeba.txt); image_size=64 (square PIL bilinear resize of
+    attribute names in list_attr_celeba.txt; target="all": the paper's head, labels (N, 40) of 0/1
+    in the file's attribute order and `classes` the attribute names, a multi-label `Dataset`; the
+    group may then be one of the targets, as Male is); image_size=64 (square PIL bilinear resize of
     the 178x218 images; the paper uses 128, about 8 GB of uint8 for the train split, so the
     default is smaller; pixel values differ from TensorFlow's resize either way);
     max_examples=None (keep the first K of each split in file order, for small machines);
@@ -729,6 +751,8 @@ def load_celeba(root=None, **options) -> Dataset:
     def split(files: list[str]):
         x = _read_images("celeba", [where / CELEBA_IMAGES / f for f in files], size, resize)
         y = np.array([values["target"][f] for f in files], dtype=np.int64)
+        if target == CELEBA_ALL:  # (N, 40) even for an empty split
+            y = y.reshape(len(files), len(names))
         g = np.array([values["group"][f] for f in files], dtype=np.int64)
         return t(x), t(y), t(g)
 
@@ -740,7 +764,7 @@ def load_celeba(root=None, **options) -> Dataset:
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
-        classes=[f"not_{target}", target],
+        classes=list(names) if target == CELEBA_ALL else [f"not_{target}", target],
         g_train=g_train,
         g_test=g_test,
         group_name=group,

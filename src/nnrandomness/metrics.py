@@ -40,6 +40,8 @@ __all__ = [
     "distribution_variance",
     "bootstrap_ci",
     "spread_test",
+    "pooled_rates",
+    "attribute_churn",
 ]
 
 # Last dotted component of the BatchNorm buffers PyTorch stores in a
@@ -92,6 +94,12 @@ def _class_counts(preds: np.ndarray) -> np.ndarray:
     """(N, C) counts: entry [n, c] = number of replicas predicting c on example n."""
     r, n = preds.shape
     c = int(preds.max()) + 1
+    if c > preds.size:
+        # Sparse class ids (a multi-label replica's 40-bit masks, store.pack_bits): the columns of the
+        # values that occur instead, so memory stays N * (at most R * N). Every caller reads counts
+        # per example only (sums of squares, maxima, nonzeros), never which class a column is.
+        _, codes = np.unique(preds, return_inverse=True)
+        preds, c = codes.reshape(r, n), int(codes.max()) + 1
     # One bincount over flat (example, class) cells instead of a loop over
     # classes: O(R*N + N*C) time, N*C memory.
     cells = np.arange(n, dtype=np.int64) * c + preds
@@ -656,3 +664,80 @@ def spread_test(a, b, center: str = "median") -> dict:
         "n_a": int(arrays[0].shape[0]),
         "n_b": int(arrays[1].shape[0]),
     }
+
+
+# ---------------------------------------------------------------------------
+# Multi-label heads (CelebA's 40 attributes): rates pooled over attributes
+# ---------------------------------------------------------------------------
+
+
+def _as_bits(x, name: str, ndim: int) -> np.ndarray:
+    """``x`` as a bool array of ``ndim`` dims from bool or 0/1 integers (``store.unpack_bits`` gives bool)."""
+    arr = np.asarray(x)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if arr.dtype != bool:
+        if not np.issubdtype(arr.dtype, np.integer) or (arr.size and not np.isin(arr, (0, 1)).all()):
+            raise ValueError(f"{name} must hold 0/1 or bool per attribute, got dtype {arr.dtype}")
+        arr = arr.astype(bool)
+    return arr
+
+
+def pooled_rates(preds, labels, groups=None) -> pd.DataFrame:
+    """Per replica: FPR and FNR of a multi-label head pooled over its K attributes, on all examples and
+    on each group value (the paper's CelebA table: overall and by Male / not Male).
+
+    ``preds`` (R, N, K) and ``labels`` (N, K): 0/1 or bool, attribute k of example n. On a subset of
+    examples, over every (example, attribute) cell: ``fpr = sum FP / sum negatives`` (label 0) and
+    ``fnr = sum FN / sum positives`` (label 1); nan where the denominator is 0. Pooled, not the mean of
+    per-attribute rates: a rare attribute weighs by its count. ``groups`` (N,): a group value per
+    example, or None for the overall rows only.
+    Columns: replica, subset ("all", then "group=<v>" per value in ``np.unique`` order), n (examples),
+    positives, negatives, fp, fn, fpr, fnr; rows by replica, then subset.
+    """
+    p = _as_bits(preds, "preds", 3)
+    y = _as_bits(labels, "labels", 2)
+    r, n, k = p.shape
+    if r < 1 or n < 1 or k < 1:
+        raise ValueError(f"preds needs at least 1 replica, example and attribute, got shape {p.shape}")
+    if y.shape != (n, k):
+        raise ValueError(f"labels has shape {y.shape} but preds has (N, K) = {(n, k)}")
+    subsets = [("all", np.ones(n, dtype=bool))]
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape != (n,):
+            raise ValueError(f"groups must be 1-D with length N={n}, got shape {g.shape}")
+        subsets += [(f"group={v}", g == v) for v in np.unique(g)]
+    rows = []
+    for name, mask in subsets:
+        ys, ps = y[mask], p[:, mask]
+        positives, negatives = int(ys.sum()), int((~ys).sum())
+        fp = (ps & ~ys).sum(axis=(1, 2))  # (R,) integer counts: a replica with no error gets exactly 0
+        fn = (~ps & ys).sum(axis=(1, 2))
+        for i in range(r):
+            rows.append(
+                {
+                    "replica": i,
+                    "subset": name,
+                    "n": int(mask.sum()),
+                    "positives": positives,
+                    "negatives": negatives,
+                    "fp": int(fp[i]),
+                    "fn": int(fn[i]),
+                    "fpr": fp[i] / negatives if negatives else float("nan"),
+                    "fnr": fn[i] / positives if positives else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows).sort_values(["replica"], kind="mergesort", ignore_index=True)
+
+
+def attribute_churn(preds) -> np.ndarray:
+    """(K,) churn of each attribute of a multi-label head: the mean over replica pairs i<j of the share
+    of examples whose attribute k the two predict differently. With m replicas predicting 1 on a cell,
+    m (R - m) pairs differ there: ``churn_k = sum_n m (R - m) / (N R (R - 1) / 2)``, exactly 0 when all
+    agree. Requires R >= 2; ``preds`` (R, N, K) of 0/1 or bool."""
+    p = _as_bits(preds, "preds", 3)
+    r, n, _ = p.shape
+    _require_pairs(r)
+    m = p.sum(axis=0, dtype=np.int64)  # (N, K) replicas predicting 1
+    return (m * (r - m)).sum(axis=0) / (n * r * (r - 1) / 2)

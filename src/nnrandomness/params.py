@@ -268,6 +268,12 @@ PARAMETERS: dict[str, Parameter] = {
             0,
             _integer(0, MAX_IMAGE_SIZE, "MAX_IMAGE_SIZE"),
         ),
+        Parameter(
+            "target",
+            (str,),
+            "what the model predicts where the loader offers a choice (celeba: an attribute, or all); empty: its own",
+            "",
+        ),
         # --- end of the paper's recipes
         Parameter("dropout", (float, int), "dropout probability before the last layer, in [0, 1)", 0.0, _probability),
         Parameter("augment", (bool,), "pad-and-crop augmentation on the device (+ flips for photos)", False),
@@ -460,10 +466,11 @@ def optimizer_errors(values: Mapping) -> list[str]:
 
 
 def input_errors(values: Mapping) -> list[str]:
-    """What the dataset's loader cannot give (`data.input_options`): a normalization or resolution option
-    on a dataset whose loader has none."""
+    """What the dataset's loader cannot give (`data.input_options`): a normalization, resolution or target
+    option on a dataset whose loader has none (a target's attribute name is judged by the loader, against
+    the dataset's attribute file)."""
     try:
-        data.input_options(values["dataset"], _value(values, "normalization"), _value(values, "image_size"))
+        data.input_options(values["dataset"], *(_value(values, n) for n in ("normalization", "image_size", "target")))
     except ValueError as e:
         return [str(e)]
     return []

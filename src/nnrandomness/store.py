@@ -211,12 +211,16 @@ def write_replica(root, hardware: str, result, *, resources: dict | None = None,
     )
 
     n = len(result.predictions)
+    # A multi-label replica's (N, K) 0/1 labels and predictions are stored as K-bit masks, one row per
+    # example as for every other replica (`pack_bits`; the manifest's "labels" names the bits).
+    multilabel = result.labels.ndim == 2
+    encode = pack_bits if multilabel else (lambda a: a.astype(np.int64))
     preds = pd.DataFrame(
         {
             "example": np.arange(n, dtype=np.int64),
-            "label": result.labels.astype(np.int64),
+            "label": encode(result.labels),
             "group": (result.groups if result.groups is not None else np.full(n, -1)).astype(np.int64),
-            "prediction": result.predictions.astype(np.int64),
+            "prediction": encode(result.predictions),
         }
     )
     columns = [preds]
@@ -224,7 +228,9 @@ def write_replica(root, hardware: str, result, *, resources: dict | None = None,
         c = result.probabilities.shape[1]
         columns.append(pd.DataFrame(result.probabilities, columns=[f"prob_{k}" for k in range(c)]))
     snapshots = result.snapshots
-    if snapshots:  # a small integer type: 10,000 examples cost 10 KB per snapshot instead of 80
+    if snapshots and multilabel:
+        columns.append(pd.DataFrame({snapshot_column(e): pack_bits(p) for e, p in sorted(snapshots.items())}))
+    elif snapshots:  # a small integer type: 10,000 examples cost 10 KB per snapshot instead of 80
         dtype = _class_dtype(int(max(result.labels.max(), *(p.max() for p in snapshots.values()))) + 1)
         columns.append(pd.DataFrame({snapshot_column(e): p.astype(dtype) for e, p in sorted(snapshots.items())}))
     table = pd.concat(columns, axis=1)
@@ -257,6 +263,7 @@ def write_replica(root, hardware: str, result, *, resources: dict | None = None,
         "resumed_from_epoch": result.resumed_from_epoch,
         "has_probabilities": result.probabilities is not None,
         "snapshot_epochs": sorted(snapshots),
+        **({"labels": label_encoding(result)} if multilabel else {}),
         "extra_tests": result.extra_tests,
         "resources": resources,
         "kernels": kernels,
@@ -684,3 +691,47 @@ def check_identical(replicas: pd.DataFrame) -> list[str]:
 
 def remove_replica(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- multi-label replicas
+def pack_bits(values) -> np.ndarray:
+    """(N, K) 0/1 (or bool) -> (N,) int64 bit masks: bit k (value 2**k) holds column k. K <= 63 (int64's
+    non-negative range): CelebA's 40 attributes fit. Inverse of `unpack_bits`."""
+    v = np.asarray(values)
+    if v.ndim != 2 or v.shape[1] > 63 or (v.size and not np.isin(v, (0, 1)).all()):
+        raise ValueError(f"pack_bits needs an (N, K) array of 0/1 with K <= 63, got shape {v.shape}")
+    weights = np.left_shift(np.int64(1), np.arange(v.shape[1], dtype=np.int64))
+    return (v.astype(np.int64) * weights).sum(axis=1, dtype=np.int64)
+
+
+def unpack_bits(values, k: int) -> np.ndarray:
+    """(N,) int64 bit masks of a multi-label replica (`pack_bits`) -> (N, k) bool, column j = bit j, the
+    manifest's labels.names[j]. Raises ValueError for a value outside 0 .. 2**k - 1."""
+    v = np.asarray(values, dtype=np.int64)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 63:
+        raise ValueError(f"unpack_bits: k must be an integer in 1 .. 63, got {k!r}")
+    if v.ndim != 1 or (v.size and (v.min() < 0 or v.max() >= 1 << int(k))):
+        raise ValueError(f"unpack_bits needs (N,) masks in 0 .. 2**{k} - 1, got shape {v.shape}")
+    return ((v[:, None] >> np.arange(int(k), dtype=np.int64)) & 1).astype(bool)
+
+
+def label_encoding(result) -> dict:
+    """The manifest's "labels" of a multi-label replica: how predictions.parquet holds its (N, K) labels
+    and predictions (bit masks, `unpack_bits`) and the name of each bit, in order (the dataset's outputs:
+    CelebA's attributes as list_attr_celeba.txt orders them; output_k where the result names none)."""
+    k = result.labels.shape[1]
+    names = getattr(result, "label_names", None) or [f"output_{j}" for j in range(k)]
+    if len(names) != k:
+        raise ValueError(f"the result names {len(names)} outputs for its {k} label columns: {names[:3]}...")
+    return {"encoding": "bitmask", "names": list(names)}
+
+
+def multilabel_names(manifest: dict) -> list[str] | None:
+    """The output names of a multi-label replica's bit masks, in bit order; None for a replica whose
+    predictions are class indices (every manifest without "labels")."""
+    labels = manifest.get("labels")
+    if labels is None:
+        return None
+    if not isinstance(labels, dict) or labels.get("encoding") != "bitmask" or not labels.get("names"):
+        raise ValueError(f"manifest labels must be {{'encoding': 'bitmask', 'names': [...]}}, got {labels!r}")
+    return list(labels["names"])

@@ -65,6 +65,7 @@ class ReplicaSpec:
     init: str = _RECIPE["init"]  # a name in models.INITS, drawn from the init stream
     normalization: str = _RECIPE["normalization"]  # "": the dataset's own; unit or standardize
     image_size: int = _RECIPE["image_size"]  # 0: the dataset's own; else the loader's square side
+    target: str = _RECIPE["target"]  # "": the dataset's own; CelebA: an attribute, or "all" (multi-label)
     dropout: float = _RECIPE["dropout"]  # the paper uses none
     augment: bool = _RECIPE["augment"]
     base_seed: int = _RECIPE["base_seed"]
@@ -95,7 +96,7 @@ class ReplicaSpec:
     def dataset_options(self) -> dict:
         """The loader options of the recipe's input options (`data.input_options`): {} for the defaults.
         Load the spec's data with ``data.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())``."""
-        return data_mod.input_options(self.dataset, self.normalization, self.image_size)
+        return data_mod.input_options(self.dataset, self.normalization, self.image_size, self.target)
 
     @classmethod
     def from_parameters(cls, values: Mapping, setting: str, replica: int = 0) -> ReplicaSpec:
@@ -152,6 +153,7 @@ LATER_FIELDS = (
     "init",
     "normalization",
     "image_size",
+    "target",
 )
 
 
@@ -199,6 +201,9 @@ class ReplicaResult:
     snapshots: dict[int, np.ndarray] = field(default_factory=dict)  # epoch -> (N,) test predictions after it
     # The dataset's extra test sets, evaluated at the end: {"seeds": [...], "n": [...], "accuracy": [...]}.
     extra_tests: dict | None = None
+    # A multi-label dataset's output names (`data.Dataset.multilabel`): predictions, labels and snapshots are
+    # then (N, K) of 0/1, column k for label_names[k], and probabilities sigmoid outputs. None: one class each.
+    label_names: list[str] | None = None
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -233,6 +238,37 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float =
     return -(target * logp).sum(1).mean()
 
 
+def binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean binary cross-entropy over examples x outputs (a multi-label head: one sigmoid per column of
+    the (N, K) 0/1 `labels`), against labels smoothed by `smoothing` as Keras' BinaryCrossentropy does:
+    y * (1 - smoothing) + smoothing / 2. Keras' mean over outputs then over the batch is this mean.
+
+    -[y log sigmoid(z) + (1 - y) log sigmoid(-z)] = softplus(z) - y z, written out with elementwise ops
+    and one mean for the reason `cross_entropy` is: those ops have deterministic CUDA kernels, so the
+    loss is deterministic by construction, whatever torch's own loss functions dispatch to in a given
+    version (F.binary_cross_entropy_with_logits gives the same values, tested). softplus is exact enough
+    both ways: it returns z itself above 20, where log(1 + e^z) - z < 3e-9.
+    """
+    z = logits.float()
+    y = labels.to(z.dtype)
+    if smoothing:
+        y = y * (1.0 - smoothing) + smoothing / 2
+    return (F.softplus(z) - y * z).mean()
+
+
+def criterion(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """The training and test loss of the labels' kind: `binary_cross_entropy` for (N, K) multi-label
+    0/1 labels (`data.Dataset.multilabel`), else `cross_entropy` over class indices (N,)."""
+    return (binary_cross_entropy if labels.dim() == 2 else cross_entropy)(logits, labels, smoothing)
+
+
+def predict(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Predictions from logits: per output `logit > 0` (sigmoid > 1/2) as int64 (N, K) for a multi-label
+    head, else the argmax class (N,). Accuracy against labels of the same shape is then the mean over
+    cells: over (example, attribute) pairs for a multi-label head."""
+    return (logits > 0).long() if multilabel else logits.argmax(1)
+
+
 @torch.no_grad()
 def evaluate(model, x_uint8, y, normalization, batch_size, precision, device):
     """Logits for a whole split in fixed-size batches (a sample's result depends on its batch)."""
@@ -242,7 +278,7 @@ def evaluate(model, x_uint8, y, normalization, batch_size, precision, device):
         with noise.autocast(device, precision):
             outs.append(model(data_mod.to_float(x_uint8[i : i + batch_size], normalization)).float())
     logits = torch.cat(outs)
-    loss = float(cross_entropy(logits, y))
+    loss = float(criterion(logits, y))
     return logits, loss
 
 
@@ -495,7 +531,7 @@ def train_step(
 
     The learning rate of a warm-up step (`lr_at`), augmentation from the *aug* stream (when the
     spec augments; after per-image standardisation, before x/255: `data.training_inputs`), the
-    forward pass under the precision's autocast, cross-entropy (label-smoothed by the spec) plus
+    forward pass under the precision's autocast, the loss (`criterion`, label-smoothed by the spec) plus
     weight decay (wd * ||w||^2 over weights with ndim > 1: Keras' l2 on conv and dense kernels, whose
     gradient is 2 * wd * w; biases and BatchNorm are not decayed), backward, the optimiser. `phase` is
     told, in order, "data", "forward", "loss", "backward", "optimizer" just before each part runs
@@ -506,12 +542,15 @@ def train_step(
     if spec.warmup_epochs:
         _warm_up(replica, len(dataset.y_train))
     phase("data")
-    if (spec.normalization and spec.normalization != dataset.normalization) or (
-        spec.image_size and spec.image_size != dataset.image_size
+    if (
+        (spec.normalization and spec.normalization != dataset.normalization)
+        or (spec.image_size and spec.image_size != dataset.image_size)
+        or (spec.target and spec.target != dataset.info.get("target"))
     ):
         raise ValueError(
-            f"the dataset holds {dataset.normalization!r} inputs of side {dataset.image_size} but the spec asks "
-            f"for normalization={spec.normalization!r}, image_size={spec.image_size} (0, '': the dataset's own): "
+            f"the dataset holds {dataset.normalization!r} inputs of side {dataset.image_size} (target "
+            f"{dataset.info.get('target')!r}) but the spec asks for normalization={spec.normalization!r}, "
+            f"image_size={spec.image_size}, target={spec.target!r} (0, '': the dataset's own): "
             "load it with data.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())"
         )
     xb, yb = dataset.x_train[idx], dataset.y_train[idx]
@@ -523,7 +562,7 @@ def train_step(
     with noise.autocast(replica.device, spec.precision):
         logits = model(xf)
     phase("loss")
-    loss = cross_entropy(logits, yb, spec.label_smoothing)
+    loss = criterion(logits, yb, spec.label_smoothing)
     if spec.weight_decay:
         loss = loss + spec.weight_decay * sum((p.float() ** 2).sum() for p in model.parameters() if p.ndim > 1)
     replica.opt.zero_grad(set_to_none=True)
@@ -599,7 +638,7 @@ def train_replica(
             with torch.no_grad():  # the logits still carry their (freed) graphs: no new one for the bookkeeping
                 sizes = torch.tensor([min(spec.batch_size, n - i) for i in range(0, n, spec.batch_size)], device=device)
                 loss_sum = (torch.stack(losses) * sizes).sum()
-                correct = (torch.cat(logits).argmax(1) == ds.y_train[order]).sum()
+                correct = (predict(torch.cat(logits), ds.multilabel) == ds.y_train[order]).sum()
             del logits
             _sync(device)
             epoch_seconds = time.perf_counter() - t0
@@ -618,14 +657,16 @@ def train_replica(
                     "epoch": epoch + 1,
                     "lr": lr_at(spec, epoch),
                     "train_loss": float(loss_sum) / n,
-                    "train_accuracy": int(correct) / n,
+                    "train_accuracy": int(correct) / ds.y_train.numel(),  # n, or n x K cells
                     "test_loss": test_loss if tested else math.nan,
-                    "test_accuracy": float((test_logits.argmax(1) == ds.y_test).float().mean()) if tested else math.nan,
+                    "test_accuracy": float((predict(test_logits, ds.multilabel) == ds.y_test).float().mean())
+                    if tested
+                    else math.nan,
                     "seconds": epoch_seconds,
                 }
             )
             if epoch + 1 in spec.snapshot_epochs:  # the evaluation above ran anyway: a snapshot draws nothing
-                snapshots[epoch + 1] = test_logits.argmax(1).cpu()
+                snapshots[epoch + 1] = predict(test_logits, ds.multilabel).cpu()
             if ckpt_path is not None:
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 state = {
@@ -652,7 +693,7 @@ def train_replica(
                 model, ds.x_test, ds.y_test, ds.normalization, spec.eval_batch_size, spec.precision, device
             )
             eval_seconds = time.perf_counter() - t0
-        probabilities = torch.softmax(logits, 1)
+        probabilities = torch.sigmoid(logits) if ds.multilabel else torch.softmax(logits, 1)
         t0 = time.perf_counter()
         extra_tests = evaluate_extra_tests(model, ds, spec, progress)
         extra_seconds = time.perf_counter() - t0
@@ -662,7 +703,7 @@ def train_replica(
         spec=spec,
         seeds=replica.seeds,
         history=pd.DataFrame(rows),
-        predictions=logits.argmax(1).cpu().numpy(),
+        predictions=predict(logits, ds.multilabel).cpu().numpy(),
         probabilities=probabilities.cpu().numpy().astype(np.float32) if spec.keep_probabilities else None,
         labels=ds.y_test.cpu().numpy(),
         groups=None if ds.g_test is None else ds.g_test.cpu().numpy(),
@@ -679,6 +720,7 @@ def train_replica(
         resumed_from_epoch=resumed_from,
         snapshots={e: p.numpy() for e, p in sorted(snapshots.items())},
         extra_tests=extra_tests,
+        label_names=list(ds.classes) if ds.multilabel else None,
     )
 
 
