@@ -33,7 +33,10 @@ def write_folder(root, per_class: int = 3, val_per_class: int = 2):
                 base = np.zeros((h, w, 3), np.int64) + np.linspace(0, 200, w, dtype=np.int64)[None, :, None]
                 base[..., k] = 255 - base[..., k]
                 pixels = np.clip(base + rng.integers(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{wnid}_{j}.JPEG", quality=90)
+                image = Image.fromarray(pixels)
+                if split == "val" and k == 2 and j == 1:  # ImageNet holds a few greyscale JPEGs: made RGB
+                    image = image.convert("L")
+                image.save(folder / f"{wnid}_{j}.JPEG", quality=90)
     return root
 
 
@@ -95,6 +98,8 @@ def test_a_stream_is_a_split_that_decodes_nothing_until_a_pass(root):
     batch = next(ds.x_test.batches(4))
     assert batch.shape == (4, 3, 16, 16) and batch.dtype == torch.uint8
     assert torch.equal(batch[0], TF.center_crop(TF.resize(first, [18], antialias=True), [16, 16]))
+    grey = torch.cat(list(ds.x_test.batches(4)))[5]  # the greyscale JPEG: three equal channels
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
 
 
 def test_same_bits_with_zero_and_two_workers(root):
@@ -181,6 +186,15 @@ def test_a_replica_trains_from_the_stream_and_resumes_to_the_same_bits(root, tmp
     assert row["weights_hash"] == rows["weights_hash"].iloc[0] == store.weights_hash(whole.weights)
     ds.x_train.close()
     ds.x_test.close()
+
+
+def test_an_undecodable_file_is_named(tmp_path):
+    folder = write_folder(tmp_path, per_class=1, val_per_class=1)
+    bad = folder / "imagenet" / "train" / WNIDS[1] / "zz_truncated.JPEG"
+    bad.write_bytes((folder / "imagenet" / "train" / WNIDS[1] / f"{WNIDS[1]}_0.JPEG").read_bytes()[:50])
+    ds = load(folder)
+    with pytest.raises(ValueError, match=r"cannot decode the image file .*zz_truncated\.JPEG"):
+        list(ds.x_train.epoch(torch.arange(4), 4, None))
 
 
 # ----------------------------------------------------------------------------- bad options

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 INCEPTION_SCALE = (0.08, 1.0)  # fraction of the image's area a training crop covers
@@ -89,7 +90,10 @@ def decode(path: str) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     with _torchvision_io():
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        try:
+            return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except RuntimeError as e:  # torchvision's message does not name the file
+            raise ValueError(f"cannot decode the image file {path}: {e}") from None
 
 
 def decode_on_gpu(data: list[torch.Tensor], device) -> list[torch.Tensor]:
@@ -114,17 +118,21 @@ class _Reader(torch.utils.data.Dataset):
     (uint8 (B, 3, size, size)), or on a GPU-decoding stream the files' bytes, for the main process."""
 
     def __init__(self, paths: list[str], size: int, decode_device: str):
-        self.paths, self.size, self.decode_device = paths, size, decode_device
+        # One numpy array of bytes, not a list of str: a forked worker reading a Python object writes its
+        # reference count, which copies the page (1.28 M names would end up copied into every worker).
+        self.paths = np.array([os.fsencode(p) for p in paths], dtype=bytes)
+        self.size, self.decode_device = size, decode_device
 
     def __getitem__(self, key):
         idx, draws = key
+        paths = [os.fsdecode(self.paths[i]) for i in idx.tolist()]
         if self.decode_device != "cpu":
             from torchvision.io import read_file
 
-            return [read_file(self.paths[i]) for i in idx.tolist()], draws
+            return [read_file(p) for p in paths], draws
         out = torch.empty((len(idx), 3, self.size, self.size), dtype=torch.uint8)
-        for k, i in enumerate(idx.tolist()):
-            out[k] = transform(decode(self.paths[i]), self.size, None if draws is None else draws[k].tolist())
+        for k, path in enumerate(paths):
+            out[k] = transform(decode(path), self.size, None if draws is None else draws[k].tolist())
         return out, None
 
 
