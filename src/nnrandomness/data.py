@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import stream
 from .files import write_atomic
 
 DATA_ROOT_ENV = "NNRANDOMNESS_DATA"
@@ -131,7 +132,10 @@ def to_float(x: torch.Tensor, normalization: str) -> torch.Tensor:
         mean = flat.mean(1).view(-1, 1, 1, 1)
         std = flat.std(1, correction=0).clamp_min(1.0 / flat.shape[1] ** 0.5).view(-1, 1, 1, 1)
         return (x - mean) / std
-    raise ValueError(f"unknown normalization {normalization!r}; valid: 'unit', 'standardize', 'none'")
+    if normalization == "mean_std":  # the paper's ResNet-50: ImageNet's per-channel mean and std (imagenet_stream)
+        mean = torch.tensor(stream.MEAN_RGB, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / torch.tensor(stream.STD_RGB, device=x.device).view(1, 3, 1, 1)
+    raise ValueError(f"unknown normalization {normalization!r}; valid: 'unit', 'standardize', 'mean_std', 'none'")
 
 
 def training_inputs(
@@ -156,8 +160,8 @@ def training_inputs(
 # images are photos; a resolution where the loader resizes (CelebA's aligned 178x218 faces, ImageNet);
 # a target where the labels are attributes (CelebA: one of them, or "all").
 INPUT_OPTION_DATASETS = {
-    "normalization": ("cifar10", "cifar100", "celeba", "imagenet"),
-    "image_size": ("celeba", "imagenet"),
+    "normalization": ("cifar10", "cifar100", "celeba", "imagenet", "imagenet_stream"),
+    "image_size": ("celeba", "imagenet", "imagenet_stream"),
     "target": ("celeba",),
 }
 
@@ -815,6 +819,32 @@ def _resize_center_crop(im, size: int):
     return im.crop((left, top, left + size, top + size))
 
 
+def _imagenet_files(where: Path, cap: int | None) -> tuple[list[str], dict[str, tuple[list[Path], list[int]]]]:
+    """The classes (sorted wnid folders of train/, which val/ must match) and, per split, its image files
+    (sorted by name within a class, the first `cap` if given) with their labels."""
+    folders = {s: sorted(d.name for d in (where / s).iterdir() if d.is_dir()) for s in IMAGENET_SPLITS}
+    classes = folders["train"]
+    if not classes:
+        raise ValueError(f"imagenet: no class folders in {where / 'train'}")
+    if folders["val"] != classes:
+        only_train = sorted(set(classes) - set(folders["val"]))
+        only_val = sorted(set(folders["val"]) - set(classes))
+        raise ValueError(
+            f"imagenet: {where / 'val'} must have the same class folders as {where / 'train'}; "
+            f"only in train: {only_train[:10]}{' ...' if len(only_train) > 10 else ''}, "
+            f"only in val: {only_val[:10]}{' ...' if len(only_val) > 10 else ''}"
+        )
+    files = {}
+    for name in IMAGENET_SPLITS:
+        paths, labels = [], []
+        for k, wnid in enumerate(classes):
+            found = _image_files(where / name / wnid, cap)
+            paths += found
+            labels += [k] * len(found)
+        files[name] = (paths, labels)
+    return classes, files
+
+
 def load_imagenet(root=None, **options) -> Dataset:
     """ImageNet in the ImageFolder layout `<root>/imagenet/{train,val}/<wnid>/*.JPEG`, in memory.
 
@@ -830,29 +860,12 @@ def load_imagenet(root=None, **options) -> Dataset:
     where = check_imagenet(root)
     size = int(opts["image_size"])
     cap = None if opts["max_per_class"] is None else int(opts["max_per_class"])
-
-    folders = {s: sorted(d.name for d in (where / s).iterdir() if d.is_dir()) for s in IMAGENET_SPLITS}
-    classes = folders["train"]
-    if not classes:
-        raise ValueError(f"imagenet: no class folders in {where / 'train'}")
-    if folders["val"] != classes:
-        only_train = sorted(set(classes) - set(folders["val"]))
-        only_val = sorted(set(folders["val"]) - set(classes))
-        raise ValueError(
-            f"imagenet: {where / 'val'} must have the same class folders as {where / 'train'}; "
-            f"only in train: {only_train[:10]}{' ...' if len(only_train) > 10 else ''}, "
-            f"only in val: {only_val[:10]}{' ...' if len(only_val) > 10 else ''}"
-        )
-
+    classes, files = _imagenet_files(where, cap)
     t = torch.from_numpy
 
     def split(name: str):
-        files, labels = [], []
-        for k, wnid in enumerate(classes):
-            found = _image_files(where / name / wnid, cap)
-            files += found
-            labels += [k] * len(found)
-        x = _read_images("imagenet", files, size, lambda im: _resize_center_crop(im, size))
+        paths, labels = files[name]
+        x = _read_images("imagenet", paths, size, lambda im: _resize_center_crop(im, size))
         return t(x), t(np.array(labels, dtype=np.int64))
 
     x_train, y_train = split("train")
@@ -873,6 +886,55 @@ def load_imagenet(root=None, **options) -> Dataset:
             "image_size": f"{size}x{size}: shorter side resized (PIL bilinear), centre crop",
             "max_per_class": cap,
             "note": "in-memory stand-in; the paper's inception crop 224 needs a streaming loader",
+        },
+    )
+
+
+STREAM_NORMALIZATIONS = ("mean_std", *NORMALIZATIONS)  # imagenet_stream's; mean_std: ImageNet's channel mean/std
+
+
+def load_imagenet_stream(root=None, **options) -> Dataset:
+    """ImageNet as the paper trains it, streamed from the same folders as `load_imagenet` (`stream.ImageStream`).
+
+    x_train and x_test are streams, not tensors: nothing is decoded until a pass. Training batches: the
+    inception crop (scale 0.08-1, ratio 3/4-4/3) resized to image_size and a horizontal flip, both drawn from
+    the replica's aug stream when the spec augments (else the evaluation view); evaluation: the shorter
+    side resized to image_size * 256 / 224, the centre crop. Options: image_size=224, max_per_class=None
+    (as `load_imagenet`), normalization="mean_std" (the paper's; also unit, standardize), workers (decoding
+    processes, 0: this one; default $NNRANDOMNESS_STREAM_WORKERS, else up to 8), prefetch=2 (batches per
+    worker), decode_device="cpu" ("cuda": nvJPEG on the GPU, JPEG files only; other bits than the CPU's).
+    """
+    defaults = {"image_size": 224, "max_per_class": None, "normalization": "mean_std", "workers": None}
+    opts = _options("imagenet_stream", options, {**defaults, "prefetch": 2, "decode_device": "cpu"})
+    _count("imagenet_stream", "image_size", opts["image_size"])
+    _count("imagenet_stream", "max_per_class", opts["max_per_class"], allow_none=True)
+    _choice("imagenet_stream", "normalization", opts["normalization"], STREAM_NORMALIZATIONS)
+    workers = stream.default_workers() if opts["workers"] is None else opts["workers"]
+    size, prefetch, decode_device = int(opts["image_size"]), opts["prefetch"], opts["decode_device"]
+
+    def make(files, labels) -> stream.ImageStream:  # judges workers, prefetch and decode_device
+        labels = torch.tensor(labels, dtype=torch.int64)
+        return stream.ImageStream([str(f) for f in files], labels, size, workers, prefetch, decode_device)
+
+    make([], [])  # every option judged before the folders are read
+    where = check_imagenet(root)
+    cap = None if opts["max_per_class"] is None else int(opts["max_per_class"])
+    classes, files = _imagenet_files(where, cap)
+    train, test = make(*files["train"]), make(*files["val"])
+    return Dataset(
+        name="imagenet_stream",
+        x_train=train,
+        y_train=train.labels,
+        x_test=test,
+        y_test=test.labels,
+        classes=classes,
+        normalization=opts["normalization"],
+        info={
+            "source": [str(where / s) for s in IMAGENET_SPLITS],
+            "split": "train/<wnid>/ -> train, val/<wnid>/ -> test; classes = sorted wnid folders",
+            "image_size": f"{train.size}x{train.size}",
+            "max_per_class": cap,
+            "stream": train.info(),
         },
     )
 
@@ -902,6 +964,7 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "cifar100": load_cifar100,
     "celeba": load_celeba,
     "imagenet": load_imagenet,
+    "imagenet_stream": load_imagenet_stream,  # the paper's 224 px recipe, decoded a batch at a time
 }
 EMBEDDED = ("digits", "digits_groups", "mnist1d", "mnist1d_groups")  # need no data root
 SIGNALS = ("mnist1d", "mnist1d_groups")  # 1D inputs (N, C, L); every other dataset holds images (N, C, H, W)
@@ -926,6 +989,7 @@ CHECKERS: dict[str, Callable] = {  # name -> function(root) raising when files a
     "cifar100": check_cifar100,
     "celeba": check_celeba,
     "imagenet": check_imagenet,
+    "imagenet_stream": check_imagenet,
 }
 
 

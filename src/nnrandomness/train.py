@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from . import environment, models, noise, params
+from . import environment, models, noise, params, stream
 from .files import write_atomic
 
 # ----------------------------------------------------------------------------- the recipe
@@ -274,9 +274,13 @@ def evaluate(model, x_uint8, y, normalization, batch_size, precision, device):
     """Logits for a whole split in fixed-size batches (a sample's result depends on its batch)."""
     model.eval()
     outs = []
-    for i in range(0, len(x_uint8), batch_size):
+    if stream.is_stream(x_uint8):  # a streamed split (imagenet_stream): its evaluation view, in file order
+        batches = x_uint8.batches(batch_size)
+    else:
+        batches = (x_uint8[i : i + batch_size] for i in range(0, len(x_uint8), batch_size))
+    for xb in batches:
         with noise.autocast(device, precision):
-            outs.append(model(data_mod.to_float(x_uint8[i : i + batch_size], normalization)).float())
+            outs.append(model(data_mod.to_float(xb, normalization)).float())
     logits = torch.cat(outs)
     loss = float(criterion(logits, y))
     return logits, loss
@@ -525,9 +529,14 @@ def _unwatched(phase: str) -> None:
 
 
 def train_step(
-    replica: Replica, dataset: data_mod.Dataset, idx: torch.Tensor, phase: Callable[[str], None] = _unwatched
+    replica: Replica,
+    dataset: data_mod.Dataset,
+    idx: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    phase: Callable[[str], None] = _unwatched,
 ) -> Step:
-    """One optimiser step on the training examples `idx`: the one step of the project.
+    """One optimiser step on the training examples `idx`: the one step of the project. `idx` indexes the
+    dataset's tensors, or is a ready (uint8 x, y) batch of a streamed dataset (`stream.ImageStream.epoch`),
+    already augmented.
 
     The learning rate of a warm-up step (`lr_at`), augmentation from the *aug* stream (when the
     spec augments; after per-image standardisation, before x/255: `data.training_inputs`), the
@@ -553,10 +562,13 @@ def train_step(
             f"image_size={spec.image_size}, target={spec.target!r} (0, '': the dataset's own): "
             "load it with data.load_dataset(spec.dataset, spec.data_root, **spec.dataset_options())"
         )
-    xb, yb = dataset.x_train[idx], dataset.y_train[idx]
+    if isinstance(idx, tuple):  # a ready (x, y) batch of a stream, cropped and flipped by its workers
+        (xb, yb), aug = idx, None
+    else:
+        xb, yb = dataset.x_train[idx], dataset.y_train[idx]
+        aug = replica.gens["aug"] if spec.augment else None
     # Converted before autocast, in the "data" phase: autocast's bf16 op lists hold no elementwise
     # op, so the bits equal those of a conversion inside it (as train_replica's loop once did).
-    aug = replica.gens["aug"] if spec.augment else None
     xf = data_mod.training_inputs(xb, dataset.normalization, dataset.augment_pad, dataset.augment_flip, aug)
     phase("forward")
     with noise.autocast(replica.device, spec.precision):
@@ -626,10 +638,17 @@ def train_replica(
             # Kept on the device and reduced once per epoch: a .item() per step would synchronise every
             # step, and even one small op per step (an argmax) costs an MLP's ~1 ms step a few per cent.
             losses, logits = [], []
-            for i in range(0, n, spec.batch_size):
+            # --- streaming (imagenet_stream): the stream yields the epoch's (x, y) batches of `order`, its crops
+            # and flips drawn from the aug stream; else the batches are index slices of the data in memory.
+            if stream.is_stream(ds.x_train):
+                batches = ds.x_train.epoch(order, spec.batch_size, gens["aug"] if spec.augment else None)
+            else:
+                batches = (order[i : i + spec.batch_size] for i in range(0, n, spec.batch_size))
+            # --- end streaming
+            for batch in batches:
                 if kernels is not None:
                     kernels.before_step(steps_here)
-                step = train_step(replica, ds, order[i : i + spec.batch_size])
+                step = train_step(replica, ds, batch)
                 if kernels is not None:
                     kernels.after_step(steps_here)
                 steps_here += 1
