@@ -22,7 +22,7 @@ CELEBA_ATTRIBUTES = (
     "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
 ).split()
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-REAL = ("cifar10", "cifar100", "celeba", "imagenet")
+REAL = ("cifar10", "cifar100", "celeba", "imagenet", "imagenet_stream")
 
 
 # ----------------------------------------------------------------------------- fake real files
@@ -275,8 +275,15 @@ EXPECTED = {
     "cifar100": ("cifar-100-python", ["train", "test", "meta"]),
     "celeba": ("celeba", ["img_align_celeba/", "list_attr_celeba.txt", "list_eval_partition.txt"]),
     "imagenet": ("imagenet", ["train/", "val/"]),
+    "imagenet_stream": ("imagenet", ["train/", "val/"]),
 }
-WRITERS = {"cifar10": write_cifar10, "cifar100": write_cifar100, "celeba": write_celeba, "imagenet": write_imagenet}
+WRITERS = {
+    "cifar10": write_cifar10,
+    "cifar100": write_cifar100,
+    "celeba": write_celeba,
+    "imagenet": write_imagenet,
+    "imagenet_stream": write_imagenet,
+}
 
 
 @pytest.mark.parametrize("name", REAL)

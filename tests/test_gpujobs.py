@@ -237,7 +237,7 @@ def test_the_paper_plan_on_8_gpus_runs_8_jobs_at_once_with_an_estimate_per_job(t
         assert f"error: plans/paper.yaml: {cells} problem(s)" in capsys.readouterr().err  # one per cell
     n = len(plan.load_plan(ROOT / "plans" / "paper.yaml", check_data=False).jobs)
     assert f"schedule: up to 8 of {n} jobs at once (8 workers; 32 CPU slots at 4+ per job; 8 GPU slots" in out
-    jobs = [line for line in out.splitlines() if re.match(r"cuda\S*/(cifar10|cifar100|celeba|imagenet)/", line)]
+    jobs = [line for line in out.splitlines() if re.match(r"cuda\S*/(cifar10|cifar100|celeba|imagenet_stream)/", line)]
     assert len(jobs) == n > 8
     duration = r"\d+(\.\d)? (s|min|h|d)"
     assert all(re.search(rf"replicas done\)  (unknown|{duration} \(\d+ x {duration}, .+\))$", line) for line in jobs)

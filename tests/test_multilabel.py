@@ -16,6 +16,7 @@ from PIL import Image
 from test_data import CELEBA_ATTRIBUTES
 
 from nnrandomness import analysis, metrics, store
+from nnrandomness import stats as st
 from nnrandomness.cell import run_cell
 from nnrandomness.data import load_dataset
 from nnrandomness.plan import load_plan
@@ -200,7 +201,11 @@ def test_a_multilabel_cell_end_to_end(tmp_path):
         metrics.churn(cell.preds) == differ
         and metrics.attribute_churn(np.stack([store.unpack_bits(p, 40) for p in cell.preds])).max() <= differ
     )
-    # A cell of class indices is left out of the table.
+    assert st.churn_matrix(cell.preds)[0, 1] == differ  # bit masks re-coded, not one-hot over 2^40 values
+    # The per-class views leave a multi-label cell out (its bit masks are no classes), a cell of class indices
+    # is left out of the multi-label table.
+    assert runs.replicas["multilabel"].all() and analysis.per_class(runs).empty
+    assert analysis.per_class_spread(runs).empty
     assert analysis.multilabel_rates(store.Runs(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())).empty
 
 

@@ -112,7 +112,7 @@ def test_paper_plan_follows_the_protocol():
     assert small.parameters["lr_milestones"] == [50, 100] and not small.parameters["augment"]
     assert resnet.parameters["lr_milestones"] == [50, 100, 150] and resnet.parameters["augment"]
     assert by["celeba", "resnet18", "IMPL"].parameters["epochs"] == 10
-    assert by["imagenet", "resnet50", "ALGO+IMPL-PAPER"].replicas == 5
+    assert by["imagenet_stream", "resnet50", "ALGO+IMPL-PAPER"].replicas == 5
 
 
 # ----------------------------------------------------------------------------- the notebook

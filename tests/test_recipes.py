@@ -300,9 +300,11 @@ def test_the_paper_plan_uses_each_recipe(monkeypatch):
     resnet = by["cifar10", "resnet18", "IMPL"].parameters
     assert resnet["normalization"] == "standardize" and resnet["augment"]
     assert by["celeba", "resnet18", "CONTROL"].parameters["image_size"] == 128
-    r50 = by["imagenet", "resnet50", "ALGO-PAPER"]
+    r50 = by["imagenet_stream", "resnet50", "ALGO-PAPER"]
     want = dict(optimizer="sgd", momentum=0.9, lr=0.1, batch_size=256, warmup_epochs=5, label_smoothing=0.1)
-    want.update(weight_decay=1e-4, init="he_normal", lr_milestones=[30, 60, 80], epochs=90)
+    want.update(
+        weight_decay=1e-4, init="he_normal", lr_milestones=[30, 60, 80], epochs=90, image_size=224, augment=True
+    )
     assert {k: r50.parameters[k] for k in want} == want and r50.replicas == 5
 
 

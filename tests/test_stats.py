@@ -305,3 +305,13 @@ def test_jordan_and_direct_agree_in_a_world_with_hard_and_easy_examples():
     assert direct["pooled_var"] > direct["high"] and np.var(main.mean(axis=1), ddof=1) > jordan.high
     both = st.jordan_vs_direct(main, extra, n_boot=1000)
     assert both["low"] < 0 < both["high"] and both["pvalue"] > 0.05
+
+
+def test_churn_matrix_of_bit_masks_and_large_ids():
+    """Churn only asks whether two predictions are equal: 40-bit masks (a multi-label head) give the same
+    matrix as small codes of the same equalities, without a one-hot matrix 2^40 wide."""
+    masks = np.array([[2**39, 5, 7, 2**40 - 1], [2**39, 6, 7, 0], [3, 5, 7, 2**40 - 1]], dtype=np.int64)
+    codes = np.array([[0, 0, 0, 0], [0, 1, 0, 1], [1, 0, 0, 0]])
+    expected = np.array([[0, 2, 1], [2, 0, 3], [1, 3, 0]]) / 4
+    assert np.array_equal(st.churn_matrix(masks), expected)
+    assert np.array_equal(st.churn_matrix(codes), expected)

@@ -448,6 +448,12 @@ def twin_identity(runs: store.Runs, twins: Iterable[tuple[str, str]] = TWINS) ->
 
 
 # ----------------------------------------------------------------------------- per class
+def _class_cells(runs: store.Runs):
+    """The cells whose replicas predict class indices: a multi-label cell's bit masks (CelebA's 40 attributes)
+    are no classes (2^40 of them; `multilabel_rates` reads those cells)."""
+    return (c for c in runs.iter_cells() if not ("multilabel" in c.replicas and c.replicas["multilabel"].any()))
+
+
 def _num_classes(preds: np.ndarray, labels: np.ndarray) -> int:
     return int(max(preds.max(), labels.max())) + 1
 
@@ -457,7 +463,7 @@ def per_class(runs: store.Runs) -> pd.DataFrame:
     across replicas of the class's accuracy (``metrics.per_class_summary``), and n_replicas."""
     columns = CELL + ["class", "n_examples", "n_replicas", "mean", "std"]
     parts = []
-    for cell in runs.iter_cells():
+    for cell in _class_cells(runs):
         summary = metrics.per_class_summary(cell.preds, cell.labels, _num_classes(cell.preds, cell.labels))
         parts.append(summary.assign(**cell.key, n_replicas=cell.preds.shape[0]))
     if not parts:
@@ -475,7 +481,7 @@ def per_class_spread(runs: store.Runs, classes: pd.DataFrame | None = None) -> p
     classes = per_class(runs) if classes is None else classes
     by_cell = {key: frame for key, frame in classes.groupby(CELL, sort=False)} if len(classes) else {}
     rows = []
-    for cell in runs.iter_cells():
+    for cell in _class_cells(runs):
         key, preds = cell.key, cell.preds
         acc_std = _acc_std(preds, cell.labels)
         c = by_cell.get(tuple(key[k] for k in CELL), classes.iloc[:0]).dropna(subset=["std"])

@@ -324,7 +324,16 @@ def churn_matrix(preds) -> np.ndarray:
     ``metrics.pairwise_churn`` (tested), as one matrix product instead of R passes over (R, N)."""
     preds = np.asarray(preds, dtype=np.int64)
     r, n = preds.shape
-    c = int(preds.max()) + 1
+    if preds.size and (preds.min() < 0 or preds.max() >= r):
+        # Only equality matters: re-code each example's values to 0..r-1 (ranks of its distinct values), so
+        # that bit masks (a multi-label head's 2^40 values) or large ids do not size the one-hot matrix.
+        order = np.argsort(preds, axis=0, kind="stable")
+        ordered = np.take_along_axis(preds, order, axis=0)
+        codes = np.zeros_like(preds)
+        codes[1:] = np.cumsum(ordered[1:] != ordered[:-1], axis=0)
+        preds = np.empty_like(preds)
+        np.put_along_axis(preds, order, codes, axis=0)
+    c = int(preds.max()) + 1 if preds.size else 1
     onehot = np.zeros((r, n * c), dtype=np.float32)
     onehot[np.repeat(np.arange(r), n), (np.arange(n) * c + preds).ravel()] = 1.0
     # float32 sums of 0/1 are exact up to 2^24 examples
