@@ -41,6 +41,7 @@ runner's pid: those of dead runners are swept by the next job.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -82,8 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cpus",
         type=int,
-        default=os.cpu_count(),
-        help="CPU slots the running jobs share; a job holds `threads` of them (default: all cores)",
+        default=None,
+        help="CPU slots the running jobs share; a job holds `threads` of them (default: all cores; a dry run of a "
+        "plan for another machine: enough for every GPU slot)",
     )
     parser.add_argument(
         "--gpus", default=None, help="comma-separated GPU ids: each running job gets one as CUDA_VISIBLE_DEVICES"
@@ -164,7 +166,21 @@ def main(args: argparse.Namespace) -> int:
             + "\n  ".join([f"{len(e.errors)} problem(s) here:", *e.errors]),
             file=sys.stderr,
         )
+        foreign = True
+    else:
+        foreign = False
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
+    host_note = ""
+    if args.cpus is None:
+        args.cpus = os.cpu_count() or 1
+        if foreign and gpus and args.dry_run and not args.ray:
+            # A GPU plan dry-run elsewhere (a laptop): the schedule of the host it is meant for, which gives
+            # every GPU slot its jobs' threads; this machine's few cores would say nothing about that host.
+            host = len(gpus) * max(args.jobs_per_gpu, 1) * max(job.threads for job in plan.jobs)
+            if host > args.cpus:
+                host_note = f"(the schedule of a GPU host with {host} CPU slots; this machine has {args.cpus}: "
+                host_note += "--cpus sets them)"
+                args.cpus = host
     problems = _option_problems(args, gpus)
     # One slot per job a GPU may run at once, round robin (0, 1, .., 0, 1, ..): the first jobs
     # spread over the GPUs. The pool is as large as the slots unless --workers says otherwise.
@@ -209,6 +225,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"hardware labels: {', '.join(labels)} (each CPU tooling configuration is a hardware of its own)")
         at_once = 0
         if not args.ray:
+            if host_note:
+                print(host_note)
             print(schedule(pending, workers=args.workers, cpus=args.cpus, gpus=slots))
             at_once = concurrency(pending, workers=args.workers, cpus=args.cpus, gpus=slots)
         else:
@@ -218,6 +236,14 @@ def main(args: argparse.Namespace) -> int:
                 )
             )
         print(estimate_summary(plan.jobs, states, estimates, at_once))
+        for job in pending:  # a job is killed at its timeout: one that cannot finish in it should be split
+            e = estimates[job.name]
+            if e.replica_seconds is not None and len(states[job.name][0]) * e.replica_seconds > job.timeout:
+                print(
+                    f"WARNING: {job.name}: estimated {duration(len(states[job.name][0]) * e.replica_seconds)} "
+                    f"({e.source}), more than its timeout of {duration(job.timeout)} (plan key timeout, --timeout)",
+                    file=sys.stderr,
+                )
         return 0
 
     started = time.monotonic()
@@ -442,7 +468,56 @@ def estimate(job, _cache: dict | None = None) -> Estimate:
             return Estimate(per_epoch * epochs + evaluation, source)
     if (job.dataset, job.model, device) in EPOCH_SECONDS:
         return Estimate(EPOCH_SECONDS[job.dataset, job.model, device] * epochs, "table")
+    if device == "cuda" and job.dataset in TRAIN_SHAPES:
+        return Estimate(gpu_model_seconds(job), "model: no GPU run yet")
     return Estimate(None, "unknown")
+
+
+# A GPU job whose store holds no run yet is estimated by a model, not a measurement: training costs about
+# 3x the forward FLOPs (forward, and backward for inputs and weights) of every training example, at
+# GPU_TRAIN_FLOPS, and every optimiser step at least GPU_STEP_FLOOR_S (a small model is bound by kernel
+# launches, not FLOPs). GPU_TRAIN_FLOPS is what published fp32 ResNet-50 training reaches on a V100
+# (~360 images/s x 3 x 8.2 GFLOP ~ 9 TFLOP/s, ~55 % of its peak); the first runs in a store replace it.
+GPU_TRAIN_FLOPS = 9e12
+GPU_STEP_FLOOR_S = 0.004
+# dataset -> (training examples, input channels, default side in pixels, classes), for the model above
+# (the files themselves may be on another machine). The side follows the job's image_size where it has one.
+TRAIN_SHAPES = {
+    "cifar10": (50_000, 3, 32, 10),
+    "cifar100": (50_000, 3, 32, 100),
+    "celeba": (162_770, 3, 64, 40),
+    "imagenet": (1_281_167, 3, 64, 1000),
+    "imagenet_stream": (1_281_167, 3, 224, 1000),
+}
+_forward_flops_cache: dict[tuple, int] = {}
+
+
+def forward_flops(model: str, channels: int, side: int, classes: int) -> int:
+    """FLOPs of one forward pass of one image through `model` (torch's FlopCounterMode, 2 per
+    multiply-add), counted on the meta device: no memory, no weights initialised."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from . import models
+
+    key = (model, channels, side, classes)
+    if key not in _forward_flops_cache:
+        with torch.device("meta"):
+            net = models.MODELS[model](classes, channels)
+            x = torch.empty(1, channels, side, side)
+        with FlopCounterMode(display=False) as counter:
+            net(x)
+        _forward_flops_cache[key] = int(counter.get_total_flops())
+    return _forward_flops_cache[key]
+
+
+def gpu_model_seconds(job) -> float:
+    """The modelled device seconds of one replica of a CUDA `job` (see GPU_TRAIN_FLOPS)."""
+    n, channels, side, classes = TRAIN_SHAPES[job.dataset]
+    side = job.parameters.get("image_size") or side
+    flops = 3 * forward_flops(job.model, channels, side, classes) * n
+    steps = math.ceil(n / job.parameters["batch_size"])
+    return job.parameters["epochs"] * max(flops / GPU_TRAIN_FLOPS, steps * GPU_STEP_FLOOR_S)
 
 
 def _median(values: list[float]) -> float:
@@ -475,6 +550,8 @@ def estimate_summary(jobs, states, estimates: dict[str, Estimate], at_once: int)
         line += f"; wall time at {at_once} at once: at least {duration(max(total / at_once, longest))}"
     if unknown:
         line += f"; {unknown} job(s) unknown (no replica of their dataset and model in the store, not in EPOCH_SECONDS)"
+    if modelled := sum(estimates[j.name].source.startswith("model") for j in known):
+        line += f"; {modelled} of them modelled from FLOPs, not measured (batch.GPU_TRAIN_FLOPS)"
     return line
 
 
