@@ -61,6 +61,7 @@ __all__ = [
     "examples_votes",
     "hardware_compare",
     "held",
+    "identical_tooling_warnings",
     "identity",
     "instability_summary",
     "load_settings",
