@@ -627,10 +627,8 @@ def load_runs(root, *, probabilities: bool = False, snapshots: bool = False, ver
         keep = ["example", "label", "group", "prediction"]
         keep += [c for c in p.columns if (probabilities and c.startswith("prob_"))]
         keep += [c for c in p.columns if (snapshots and c.startswith("prediction_epoch_"))]
-        p = p[keep]
-        p["correct"] = p["prediction"] == p["label"]
-        preds.append(p.assign(**key))
-        hists.append(pd.read_parquet(path / "history.parquet").assign(**key))
+        preds.append((key, p[keep]))
+        hists.append((key, pd.read_parquet(path / "history.parquet")))
     if without:
         raise ValueError(
             f"{len(without)} replica(s) hold no probabilities (trained with keep_probabilities false): "
@@ -645,9 +643,27 @@ def load_runs(root, *, probabilities: bool = False, snapshots: bool = False, ver
         return df[KEYS + [c for c in df.columns if c not in KEYS]].sort_values(KEYS + extra, ignore_index=True)
 
     replicas = order(pd.DataFrame(rows), []) if rows else pd.DataFrame(columns=KEYS + MEANING)
-    predictions = order(pd.concat(preds, ignore_index=True), ["example"]) if preds else pd.DataFrame(columns=KEYS)
-    history = order(pd.concat(hists, ignore_index=True), ["epoch"]) if hists else pd.DataFrame(columns=KEYS)
+    predictions = _stacked(preds, "example") if preds else pd.DataFrame(columns=KEYS)
+    if preds:
+        predictions["correct"] = predictions["prediction"] == predictions["label"]
+    history = _stacked(hists, "epoch") if hists else pd.DataFrame(columns=KEYS)
     return Runs(replicas, predictions, history, problems)
+
+
+def _stacked(parts: list[tuple[dict, pd.DataFrame]], within: str) -> pd.DataFrame:
+    """The replicas' frames one under the other, sorted by KEYS then `within`, the KEYS as the first columns.
+
+    Sorted by putting the replicas in key order and each frame in `within` order (unique per replica), then
+    concatenating: the order a sort of all the rows would give, without sorting millions of rows, and the key
+    columns are built once by repetition instead of being added to every replica's frame (together ~10 s of
+    a chapter's load on the default store, measured)."""
+    parts = sorted(parts, key=lambda part: tuple(part[0][k] for k in KEYS))
+    frames = [f if f[within].is_monotonic_increasing else f.sort_values(within, kind="stable") for _, f in parts]
+    stacked = pd.concat(frames, ignore_index=True)
+    lengths = [len(f) for f in frames]
+    for i, k in enumerate(KEYS):
+        stacked.insert(i, k, pd.Series([key[k] for key, _ in parts]).repeat(lengths).reset_index(drop=True))
+    return stacked
 
 
 def resource_columns(manifest: dict) -> dict:
