@@ -1972,7 +1972,7 @@ def multilabel_rates(runs: store.Runs) -> pd.DataFrame:
     replicas predict class indices are left out. Columns: `MULTILABEL_COLUMNS` (attributes: K)."""
     rows = []
     for cell in runs.iter_cells():
-        names = {tuple(n) if n else None for n in map(_multilabel_names, cell.replicas["path"])}
+        names = {tuple(n) if n else None for n in cell.replicas["label_names"]}
         if names == {None}:
             continue
         if len(names) != 1:
@@ -1995,9 +1995,3 @@ def multilabel_rates(runs: store.Runs) -> pd.DataFrame:
                 }
             )
     return _frame(rows, MULTILABEL_COLUMNS)
-
-
-def _multilabel_names(path: str) -> list[str] | None:
-    """The bit names a replica's manifest records (None: class indices). The view was read with its
-    checksums verified; the manifest is re-read here for the "labels" entry only."""
-    return store.multilabel_names(store.read_manifest(Path(path), verify=False))

@@ -612,6 +612,7 @@ def load_runs(root, *, probabilities: bool = False, snapshots: bool = False, ver
                 "perturb_ulp": bool(meaning["perturb_ulp"]),
                 # Multi-label replicas (CelebA's 40 attributes) store bit masks, not class indices (`unpack_bits`).
                 "multilabel": multilabel_names(m) is not None,
+                "label_names": multilabel_names(m),  # the bit masks' output names, in bit order; None: classes
                 # Written by every writer since the MNIST-1D testbed; older manifests kept probabilities.
                 "has_probabilities": bool(m.get("has_probabilities", True)),
                 "snapshot_epochs": list(m.get("snapshot_epochs") or []),
